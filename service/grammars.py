@@ -1,0 +1,226 @@
+"""DSL registry: load the Lark grammars in ``grammars/``, compile them, and parse generated code.
+
+A DSL is ``grammars/<name>.lark`` plus ``grammars/<name>.yaml`` (description, start rule, examples file and,
+for catalog DSLs such as ``flow``, the catalog compiled into the grammar by :mod:`service.catalog`).
+Every grammar is checked by both parsers that will read it: ``lark`` (validation of outputs) and the
+engine's ``llguidance`` (constrained decoding); the two dialects differ only in bounded repetition,
+translated once by :func:`to_engine_dialect`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lark
+import yaml
+
+from service.catalog import Catalog
+from service.errors import GrammarInvalid, UnknownDSL
+
+__all__ = ["Example", "Grammar", "ParseError", "ParseResult", "GrammarRegistry", "to_engine_dialect", "compile_grammar"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One NL -> DSL pair (``context`` is e.g. the table schema for sql)."""
+
+    text: str
+    code: str
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class ParseError:
+    """Where and why code does not parse (1-based line and column)."""
+
+    message: str
+    line: int | None = None
+    column: int | None = None
+    expected: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    valid: bool
+    tree: lark.Tree | None = None
+    error: ParseError | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Grammar:
+    """A compiled DSL: the lark text, the same grammar in the engine's dialect, and a parser."""
+
+    name: str
+    description: str
+    text: str
+    engine_text: str
+    parser: lark.Lark
+    examples: tuple[Example, ...] = ()
+    catalog: Catalog | None = None
+
+    def parse(self, code: str) -> ParseResult:
+        """Parse ``code``; never raises for bad code, returns the error position instead."""
+        try:
+            return ParseResult(valid=True, tree=self.parser.parse(code))
+        except lark.UnexpectedInput as exc:
+            return ParseResult(valid=False, error=_parse_error(exc, code))
+
+
+# `item ~ 2..4` (lark) is `item{2,4}` for llguidance 1.7 (ENVIRONMENT.md); `item ~ 3` is `item{3}`.
+# Strings and regex literals are skipped so a `~` inside them is left alone.
+_LITERAL = r'"(?:[^"\\\n]|\\.)*"i?|/(?:[^/\\\n]|\\.)+/[imslux]*'
+_TILDE = re.compile(rf"({_LITERAL})|~\s*(\d+)(?:\s*\.\.\s*(\d+))?")
+
+
+def to_engine_dialect(text: str) -> str:
+    """Translate lark's bounded repetition to the ``{n,m}`` form that the engine's llguidance reads."""
+
+    def _replace(m: re.Match[str]) -> str:
+        if m.group(1):
+            return m.group(1)
+        low, high = m.group(2), m.group(3)
+        return "{%s,%s}" % (low, high) if high else "{%s}" % low
+
+    return _TILDE.sub(_replace, text)
+
+
+def compile_grammar(
+    name: str,
+    text: str,
+    *,
+    source: str = "<grammar>",
+    start: str = "start",
+    description: str = "",
+    examples: tuple[Example, ...] = (),
+    catalog: Catalog | None = None,
+) -> Grammar:
+    """Compile ``text`` with lark and check it with llguidance; raise GrammarInvalid saying where it fails."""
+    try:
+        parser = lark.Lark(text, start=start, parser="earley", lexer="dynamic")
+    except lark.exceptions.LarkError as exc:
+        raise GrammarInvalid(
+            f"{source}: lark cannot compile the grammar: {exc}".strip(),
+            detail={"source": source, "line": _lark_error_line(exc), "parser": "lark"},
+        ) from exc
+    engine_text = to_engine_dialect(text)
+    error = _llguidance_error(engine_text)
+    if error:
+        raise GrammarInvalid(
+            f"{source}: the engine's grammar parser (llguidance) rejects the grammar: {error}",
+            detail={"source": source, "line": _first_line_number(error), "parser": "llguidance"},
+        )
+    return Grammar(
+        name=name,
+        description=description,
+        text=text,
+        engine_text=engine_text,
+        parser=parser,
+        examples=examples,
+        catalog=catalog,
+    )
+
+
+class GrammarRegistry:
+    """The DSLs the service knows, loaded from a directory at start-up (``load``) and looked up per request."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._grammars: dict[str, Grammar] = {}
+
+    def load(self) -> "GrammarRegistry":
+        """Compile every ``*.lark`` in the directory; the first grammar that fails stops start-up."""
+        for path in sorted(self.directory.glob("*.lark")):
+            grammar = load_grammar_file(path)
+            self._grammars[grammar.name] = grammar
+        return self
+
+    def get(self, name: str) -> Grammar:
+        try:
+            return self._grammars[name]
+        except KeyError:
+            raise UnknownDSL(
+                f"unknown dsl {name!r}", detail={"available": sorted(self._grammars)}
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._grammars)
+
+    def __iter__(self):
+        return iter(self._grammars[name] for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self._grammars)
+
+
+def load_grammar_file(path: Path) -> Grammar:
+    """Load ``<dsl>.lark`` with its ``<dsl>.yaml`` (optional) and compile it."""
+    meta: dict[str, Any] = {}
+    meta_path = path.with_suffix(".yaml")
+    if meta_path.exists():
+        meta = yaml.safe_load(meta_path.read_text()) or {}
+    name = meta.get("name", path.stem)
+    catalog = Catalog.from_dict(meta["catalog"], source=str(meta_path)) if meta.get("catalog") else None
+    text = path.read_text()
+    if catalog is not None:
+        text = text.rstrip("\n") + "\n\n" + catalog.grammar_rules()
+    examples: tuple[Example, ...] = ()
+    if meta.get("examples"):
+        examples = tuple(load_examples(path.parent / meta["examples"]))
+    return compile_grammar(
+        name,
+        text,
+        source=str(path),
+        start=meta.get("start", "start"),
+        description=meta.get("description", ""),
+        examples=examples,
+        catalog=catalog,
+    )
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Read a JSONL file of ``{"text", "code", "context"?}`` rows."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Example(text=r["text"], code=r["code"], context=r.get("context")) for r in rows]
+
+
+def _parse_error(exc: lark.UnexpectedInput, code: str) -> ParseError:
+    expected: set[str] = set()
+    if isinstance(exc, lark.UnexpectedCharacters):
+        expected = set(exc.allowed or ())
+        message = f"unexpected character {code[exc.pos_in_stream]!r}" if exc.pos_in_stream < len(code) else "unexpected input"
+    elif isinstance(exc, lark.UnexpectedEOF):
+        expected = set(exc.expected or ())
+        message = "unexpected end of code"
+    elif isinstance(exc, lark.UnexpectedToken):
+        expected = set(exc.expected or ())
+        message = f"unexpected {exc.token!r}"
+    else:  # pragma: no cover - lark has no other UnexpectedInput subclasses today
+        message = str(exc)
+    line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+    if line in (None, -1):  # lark reports EOF without a position: point just past the last character
+        lines = code.split("\n")
+        line, column = len(lines), len(lines[-1]) + 1
+    return ParseError(message=message, line=line, column=column, expected=sorted(expected))
+
+
+def _lark_error_line(exc: Exception) -> int | None:
+    line = getattr(exc, "line", None)
+    return line if isinstance(line, int) and line > 0 else _first_line_number(str(exc))
+
+
+def _first_line_number(message: str) -> int | None:
+    m = re.search(r"line (\d+)", message) or re.search(r"\((\d+):\d+\)", message) or re.search(r"^(\d+):", message)
+    return int(m.group(1)) if m else None
+
+
+def _llguidance_error(engine_text: str) -> str:
+    """The engine's own grammar check, without a tokenizer: '' when llguidance accepts the grammar."""
+    import llguidance
+
+    grammar = llguidance.grammar_from("lark", engine_text)
+    is_valid, log = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    return "" if is_valid else "; ".join(log) if isinstance(log, list) else str(log)
