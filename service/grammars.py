@@ -67,7 +67,17 @@ class Grammar:
         try:
             return ParseResult(valid=True, tree=self.parser.parse(code))
         except lark.UnexpectedInput as exc:
-            return ParseResult(valid=False, error=_parse_error(exc, code))
+            return ParseResult(valid=False, error=_parse_error(exc, code, self._describe_terminal))
+
+    def _describe_terminal(self, name: str) -> str:
+        """A person's name for a terminal: the literal for anonymous strings (`"then "`), else its name."""
+        try:
+            pattern = self.parser.get_terminal(name).pattern
+        except KeyError:
+            return name
+        if isinstance(pattern, lark.lexer.PatternStr) or name.startswith("__ANON"):
+            return json.dumps(pattern.value) if isinstance(pattern, lark.lexer.PatternStr) else f"/{pattern.value}/"
+        return name
 
 
 # `item ~ 2..4` (lark) is `item{2,4}` for llguidance 1.7 (ENVIRONMENT.md); `item ~ 3` is `item{3}`.
@@ -187,7 +197,7 @@ def load_examples(path: Path) -> list[Example]:
     return [Example(text=r["text"], code=r["code"], context=r.get("context")) for r in rows]
 
 
-def _parse_error(exc: lark.UnexpectedInput, code: str) -> ParseError:
+def _parse_error(exc: lark.UnexpectedInput, code: str, describe) -> ParseError:
     expected: set[str] = set()
     if isinstance(exc, lark.UnexpectedCharacters):
         expected = set(exc.allowed or ())
@@ -204,7 +214,7 @@ def _parse_error(exc: lark.UnexpectedInput, code: str) -> ParseError:
     if line in (None, -1):  # lark reports EOF without a position: point just past the last character
         lines = code.split("\n")
         line, column = len(lines), len(lines[-1]) + 1
-    return ParseError(message=message, line=line, column=column, expected=sorted(expected))
+    return ParseError(message=message, line=line, column=column, expected=sorted({describe(e) for e in expected}))
 
 
 def _lark_error_line(exc: Exception) -> int | None:

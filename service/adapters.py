@@ -1,0 +1,174 @@
+"""Adapter registry: the LoRA adapters in ``adapters/``, which tenant gets which, and whether each may be served.
+
+An adapter is a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``) with a
+``manifest.yaml``::
+
+    name: contoso
+    dsl: flow
+    tenants: [contoso]          # "*" = every tenant (a general adapter)
+    base_model: {id: SmolLM2-135M-Instruct, fingerprint: d7e5b537dd607d63}
+    rank: 16
+
+An adapter made for another base model, or with a rank above ``max_lora_rank``, or with missing files, is
+kept in the registry with the reason it cannot be served (listed by ``GET /adapters``); requests for it
+get a clear 409 and the service stays up. Integer ids for vLLM are derived from the name and the weights'
+hash: stable across restarts, and new when the weights change (vLLM caches adapters by id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.engine import AdapterRef
+from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
+
+__all__ = ["Adapter", "AdapterRegistry", "BASE", "read_adapter"]
+
+#: The adapter name that asks for the base model with no adapter.
+BASE = "base"
+_SHARED = "*"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: Path
+    lora_id: int
+    dsl: str | None = None
+    tenants: tuple[str, ...] = (_SHARED,)
+    rank: int | None = None
+    base_model: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    #: Why this adapter cannot be served; None when it can.
+    error: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        return _SHARED in self.tenants
+
+    @property
+    def ref(self) -> AdapterRef:
+        return AdapterRef(name=self.name, lora_id=self.lora_id, path=str(self.path))
+
+    def serves(self, tenant: str | None) -> bool:
+        return self.shared or (tenant is not None and tenant in self.tenants)
+
+
+class AdapterRegistry:
+    """All known adapters by name; ``resolve`` picks the one a request gets."""
+
+    def __init__(self, directory: Path | None, *, base_fingerprint: str, max_rank: int) -> None:
+        self.directory = Path(directory) if directory else None
+        self.base_fingerprint = base_fingerprint
+        self.max_rank = max_rank
+        self._adapters: dict[str, Adapter] = {}
+
+    def load(self) -> "AdapterRegistry":
+        """Register every adapter folder under the directory (a bad one is kept with its error)."""
+        if self.directory and self.directory.is_dir():
+            for folder in sorted(p for p in self.directory.iterdir() if p.is_dir()):
+                self.register(folder)
+        return self
+
+    def register(self, folder: Path) -> Adapter:
+        """Read ``folder`` and add (or replace) the adapter it holds."""
+        adapter = read_adapter(Path(folder), base_fingerprint=self.base_fingerprint, max_rank=self.max_rank)
+        self._adapters[adapter.name] = adapter
+        return adapter
+
+    def all(self) -> list[Adapter]:
+        return [self._adapters[name] for name in sorted(self._adapters)]
+
+    def get(self, name: str) -> Adapter:
+        """The adapter called ``name``, servable; UnknownAdapter / AdapterUnavailable otherwise."""
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            raise UnknownAdapter(f"unknown adapter {name!r}", detail={"available": sorted(self._adapters)})
+        if adapter.error:
+            raise AdapterUnavailable(f"adapter {name!r} cannot be served: {adapter.error}", detail={"adapter": name})
+        return adapter
+
+    def resolve(self, *, dsl: str, tenant: str | None = None, adapter: str | None = None) -> Adapter | None:
+        """The adapter for a request: the one named, else the tenant's for this DSL, else the shared one.
+
+        ``adapter="base"`` asks for the base model; None is returned when nothing fits (base model).
+        """
+        if adapter == BASE:
+            return None
+        if adapter is not None:
+            found = self.get(adapter)
+            if found.dsl and found.dsl != dsl:
+                raise BadRequest(
+                    f"adapter {adapter!r} generates {found.dsl!r}, not {dsl!r}",
+                    detail={"adapter": adapter, "adapter_dsl": found.dsl, "dsl": dsl},
+                )
+            return found
+        candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.serves(tenant)]
+        # A tenant's own adapter beats a shared one; an adapter for this DSL beats a DSL-agnostic one.
+        candidates.sort(key=lambda a: (a.shared, a.dsl is None, a.name))
+        for candidate in candidates:
+            if candidate.error is None:
+                return candidate
+        if candidates:  # the adapter this request should get is broken: say so rather than silently use base
+            return self.get(candidates[0].name)
+        return None
+
+
+def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapter:
+    """Read one adapter folder; problems become ``Adapter.error`` rather than exceptions."""
+    manifest: dict[str, Any] = {}
+    errors: list[str] = []
+    manifest_path = folder / "manifest.yaml"
+    try:
+        manifest = yaml.safe_load(manifest_path.read_text()) or {}
+    except FileNotFoundError:
+        errors.append(f"no manifest.yaml in {folder}")
+    except yaml.YAMLError as exc:
+        errors.append(f"{manifest_path} is not valid YAML: {exc}")
+    name = str(manifest.get("name") or folder.name)
+    config: dict[str, Any] = {}
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except FileNotFoundError:
+        errors.append(f"no adapter_config.json in {folder}")
+    except json.JSONDecodeError as exc:
+        errors.append(f"adapter_config.json is not valid JSON: {exc}")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        errors.append(f"no adapter_model.safetensors in {folder}")
+    rank = manifest.get("rank") or config.get("r")
+    if rank is not None and int(rank) > max_rank:
+        errors.append(f"rank {rank} is above the served max_lora_rank {max_rank}")
+    base = manifest.get("base_model") or {}
+    if manifest and base.get("fingerprint") != base_fingerprint:
+        errors.append(
+            f"made for base model {base.get('id', '?')} (fingerprint {base.get('fingerprint')}), "
+            f"but the service runs fingerprint {base_fingerprint}"
+        )
+    tenants = manifest.get("tenants") or [_SHARED]
+    return Adapter(
+        name=name,
+        path=folder.resolve(),
+        lora_id=_lora_id(name, weights),
+        dsl=manifest.get("dsl"),
+        tenants=tuple(str(t) for t in tenants),
+        rank=int(rank) if rank is not None else None,
+        base_model=dict(base),
+        manifest=manifest,
+        error="; ".join(errors) or None,
+    )
+
+
+def _lora_id(name: str, weights: Path) -> int:
+    digest = hashlib.sha256(name.encode())
+    if weights.is_file():
+        digest.update(hashlib.sha256(weights.read_bytes()).digest())
+    # vLLM needs a positive int32-sized id.
+    return zlib.crc32(digest.digest()) % 2_000_000_000 + 1

@@ -1,0 +1,1 @@
+"""HTTP API: one router per resource, schemas beside each router."""

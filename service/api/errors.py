@@ -1,0 +1,49 @@
+"""One exception handler per error family, all rendering ``{"error": {"type", "message", "detail"}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.errors import NL2DSLError, error_body
+
+__all__ = ["install_error_handlers"]
+
+log = logging.getLogger("nl2dsl.errors")
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+
+
+async def _nl2dsl_error(request: Request, exc: NL2DSLError) -> JSONResponse:
+    return JSONResponse(error_body(exc.type, exc.message, exc.detail), status_code=exc.status_code)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    fields = [
+        {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": err.get("msg", "")}
+        for err in exc.errors()
+    ]
+    message = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields) or "invalid request"
+    return JSONResponse(error_body("invalid_request", message, fields), status_code=422)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(type_, str(exc.detail), None), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal_error", "internal error", None), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the API returns goes through one of these, so clients parse one shape."""
+    app.add_exception_handler(NL2DSLError, _nl2dsl_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""POST /generate: router, schemas and serving logic."""

@@ -1,0 +1,63 @@
+"""Request and response models of ``POST /generate``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.schemas import ParseErrorModel
+
+__all__ = ["GenerateRequest", "GenerateResponse", "Usage", "Timings"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class GenerateRequest(BaseModel):
+    """Turn ``text`` into code of ``dsl``. Limits on lengths and tokens come from the service settings."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"dsl": "flow", "text": "when a form is submitted, post the answers to #sales"}]
+        },
+    )
+
+    dsl: str = Field(pattern=_NAME, description="The DSL to generate (GET /dsls lists them).")
+    text: str = Field(min_length=1, description="The request in natural language.")
+    context: str | None = Field(default=None, description="Extra context, e.g. the table schema for sql.")
+    tenant: str | None = Field(default=None, pattern=_NAME, description="Tenant whose adapter to use.")
+    adapter: str | None = Field(
+        default=None, pattern=_NAME, description='Adapter by name; "base" for the base model without adapter.'
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    examples: int | None = Field(default=None, ge=0, description="Few-shot examples to retrieve.")
+    constrained: bool = Field(default=True, description="Constrain decoding to the DSL's grammar.")
+    stream: bool = Field(default=False, description="Stream text deltas as server-sent events.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(BaseModel):
+    """Seconds: waiting in the engine queue, until the first token, and in all."""
+
+    queue: float | None = None
+    ttft: float | None = None
+    total: float
+
+
+class GenerateResponse(BaseModel):
+    request_id: str
+    code: str
+    valid: bool = Field(description="True when the code parses with the DSL's grammar.")
+    dsl: str
+    adapter: str = Field(description='The adapter that generated the code, or "base".')
+    finish_reason: Literal["stop", "length", "abort"] | str
+    error: ParseErrorModel | None = Field(default=None, description="Where the code stops parsing, if it does.")
+    usage: Usage
+    timings: Timings

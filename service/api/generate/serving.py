@@ -1,0 +1,175 @@
+"""The request path of ``POST /generate``, one step per call, top to bottom.
+
+    prepare:  grammars (which DSL) -> limits -> adapters (which LoRA) -> retrieval (examples)
+              -> prompts (chat template) -> token budget
+    run:      engine (stream deltas) -> grammars (parse the code) -> metrics + one log line
+
+``prepare`` raises the request's errors before anything is streamed, so even a streaming request gets
+its 4xx as a normal JSON response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from service import metrics
+from service.adapters import BASE, Adapter
+from service.api.deps import Services
+from service.api.generate.schemas import GenerateRequest, GenerateResponse, Timings, Usage
+from service.api.schemas import ParseErrorModel
+from service.engine import GenerationParams
+from service.errors import RequestInvalid
+from service.grammars import Grammar
+from service.prompts import build_prompt
+from service.retrieval import select_examples
+
+__all__ = ["Prepared", "prepare", "run"]
+
+log = logging.getLogger("nl2dsl.requests")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked and turned into what the engine needs."""
+
+    request: GenerateRequest
+    request_id: str
+    tenant: str | None
+    grammar: Grammar
+    adapter: Adapter | None
+    prompt_token_ids: list[int]
+    params: GenerationParams
+
+    @property
+    def adapter_name(self) -> str:
+        return self.adapter.name if self.adapter else BASE
+
+
+def prepare(services: Services, req: GenerateRequest, *, request_id: str) -> Prepared:
+    """Check the request against the registries and limits and build its prompt; raise its 4xx."""
+    settings = services.settings
+    grammar = services.grammars.get(req.dsl)
+    _check_limits(req, services)
+    adapter = services.adapters.resolve(dsl=grammar.name, tenant=req.tenant, adapter=req.adapter)
+    k = settings.default_examples if req.examples is None else req.examples
+    examples = select_examples(grammar.examples, req.text, k=k)
+    prompt = build_prompt(services.tokenizer, grammar, req.text, context=req.context, examples=examples)
+    ids = services.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    max_tokens = req.max_tokens or settings.default_max_tokens
+    if len(ids) + max_tokens > settings.max_model_len:
+        raise RequestInvalid(
+            f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+            f"{settings.max_model_len} tokens; shorten text, context or examples",
+            detail={"prompt_tokens": len(ids), "max_tokens": max_tokens, "max_model_len": settings.max_model_len},
+        )
+    params = GenerationParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        seed=req.seed,
+        grammar=grammar.engine_text if req.constrained else None,
+    )
+    return Prepared(req, request_id, req.tenant, grammar, adapter, ids, params)
+
+
+async def run(services: Services, prepared: Prepared) -> AsyncIterator[str | GenerateResponse]:
+    """Yield text deltas as they come, then the final :class:`GenerateResponse`."""
+    engine = services.ready_engine()
+    dsl, adapter = prepared.grammar.name, prepared.adapter_name
+    started = time.perf_counter()
+    ttft: float | None = None
+    parts: list[str] = []
+    last = None
+    status = "error"
+    metrics.IN_FLIGHT.inc()
+    try:
+        async for delta in engine.generate(
+            prepared.prompt_token_ids,
+            request_id=prepared.request_id,
+            adapter=prepared.adapter.ref if prepared.adapter else None,
+            params=prepared.params,
+        ):
+            if ttft is None and delta.completion_tokens:
+                ttft = time.perf_counter() - started
+            if delta.text:
+                parts.append(delta.text)
+                yield delta.text
+            last = delta
+        code = "".join(parts)
+        parsed = prepared.grammar.parse(code)
+        finish_reason = last.finish_reason if last else "abort"
+        response = GenerateResponse(
+            request_id=prepared.request_id,
+            code=code,
+            valid=parsed.valid,
+            dsl=dsl,
+            adapter=adapter,
+            finish_reason=finish_reason,
+            error=ParseErrorModel(**vars(parsed.error)) if parsed.error else None,
+            usage=Usage(
+                prompt_tokens=len(prepared.prompt_token_ids),
+                completion_tokens=last.completion_tokens if last else 0,
+            ),
+            timings=Timings(queue=last.queue_s if last else None, ttft=ttft, total=time.perf_counter() - started),
+        )
+        status = "ok" if parsed.valid else "invalid"
+        _observe(response)
+        yield response
+    except BaseException:
+        status = "aborted"
+        raise
+    finally:
+        metrics.IN_FLIGHT.dec()
+        total = time.perf_counter() - started
+        metrics.REQUEST_DURATION.labels(dsl, adapter, status).observe(total)
+        log.info(
+            json.dumps(
+                {
+                    "request_id": prepared.request_id,
+                    "tenant": prepared.tenant,
+                    "dsl": dsl,
+                    "adapter": adapter,
+                    "status": status,
+                    "prompt_tokens": len(prepared.prompt_token_ids),
+                    "completion_tokens": last.completion_tokens if last else 0,
+                    "ttft_s": round(ttft, 4) if ttft is not None else None,
+                    "total_s": round(total, 4),
+                }
+            )
+        )
+
+
+def _check_limits(req: GenerateRequest, services: Services) -> None:
+    settings = services.settings
+    problems = []
+    if not req.text.strip():
+        problems.append(("text", "text is empty"))
+    if len(req.text) > settings.max_text_chars:
+        problems.append(("text", f"text has {len(req.text)} characters; the limit is {settings.max_text_chars}"))
+    if req.context and len(req.context) > settings.max_context_chars:
+        problems.append(("context", f"context is longer than {settings.max_context_chars} characters"))
+    if req.max_tokens is not None and req.max_tokens > settings.max_tokens_limit:
+        problems.append(("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}"))
+    if req.examples is not None and req.examples > settings.max_examples:
+        problems.append(("examples", f"examples must be at most {settings.max_examples}"))
+    if problems:
+        raise RequestInvalid(
+            "; ".join(message for _, message in problems),
+            detail=[{"field": field, "message": message} for field, message in problems],
+        )
+
+
+def _observe(response: GenerateResponse) -> None:
+    dsl, adapter = response.dsl, response.adapter
+    metrics.PROMPT_TOKENS.labels(dsl, adapter).inc(response.usage.prompt_tokens)
+    metrics.COMPLETION_TOKENS.labels(dsl, adapter).inc(response.usage.completion_tokens)
+    if response.timings.ttft is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(dsl, adapter).observe(response.timings.ttft)
+    if response.timings.queue is not None:
+        metrics.QUEUE_WAIT.labels(dsl, adapter).observe(response.timings.queue)
+    if not response.valid:
+        cause = "length" if response.finish_reason == "length" else "grammar"
+        metrics.INVALID_OUTPUTS.labels(dsl, cause).inc()

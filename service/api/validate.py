@@ -1,0 +1,34 @@
+"""``POST /validate``: does this code parse with the DSL's grammar, and if not, where does it stop?"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.deps import ServicesDep
+from service.api.schemas import ERROR_RESPONSES, ParseErrorModel
+
+__all__ = ["router", "ValidateRequest", "ValidateResponse"]
+
+router = APIRouter(tags=["validate"])
+
+
+class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dsl: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    code: str = Field(max_length=20_000)
+
+
+class ValidateResponse(BaseModel):
+    valid: bool
+    dsl: str
+    error: ParseErrorModel | None = None
+
+
+@router.post("/validate", response_model=ValidateResponse, responses=ERROR_RESPONSES)
+async def validate_code(body: ValidateRequest, services: ServicesDep) -> ValidateResponse:
+    """Parse code with the DSL's grammar (the same parser that marks generated code valid)."""
+    result = services.grammars.get(body.dsl).parse(body.code)
+    error = ParseErrorModel(**vars(result.error)) if result.error else None
+    return ValidateResponse(valid=result.valid, dsl=body.dsl, error=error)

@@ -1,0 +1,95 @@
+"""The FastAPI application: ``create_app(settings)``; nothing happens at import time.
+
+The lifespan loads the grammars (a broken grammar stops start-up), the tokenizer and the adapter registry,
+then starts the engine in the background: ``/healthz`` answers at once, ``/readyz`` once the model is
+loaded (tens of seconds on CPU, minutes for Mistral-7B), and the engine is always shut down on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.adapters import AdapterRegistry
+from service.api import adapters, dsls, health, validate
+from service.api.deps import Services
+from service.api.errors import install_error_handlers
+from service.api.generate import router as generate
+from service.api.json_body import FormAsJSONMiddleware
+from service.config import Settings
+from service.engine import Engine, open_engine
+from service.grammars import GrammarRegistry
+from service.model import base_fingerprint, resolve_model
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("nl2dsl")
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """Build the app. ``engine`` replaces the real one (unit tests pass a fake)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = services = _build_services(settings)
+        async with AsyncExitStack() as stack:
+            if engine is not None:
+                services.engine = engine
+            else:
+                loading = asyncio.create_task(_start_engine(services, stack))
+                stack.push_async_callback(_cancel, loading)
+            yield
+
+    app = FastAPI(
+        title="nl2dsl",
+        version="0.1.0",
+        summary="Natural language to DSL code: multi-LoRA, grammar-constrained generation on vLLM.",
+        lifespan=lifespan,
+        strict_content_type=False,  # a body without content-type is read as JSON
+    )
+    app.add_middleware(FormAsJSONMiddleware)
+    install_error_handlers(app)
+    for module in (generate, validate, dsls, adapters, health):
+        app.include_router(module.router)
+    return app
+
+
+def _build_services(settings: Settings) -> Services:
+    from transformers import AutoTokenizer
+
+    grammars = GrammarRegistry(settings.grammars_dir).load()
+    model = resolve_model(settings.model, settings.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    registry = AdapterRegistry(
+        settings.adapters_dir, base_fingerprint=base_fingerprint(model), max_rank=settings.max_lora_rank
+    ).load()
+    for adapter in registry.all():
+        if adapter.error:
+            log.warning("adapter %s cannot be served: %s", adapter.name, adapter.error)
+    log.info("loaded %d dsls (%s) and %d adapters", len(grammars), ", ".join(grammars.names()), len(registry.all()))
+    return Services(settings=settings, grammars=grammars, adapters=registry, tokenizer=tokenizer, model=model)
+
+
+async def _start_engine(services: Services, stack: AsyncExitStack) -> None:
+    try:
+        services.engine = await stack.enter_async_context(open_engine(services.settings, model=services.model))
+        log.info("engine ready in %.1f s", services.engine.startup_s)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # keep serving /healthz and /readyz with the reason
+        log.exception("engine failed to start")
+        services.engine_error = f"engine failed to start: {exc}"
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    if not task.done():
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
