@@ -113,12 +113,10 @@ class AdapterRegistry:
         candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.serves(tenant)]
         # A tenant's own adapter beats a shared one; an adapter for this DSL beats a DSL-agnostic one.
         candidates.sort(key=lambda a: (a.shared, a.dsl is None, a.name))
-        for candidate in candidates:
-            if candidate.error is None:
-                return candidate
-        if candidates:  # the adapter this request should get is broken: say so rather than silently use base
-            return self.get(candidates[0].name)
-        return None
+        if not candidates:
+            return None
+        # The adapter this request should get may be broken: say so rather than silently serve another one.
+        return self.get(candidates[0].name)
 
 
 def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapter:

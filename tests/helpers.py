@@ -1,0 +1,42 @@
+"""Test helpers: small random LoRA adapters made with peft, with the manifest the registry reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from service.model import EMBEDDED_NAME, base_fingerprint
+
+
+def write_manifest(folder: Path, *, name: str, model_dir: str, dsl: str | None, tenants: list[str], rank: int,
+                   fingerprint: str | None = None) -> None:
+    manifest = {
+        "name": name,
+        "dsl": dsl,
+        "tenants": tenants,
+        "rank": rank,
+        "base_model": {"id": EMBEDDED_NAME, "fingerprint": fingerprint or base_fingerprint(model_dir)},
+    }
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+
+
+def make_random_adapter(model_dir: str, folder: Path, *, seed: int, rank: int = 8, scale: float = 0.05,
+                        name: str | None = None, dsl: str | None = None, tenants: list[str] | None = None) -> Path:
+    """A LoRA adapter with random A and B (B is zero in a fresh peft adapter, which would change nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        lora_dropout=0.0, init_lora_weights=False)
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "lora_" in param_name:
+                param.normal_(0.0, scale)
+    model.save_pretrained(folder)
+    write_manifest(folder, name=name or folder.name, model_dir=model_dir, dsl=dsl, tenants=tenants or ["*"], rank=rank)
+    return folder

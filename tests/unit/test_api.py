@@ -1,0 +1,174 @@
+"""The HTTP API around a fake engine: request checks, error shape, SSE framing, probes (no vLLM)."""
+
+from __future__ import annotations
+
+import json
+from unittest.mock import MagicMock
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.engine import Delta, Engine
+
+FLOW_CODE = 'when forms.submitted(form: "Contact us")\nthen chat.post_message(channel: "#sales", text: "New")'
+
+
+def _fake_engine(pieces: list[str], finish_reason: str = "stop") -> MagicMock:
+    engine = MagicMock(spec=Engine)
+    engine.ready = True
+    engine.calls = []
+
+    async def generate(prompt_token_ids, *, request_id, adapter=None, params=None):
+        engine.calls.append({"prompt_token_ids": prompt_token_ids, "adapter": adapter, "params": params})
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            yield Delta(piece, i + 1, finish_reason if last else None, 0.001 if last else None)
+
+    engine.generate = generate
+    return engine
+
+
+@pytest.fixture()
+def make_client(tmp_path):
+    def make(pieces=None, finish_reason="stop", **settings):
+        engine = _fake_engine(pieces or [FLOW_CODE[:20], FLOW_CODE[20:]], finish_reason)
+        app = create_app(Settings(**{"adapters_dir": tmp_path, "max_text_chars": 100, **settings}), engine=engine)
+        client = TestClient(app)
+        client.engine = engine
+        return client
+
+    return make
+
+
+def test_generate_returns_code_marked_valid_with_usage_and_timings(make_client):
+    with make_client() as client:
+        r = client.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["code"] == FLOW_CODE and body["valid"] is True and body["error"] is None
+    assert body["adapter"] == "base" and body["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 2 and body["usage"]["prompt_tokens"] > 10
+    assert body["timings"]["total"] >= body["timings"]["ttft"] >= 0
+    params = client.engine.calls[0]["params"]
+    assert params.grammar and "chat__post_message" in params.grammar  # constrained to the DSL's grammar
+
+
+def test_unconstrained_request_sends_no_grammar(make_client):
+    with make_client() as client:
+        client.post("/generate", json={"dsl": "flow", "text": "x", "constrained": False})
+    assert client.engine.calls[0]["params"].grammar is None
+
+
+def test_output_cut_at_max_tokens_is_reported_invalid_not_hidden(make_client):
+    with make_client(pieces=["when forms.sub"], finish_reason="length") as client:
+        r = client.post("/generate", json={"dsl": "flow", "text": "x", "max_tokens": 5})
+    body = r.json()
+    assert r.status_code == 200 and body["valid"] is False and body["finish_reason"] == "length"
+    assert body["error"]["line"] == 1
+
+
+@pytest.mark.parametrize(
+    "payload, status, error_type",
+    [
+        ({"dsl": "nope", "text": "x"}, 404, "unknown_dsl"),
+        ({"dsl": "flow", "text": "x", "adapter": "nope"}, 404, "unknown_adapter"),
+        ({"dsl": "flow", "text": ""}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "   "}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x" * 101}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x", "max_tokens": 0}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x", "max_tokens": 100_000}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x", "temperature": -1}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x", "temperature": 9}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x", "examples": 99}, 422, "invalid_request"),
+        ({"dsl": "flow", "text": "x", "unknown_field": 1}, 422, "invalid_request"),
+        ({"text": "x"}, 422, "invalid_request"),
+    ],
+)
+def test_bad_input_gets_its_status_and_the_one_error_shape(make_client, payload, status, error_type):
+    with make_client() as client:
+        r = client.post("/generate", json=payload)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["type"] == error_type and error["message"]
+        assert client.post("/generate", json={"dsl": "flow", "text": "x"}).status_code == 200  # still serving
+
+
+def test_invalid_json_is_a_422_in_the_error_shape(make_client):
+    with make_client() as client:
+        r = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+
+
+def test_curl_style_form_content_type_is_read_as_json(make_client):
+    with make_client() as client:
+        r = client.post("/generate", content=json.dumps({"dsl": "flow", "text": "x"}),
+                        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["valid"]
+
+
+def test_prompt_longer_than_the_model_is_refused(make_client):
+    with make_client(max_model_len=64, max_text_chars=2000) as client:
+        r = client.post("/generate", json={"dsl": "flow", "text": "send an email " * 50})
+    assert r.status_code == 422 and "max_model_len" in json.dumps(r.json())
+
+
+def test_stream_sends_deltas_then_the_result(make_client):
+    with make_client() as client:
+        with client.stream("POST", "/generate", json={"dsl": "flow", "text": "x", "stream": True}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [block for block in r.read().decode().split("\n\n") if block]
+    kinds = [block.split("\n")[0] for block in events]
+    assert kinds == ["event: delta", "event: delta", "event: result"]
+    deltas = "".join(json.loads(b.split("data: ", 1)[1])["text"] for b in events[:2])
+    result = json.loads(events[-1].split("data: ", 1)[1])
+    assert deltas == result["code"] == FLOW_CODE and result["valid"]
+
+
+def test_stream_errors_before_generation_are_plain_json(make_client):
+    with make_client() as client:
+        r = client.post("/generate", json={"dsl": "nope", "text": "x", "stream": True})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "unknown_dsl"
+
+
+def test_validate_agrees_with_the_grammar_and_points_at_the_error(make_client):
+    with make_client() as client:
+        ok = client.post("/validate", json={"dsl": "flow", "code": FLOW_CODE}).json()
+        bad = client.post("/validate", json={"dsl": "flow", "code": FLOW_CODE.replace("chat.post", "chat.pst")}).json()
+        missing = client.post("/validate", json={"dsl": "nope", "code": "x"})
+    assert ok == {"valid": True, "dsl": "flow", "error": None}
+    assert bad["valid"] is False and (bad["error"]["line"], bad["error"]["column"]) == (2, 6)
+    assert missing.status_code == 404
+
+
+def test_dsls_and_adapters_are_listed(make_client):
+    with make_client() as client:
+        dsls = {d["name"]: d for d in client.get("/dsls").json()}
+        assert {"flow", "sql"} <= set(dsls) and "chat.post_message" in dsls["flow"]["operations"]
+        assert "SELECT " in client.get("/dsls/sql").json()["grammar"]
+        assert client.get("/dsls/nope").status_code == 404
+        assert client.get("/adapters").json() == []
+
+
+def test_probes_follow_the_engine(make_client):
+    with make_client() as client:
+        assert client.get("/healthz").json()["engine"] == "running"
+        assert client.get("/readyz").status_code == 200
+        client.engine.ready = False
+        assert client.get("/readyz").status_code == 503
+        r = client.post("/generate", json={"dsl": "flow", "text": "x"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"
+
+
+def test_metrics_count_requests_by_dsl_adapter_status(make_client):
+    with make_client() as client:
+        client.post("/generate", json={"dsl": "flow", "text": "x"})
+        text = client.get("/metrics").text
+    assert 'nl2dsl_request_duration_seconds_count{adapter="base",dsl="flow",status="ok"}' in text
+
+
+def test_unknown_route_uses_the_error_shape(make_client):
+    with make_client() as client:
+        r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
