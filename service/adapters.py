@@ -96,9 +96,10 @@ class AdapterRegistry:
         return adapter
 
     def resolve(self, *, dsl: str, tenant: str | None = None, adapter: str | None = None) -> Adapter | None:
-        """The adapter for a request: the one named, else the tenant's for this DSL, else the shared one.
+        """The adapter for a request: the one named, else the tenant's for this DSL, else a shared one.
 
         ``adapter="base"`` asks for the base model; None is returned when nothing fits (base model).
+        A named or tenant-owned adapter that cannot be served raises; a broken shared one is skipped.
         """
         if adapter == BASE:
             return None
@@ -113,10 +114,14 @@ class AdapterRegistry:
         candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.serves(tenant)]
         # A tenant's own adapter beats a shared one; an adapter for this DSL beats a DSL-agnostic one.
         candidates.sort(key=lambda a: (a.shared, a.dsl is None, a.name))
-        if not candidates:
-            return None
-        # The adapter this request should get may be broken: say so rather than silently serve another one.
-        return self.get(candidates[0].name)
+        for candidate in candidates:
+            if not candidate.shared:
+                # The tenant's own adapter: if it is broken, say so rather than silently serve another one.
+                return self.get(candidate.name)
+            if candidate.error is None:
+                return candidate
+            # A broken shared adapter must not take every tenant down: the next candidate serves.
+        return None
 
 
 def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapter:

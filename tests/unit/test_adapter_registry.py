@@ -60,6 +60,13 @@ def test_adapter_for_another_base_is_refused_with_the_reason(registry):
         registry.resolve(dsl="flow", tenant="fabrikam")
 
 
+def test_a_broken_shared_adapter_is_skipped_not_fatal(tmp_path):
+    _adapter(tmp_path, "a-broken", fingerprint="ffffffffffffffff")
+    _adapter(tmp_path, "b-good")
+    registry = AdapterRegistry(tmp_path, base_fingerprint=FP, max_rank=16).load()
+    assert registry.resolve(dsl="flow").name == "b-good"
+
+
 def test_missing_files_and_too_high_rank_are_reported(tmp_path):
     _adapter(tmp_path, "big", rank=64)
     (tmp_path / "empty").mkdir()
