@@ -54,6 +54,12 @@ class Adapter:
         return _SHARED in self.tenants
 
     @property
+    def prompt_examples(self) -> int | None:
+        """Few-shot examples the adapter was trained with (``prompt.examples`` in its manifest)."""
+        value = (self.manifest.get("prompt") or {}).get("examples")
+        return int(value) if value is not None else None
+
+    @property
     def ref(self) -> AdapterRef:
         return AdapterRef(name=self.name, lora_id=self.lora_id, path=str(self.path))
 

@@ -26,10 +26,31 @@ def main(argv: list[str] | None = None) -> int:
     check = grammar_commands.add_parser("check", help="compile grammars with lark and the engine's llguidance")
     check.add_argument("paths", nargs="*", type=Path, help="*.lark files (default: every shipped grammar)")
 
+    data = commands.add_parser("data", help="generate the datasets in data/ (deterministic)")
+    data.add_argument("--out", type=Path, default=None, help="default: the project's data/")
+
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter on the served base model")
+    train.add_argument("--dsl", required=True)
+    train.add_argument("--name", required=True, help="adapter name (and folder under --out-dir)")
+    train.add_argument("--out-dir", type=Path, default=None, help="default: NL2DSL_ADAPTERS_DIR (adapters/)")
+    train.add_argument("--tenant", default=None, help="train on this tenant's data and grammar")
+    train.add_argument("--tenants", default="*", help="comma-separated tenants the adapter serves ('*' = all)")
+    train.add_argument("--init-from", type=Path, default=None, help="continue from this adapter (tenant on general)")
+    train.add_argument("--replay", type=float, default=0.5, help="share of each batch from general data (--tenant)")
+    train.add_argument("--steps", type=int, default=60)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--rank", type=int, default=16)
+    train.add_argument("--examples", type=int, default=0, help="few-shot examples in the prompt")
+    train.add_argument("--train-limit", type=int, default=None, help="use only the first N training rows")
+    train.add_argument("--eval-every", type=int, default=15)
+    train.add_argument("--seed", type=int, default=0)
+
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check}[args.command](args)
+    handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "data": _data, "train": _train}
+    return handlers[args.command](args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -53,6 +74,51 @@ def _prepare(args: argparse.Namespace) -> int:
 
     settings = Settings()
     print(resolve_model(settings.model, settings.cache_dir))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.grammars import GrammarRegistry
+    from service.training.datasets import build
+
+    settings = Settings()
+    out = args.out or settings.data_dir
+    for name, rows in build(out, GrammarRegistry(settings.grammars_dir).load()).items():
+        print(f"{rows:>6} rows  {out / name}.jsonl")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.grammars import GrammarRegistry
+    from service.model import resolve_model
+    from service.training.datasets import load_split, split_path
+    from service.training.trainer import TrainConfig, train
+
+    settings = Settings()
+    data_dir = settings.data_dir
+    grammar = GrammarRegistry(settings.grammars_dir).load().get(args.dsl, tenant=args.tenant)
+    rows = load_split(data_dir, args.dsl, "train", tenant=args.tenant)
+    files = [split_path(data_dir, args.dsl, "train", tenant=args.tenant)]
+    # The last rows of the training file are held out for the check during training (the test split stays unseen).
+    heldout, rows = rows[-64:], rows[:-64][: args.train_limit]
+    replay: list = []
+    if args.tenant:
+        replay = load_split(data_dir, args.dsl, "train")[:5000]
+        files.append(split_path(data_dir, args.dsl, "train"))
+    config = TrainConfig(
+        name=args.name, dsl=args.dsl, output=(args.out_dir or settings.adapters_dir) / args.name,
+        tenants=[t.strip() for t in args.tenants.split(",")], steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.lr, rank=args.rank, alpha=2 * args.rank, init_from=args.init_from,
+        replay_fraction=args.replay if args.tenant else 0.0, examples=args.examples, eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    model = resolve_model(settings.model, settings.cache_dir)
+    result = train(config, model_path=model, grammar=grammar, train_rows=rows, heldout_rows=heldout,
+                   replay_rows=replay, data_files=files)
+    print(f"wrote {result.output} in {result.wall_time_s:.0f} s: loss {result.first_loss:.3f} -> "
+          f"{result.last_loss:.3f}, held-out exact match {result.heldout_exact_match}")
     return 0
 
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     grammars_dir: Path = PROJECT_ROOT / "grammars"
     adapters_dir: Path = PROJECT_ROOT / "adapters"
+    data_dir: Path = PROJECT_ROOT / "data"
 
     # Request limits (bad input beyond them is a 422).
     max_text_chars: int = 2000

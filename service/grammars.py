@@ -61,6 +61,26 @@ class Grammar:
     parser: lark.Lark
     examples: tuple[Example, ...] = ()
     catalog: Catalog | None = None
+    #: The tenant whose private connectors this grammar includes (None: the shared grammar).
+    tenant: str | None = None
+    #: The .lark text before catalog rules were added (to compile tenant variants).
+    structure: str = ""
+    start: str = "start"
+
+    def for_tenant(self, tenant: str, extra: Catalog, *, source: str) -> "Grammar":
+        """This grammar with a tenant's private connectors added to its catalog."""
+        catalog = self.catalog.merged(extra) if self.catalog else extra
+        return compile_grammar(
+            self.name,
+            _with_catalog(self.structure, catalog),
+            source=source,
+            start=self.start,
+            description=self.description,
+            examples=self.examples,
+            catalog=catalog,
+            tenant=tenant,
+            structure=self.structure,
+        )
 
     def parse(self, code: str) -> ParseResult:
         """Parse ``code``; never raises for bad code, returns the error position instead."""
@@ -107,6 +127,8 @@ def compile_grammar(
     description: str = "",
     examples: tuple[Example, ...] = (),
     catalog: Catalog | None = None,
+    tenant: str | None = None,
+    structure: str | None = None,
 ) -> Grammar:
     """Compile ``text`` with lark and check it with llguidance; raise GrammarInvalid saying where it fails."""
     unbounded = unbounded_constructs(text)
@@ -139,6 +161,9 @@ def compile_grammar(
         parser=parser,
         examples=examples,
         catalog=catalog,
+        tenant=tenant,
+        structure=text if structure is None else structure,
+        start=start,
     )
 
 
@@ -171,21 +196,39 @@ class GrammarRegistry:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._grammars: dict[str, Grammar] = {}
+        self._tenant_grammars: dict[tuple[str, str], Grammar] = {}
 
     def load(self) -> "GrammarRegistry":
-        """Compile every ``*.lark`` in the directory; the first grammar that fails stops start-up."""
+        """Compile every ``*.lark`` in the directory, then each tenant's variant from ``tenants/*.yaml``.
+
+        The first grammar that fails stops start-up.
+        """
         for path in sorted(self.directory.glob("*.lark")):
             grammar = load_grammar_file(path)
             self._grammars[grammar.name] = grammar
+        for path in sorted((self.directory / "tenants").glob("*.yaml")):
+            meta = yaml.safe_load(path.read_text()) or {}
+            tenant, dsl = str(meta["tenant"]), str(meta["dsl"])
+            base = self.get(dsl)
+            types = base.catalog.types if base.catalog else {}
+            extra = Catalog.from_dict({"types": types, **meta.get("catalog", {})}, source=str(path))
+            self._tenant_grammars[(tenant, dsl)] = base.for_tenant(tenant, extra, source=str(path))
         return self
 
-    def get(self, name: str) -> Grammar:
+    def get(self, name: str, *, tenant: str | None = None) -> Grammar:
+        """The DSL's grammar; with ``tenant``, the tenant's variant (its private connectors) if it has one."""
+        if tenant is not None and (tenant, name) in self._tenant_grammars:
+            return self._tenant_grammars[(tenant, name)]
         try:
             return self._grammars[name]
         except KeyError:
             raise UnknownDSL(
                 f"unknown dsl {name!r}", detail={"available": sorted(self._grammars)}
             ) from None
+
+    def tenants(self, name: str) -> list[str]:
+        """Tenants with a private variant of DSL ``name``."""
+        return sorted(t for t, dsl in self._tenant_grammars if dsl == name)
 
     def names(self) -> list[str]:
         return sorted(self._grammars)
@@ -205,9 +248,8 @@ def load_grammar_file(path: Path) -> Grammar:
         meta = yaml.safe_load(meta_path.read_text()) or {}
     name = meta.get("name", path.stem)
     catalog = Catalog.from_dict(meta["catalog"], source=str(meta_path)) if meta.get("catalog") else None
-    text = path.read_text()
-    if catalog is not None:
-        text = text.rstrip("\n") + "\n\n" + catalog.grammar_rules()
+    structure = path.read_text()
+    text = _with_catalog(structure, catalog) if catalog is not None else structure
     examples: tuple[Example, ...] = ()
     if meta.get("examples"):
         examples = tuple(load_examples(path.parent / meta["examples"]))
@@ -219,7 +261,12 @@ def load_grammar_file(path: Path) -> Grammar:
         description=meta.get("description", ""),
         examples=examples,
         catalog=catalog,
+        structure=structure,
     )
+
+
+def _with_catalog(structure: str, catalog: Catalog) -> str:
+    return structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()
 
 
 def load_examples(path: Path) -> list[Example]:

@@ -52,10 +52,14 @@ class Prepared:
 def prepare(services: Services, req: GenerateRequest, *, request_id: str) -> Prepared:
     """Check the request against the registries and limits and build its prompt; raise its 4xx."""
     settings = services.settings
-    grammar = services.grammars.get(req.dsl)
+    grammar = services.grammars.get(req.dsl, tenant=req.tenant)
     _check_limits(req, services)
     adapter = services.adapters.resolve(dsl=grammar.name, tenant=req.tenant, adapter=req.adapter)
-    k = settings.default_examples if req.examples is None else req.examples
+    # The prompt shape an adapter was trained on wins over the service default, unless the request says.
+    k = req.examples
+    if k is None:
+        trained = adapter.prompt_examples if adapter else None
+        k = settings.default_examples if trained is None else trained
     examples = select_examples(grammar.examples, req.text, k=k)
     prompt = build_prompt(services.tokenizer, grammar, req.text, context=req.context, examples=examples)
     ids = services.tokenizer(prompt, add_special_tokens=False)["input_ids"]
