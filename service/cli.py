@@ -46,10 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--eval-every", type=int, default=15)
     train.add_argument("--seed", type=int, default=0)
 
+    evaluate = commands.add_parser("eval", help="score test sets through the service over HTTP")
+    evaluate.add_argument("--suite", default="adapters", help="which set of runs (adapters)")
+    evaluate.add_argument("--url", default=None, help="a running service; default: start one on the embedded model")
+    evaluate.add_argument("--limit", type=int, default=200, help="test rows per case (tenant sets use half)")
+    evaluate.add_argument("--concurrency", type=int, default=8)
+    evaluate.add_argument("--out", type=Path, default=None, help="report path (default: docs/<SUITE>.md)")
+
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "data": _data, "train": _train}
+    handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "data": _data, "train": _train,
+                "eval": _eval}
     return handlers[args.command](args)
 
 
@@ -119,6 +127,30 @@ def _train(args: argparse.Namespace) -> int:
                    replay_rows=replay, data_files=files)
     print(f"wrote {result.output} in {result.wall_time_s:.0f} s: loss {result.first_loss:.3f} -> "
           f"{result.last_loss:.3f}, held-out exact match {result.heldout_exact_match}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import contextlib
+    import tempfile
+
+    from service.config import PROJECT_ROOT, Settings
+    from service.evaluation.suites import SUITES, run_suite, write_report
+    from service.local_server import local_server
+
+    settings = Settings()
+    cases = SUITES[args.suite](args.limit)
+    out = args.out or PROJECT_ROOT / "docs" / ("TRAINING.md" if args.suite == "adapters" else f"{args.suite.upper()}.md")
+    command = f"nl2dsl eval --suite {args.suite} --limit {args.limit} --concurrency {args.concurrency}"
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if url is None:
+            log = Path(tempfile.mkdtemp(prefix="nl2dsl-eval-")) / "server.log"
+            print(f"starting the service (log: {log})", file=sys.stderr)
+            url = stack.enter_context(local_server(log=log))
+        results = run_suite(url, cases, data_dir=settings.data_dir, concurrency=args.concurrency)
+    write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out)
+    print(f"wrote {out}")
     return 0
 
 

@@ -7,11 +7,6 @@ two random ones, and one that claims another base model.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +14,7 @@ import httpx
 import pytest
 
 from service.config import Settings
+from service.local_server import local_server
 from service.model import resolve_model
 from tests.helpers import make_random_adapter
 
@@ -36,12 +32,6 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
     model_dir = resolve_model(None, Settings().cache_dir)
@@ -52,42 +42,35 @@ def server(tmp_path_factory) -> Server:
     manifest = (adapters / "other-base" / "manifest.yaml").read_text()
     fingerprint = manifest.split("fingerprint: ")[1].split()[0]
     (adapters / "other-base" / "manifest.yaml").write_text(manifest.replace(fingerprint, "feedfacefeedface"))
+    _train_tiny_adapter(model_dir, adapters / "tiny-trained")
 
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "NL2DSL_PORT": str(port),
         "NL2DSL_DTYPE": "float32",
         "NL2DSL_ADAPTERS_DIR": str(adapters),
         "NL2DSL_MAX_LORAS": "2",
         "NL2DSL_LOG_LEVEL": "info",
     }
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    log = tmp_path_factory.mktemp("server") / "server.log"
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-        yield Server(url=url, model_dir=model_dir, adapters_dir=adapters, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with local_server(env=env, log=log, timeout=STARTUP_TIMEOUT_S) as url:
+            yield Server(url=url, model_dir=model_dir, adapters_dir=adapters, log=log)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(str(exc))
+
+
+def _train_tiny_adapter(model_dir: str, output: Path) -> None:
+    """A few real training steps on a few sql examples, with the project's trainer (`nl2dsl train`)."""
+    from service.grammars import GrammarRegistry
+    from service.training.datasets import load_split
+    from service.training.trainer import TrainConfig, train
+
+    settings = Settings()
+    rows = load_split(settings.data_dir, "sql", "train", limit=24)
+    config = TrainConfig(name="tiny-trained", dsl="sql", output=output, tenants=["tiny-corp"], steps=6,
+                         batch_size=4, learning_rate=3e-3, warmup_steps=1, rank=4, alpha=8,
+                         target_modules=["q_proj", "v_proj"], eval_every=6, eval_size=4)
+    train(config, model_path=model_dir, grammar=GrammarRegistry(settings.grammars_dir).load().get("sql"),
+          train_rows=rows[:20], heldout_rows=rows[20:], progress=False)
 
 
 @pytest.fixture()

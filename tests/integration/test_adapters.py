@@ -72,3 +72,19 @@ def test_base_request_batched_with_adapter_requests_is_not_changed_by_them(clien
             assert results["base"] == alone and results["base-2"] == alone, results
             # the adapters do change this output, so a leak into the base request would show
             assert results["alpha"] != alone and results["beta"] != alone
+
+
+def test_a_tiny_training_run_lowers_the_loss_and_the_service_serves_its_adapter(server, client):
+    import json
+
+    import yaml
+
+    log = json.loads((server.adapters_dir / "tiny-trained" / "training_log.json").read_text())
+    assert log["last_loss"] < log["first_loss"]
+    manifest = yaml.safe_load((server.adapters_dir / "tiny-trained" / "manifest.yaml").read_text())
+    assert manifest["dsl"] == "sql" and manifest["training"]["steps"] == 6
+    r = client.post("/generate", json={"dsl": "sql", "tenant": "tiny-corp", "text": "how many orders are there",
+                                       "context": "orders(id, total)", "max_tokens": 40})
+    body = r.json()
+    assert r.status_code == 200 and body["adapter"] == "tiny-trained"
+    assert body["finish_reason"] != "stop" or body["valid"]

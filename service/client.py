@@ -1,0 +1,110 @@
+"""Typed HTTP client for product backends (and for nl2dsl's own eval and bench): sync and async.
+
+    with NL2DSLClient("http://127.0.0.1:8000") as client:
+        result = client.generate(dsl="flow", text="when a form is submitted, post the answers to #sales")
+        print(result.code, result.valid)
+
+Non-2xx answers raise :class:`APIError` carrying the service's ``error.type``, message and detail.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from service.api.generate.schemas import GenerateResponse
+
+__all__ = ["APIError", "NL2DSLClient", "AsyncNL2DSLClient"]
+
+
+class APIError(Exception):
+    """The service answered with an error: ``status``, ``type`` (e.g. ``unknown_dsl``), ``message``, ``detail``."""
+
+    def __init__(self, status: int, type_: str, message: str, detail: Any = None) -> None:
+        super().__init__(f"{status} {type_}: {message}")
+        self.status, self.type, self.message, self.detail = status, type_, message, detail
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        error = {"type": "http_error", "message": response.text[:200]}
+    raise APIError(response.status_code, error.get("type", "http_error"), error.get("message", ""), error.get("detail"))
+
+
+def _generate_body(dsl: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {"dsl": dsl, "text": text, **{k: v for k, v in options.items() if v is not None}}
+
+
+class NL2DSLClient:
+    """Blocking client; options of ``generate`` are those of ``POST /generate``, keyword-only."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 120.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+    def generate(self, *, dsl: str, text: str, **options: Any) -> GenerateResponse:
+        return GenerateResponse.model_validate(_check(self._http.post("/generate", json=_generate_body(dsl, text, options))))
+
+    def validate(self, *, dsl: str, code: str) -> dict[str, Any]:
+        return _check(self._http.post("/validate", json={"dsl": dsl, "code": code}))
+
+    def dsls(self) -> list[dict[str, Any]]:
+        return _check(self._http.get("/dsls"))
+
+    def adapters(self) -> list[dict[str, Any]]:
+        return _check(self._http.get("/adapters"))
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, *, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service at {self._http.base_url} not ready after {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "NL2DSLClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncNL2DSLClient:
+    """The same, for asyncio code."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 120.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+
+    async def generate(self, *, dsl: str, text: str, **options: Any) -> GenerateResponse:
+        response = await self._http.post("/generate", json=_generate_body(dsl, text, options))
+        return GenerateResponse.model_validate(_check(response))
+
+    async def validate(self, *, dsl: str, code: str) -> dict[str, Any]:
+        return _check(await self._http.post("/validate", json={"dsl": dsl, "code": code}))
+
+    async def adapters(self) -> list[dict[str, Any]]:
+        return _check(await self._http.get("/adapters"))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncNL2DSLClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
