@@ -15,7 +15,7 @@ TORCH_VERSION   := 2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install prepare serve test unit integration lint grammar-check clean
+.PHONY: install prepare serve test unit integration lint grammar-check data eval clean
 
 install: $(VENV)/.installed
 
@@ -36,7 +36,7 @@ prepare: install
 serve: prepare
 	NL2DSL_LOG_LEVEL=$${NL2DSL_LOG_LEVEL:-info} $(BIN)/nl2dsl serve --host $(HOST) --port $(PORT)
 
-test: prepare
+test: prepare lint
 	$(BIN)/python -m pytest -q tests
 
 unit: install
@@ -44,6 +44,12 @@ unit: install
 
 integration: prepare
 	$(BIN)/python -m pytest -q tests/integration
+
+data: install
+	$(BIN)/nl2dsl data
+
+eval: prepare
+	$(BIN)/nl2dsl eval --suite $${SUITE:-adapters}
 
 grammar-check: install
 	$(BIN)/nl2dsl grammar check

@@ -29,7 +29,7 @@ import yaml
 from service.engine import AdapterRef
 from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
 
-__all__ = ["Adapter", "AdapterRegistry", "BASE", "read_adapter"]
+__all__ = ["BASE", "Adapter", "AdapterRegistry", "read_adapter"]
 
 #: The adapter name that asks for the base model with no adapter.
 BASE = "base"
@@ -76,7 +76,7 @@ class AdapterRegistry:
         self.max_rank = max_rank
         self._adapters: dict[str, Adapter] = {}
 
-    def load(self) -> "AdapterRegistry":
+    def load(self) -> AdapterRegistry:
         """Register every adapter folder under the directory (a bad one is kept with its error)."""
         if self.directory and self.directory.is_dir():
             for folder in sorted(p for p in self.directory.iterdir() if p.is_dir()):

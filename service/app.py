@@ -8,6 +8,7 @@ loaded (tens of seconds on CPU, minutes for Mistral-7B), and the engine is alway
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -89,7 +90,5 @@ async def _start_engine(services: Services, stack: AsyncExitStack) -> None:
 async def _cancel(task: asyncio.Task) -> None:
     if not task.done():
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass

@@ -14,7 +14,7 @@ from typing import Any
 
 from service.errors import GrammarInvalid
 
-__all__ = ["Param", "Operation", "Catalog"]
+__all__ = ["Catalog", "Operation", "Param"]
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -54,7 +54,7 @@ class Catalog:
     descriptions: dict[str, str]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "<catalog>") -> "Catalog":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<catalog>") -> Catalog:
         types = dict(data.get("types", {}))
         operations: list[Operation] = []
         descriptions: dict[str, str] = {}
@@ -69,7 +69,7 @@ class Catalog:
                     )
         return cls(types=types, operations=tuple(operations), descriptions=descriptions)
 
-    def merged(self, other: "Catalog") -> "Catalog":
+    def merged(self, other: Catalog) -> Catalog:
         """This catalog plus ``other``'s connectors (a tenant's private connectors on top of the shared ones)."""
         return Catalog(
             types={**self.types, **other.types},

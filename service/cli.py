@@ -135,12 +135,13 @@ def _eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from service.config import PROJECT_ROOT, Settings
-    from service.evaluation.suites import SUITES, run_suite, write_report
+    from service.evaluation.suites import INTROS, SUITES, run_suite, write_report
     from service.local_server import local_server
 
     settings = Settings()
     cases = SUITES[args.suite](args.limit)
-    out = args.out or PROJECT_ROOT / "docs" / ("TRAINING.md" if args.suite == "adapters" else f"{args.suite.upper()}.md")
+    report = "TRAINING.md" if args.suite == "adapters" else f"{args.suite.upper()}.md"
+    out = args.out or PROJECT_ROOT / "docs" / report
     command = f"nl2dsl eval --suite {args.suite} --limit {args.limit} --concurrency {args.concurrency}"
     with contextlib.ExitStack() as stack:
         url = args.url
@@ -149,7 +150,8 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"starting the service (log: {log})", file=sys.stderr)
             url = stack.enter_context(local_server(log=log))
         results = run_suite(url, cases, data_dir=settings.data_dir, concurrency=args.concurrency)
-    write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out)
+    write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out,
+                 intro=INTROS.get(args.suite, ""))
     print(f"wrote {out}")
     return 0
 

@@ -16,7 +16,7 @@ import httpx
 
 from service.api.generate.schemas import GenerateResponse
 
-__all__ = ["APIError", "NL2DSLClient", "AsyncNL2DSLClient"]
+__all__ = ["APIError", "AsyncNL2DSLClient", "NL2DSLClient"]
 
 
 class APIError(Exception):
@@ -49,7 +49,8 @@ class NL2DSLClient:
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def generate(self, *, dsl: str, text: str, **options: Any) -> GenerateResponse:
-        return GenerateResponse.model_validate(_check(self._http.post("/generate", json=_generate_body(dsl, text, options))))
+        response = self._http.post("/generate", json=_generate_body(dsl, text, options))
+        return GenerateResponse.model_validate(_check(response))
 
     def validate(self, *, dsl: str, code: str) -> dict[str, Any]:
         return _check(self._http.post("/validate", json={"dsl": dsl, "code": code}))
@@ -76,7 +77,7 @@ class NL2DSLClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "NL2DSLClient":
+    def __enter__(self) -> NL2DSLClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -103,7 +104,7 @@ class AsyncNL2DSLClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncNL2DSLClient":
+    async def __aenter__(self) -> AsyncNL2DSLClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "PROJECT_ROOT"]
+__all__ = ["PROJECT_ROOT", "Settings"]
 
 #: The repository root (grammars/ and adapters/ live there in a source checkout and in the image).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

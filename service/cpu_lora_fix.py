@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-__all__ = ["register", "CHECKED_VERSION"]
+__all__ = ["CHECKED_VERSION", "register"]
 
 CHECKED_VERSION = "0.32.0"
 
@@ -28,7 +28,7 @@ def register() -> None:
         return  # the GPU build: its kernels already skip -1
     import vllm.lora.ops.torch_ops as ops_pkg
     import vllm.lora.ops.torch_ops.lora_ops as ops
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+    from vllm.lora.punica_wrapper import punica_cpu
 
     if getattr(ops, "_nl2dsl_patched", False):
         return  # plugins may be loaded several times in one process

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.errors import BadRequest, EngineUnavailable
 
-__all__ = ["AdapterRef", "GenerationParams", "Delta", "Engine", "open_engine"]
+__all__ = ["AdapterRef", "Delta", "Engine", "GenerationParams", "open_engine"]
 
 
 @dataclass(frozen=True)

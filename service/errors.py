@@ -18,15 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "NL2DSLError",
-    "BadRequest",
-    "GrammarInvalid",
-    "NotFound",
-    "UnknownDSL",
-    "UnknownAdapter",
     "AdapterUnavailable",
-    "RequestInvalid",
+    "BadRequest",
     "EngineUnavailable",
+    "GrammarInvalid",
+    "NL2DSLError",
+    "NotFound",
+    "RequestInvalid",
+    "UnknownAdapter",
+    "UnknownDSL",
     "error_body",
 ]
 

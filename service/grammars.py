@@ -21,7 +21,7 @@ import yaml
 from service.catalog import Catalog
 from service.errors import GrammarInvalid, UnknownDSL
 
-__all__ = ["Example", "Grammar", "ParseError", "ParseResult", "GrammarRegistry", "to_engine_dialect", "compile_grammar"]
+__all__ = ["Example", "Grammar", "GrammarRegistry", "ParseError", "ParseResult", "compile_grammar", "to_engine_dialect"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Grammar:
     structure: str = ""
     start: str = "start"
 
-    def for_tenant(self, tenant: str, extra: Catalog, *, source: str) -> "Grammar":
+    def for_tenant(self, tenant: str, extra: Catalog, *, source: str) -> Grammar:
         """This grammar with a tenant's private connectors added to its catalog."""
         catalog = self.catalog.merged(extra) if self.catalog else extra
         return compile_grammar(
@@ -113,7 +113,7 @@ def to_engine_dialect(text: str) -> str:
         if m.group(1):
             return m.group(1)
         low, high = m.group(2), m.group(3)
-        return "{%s,%s}" % (low, high) if high else "{%s}" % low
+        return f"{{{low},{high}}}" if high else f"{{{low}}}"
 
     return _TILDE.sub(_replace, text)
 
@@ -198,7 +198,7 @@ class GrammarRegistry:
         self._grammars: dict[str, Grammar] = {}
         self._tenant_grammars: dict[tuple[str, str], Grammar] = {}
 
-    def load(self) -> "GrammarRegistry":
+    def load(self) -> GrammarRegistry:
         """Compile every ``*.lark`` in the directory, then each tenant's variant from ``tenants/*.yaml``.
 
         The first grammar that fails stops start-up.
@@ -279,7 +279,8 @@ def _parse_error(exc: lark.UnexpectedInput, code: str, describe) -> ParseError:
     expected: set[str] = set()
     if isinstance(exc, lark.UnexpectedCharacters):
         expected = set(exc.allowed or ())
-        message = f"unexpected character {code[exc.pos_in_stream]!r}" if exc.pos_in_stream < len(code) else "unexpected input"
+        at = exc.pos_in_stream
+        message = f"unexpected character {code[at]!r}" if at < len(code) else "unexpected input"
     elif isinstance(exc, lark.UnexpectedEOF):
         expected = set(exc.expected or ())
         message = "unexpected end of code"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["local_server", "free_port"]
+__all__ = ["free_port", "local_server"]
 
 
 def free_port() -> int:

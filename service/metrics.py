@@ -9,13 +9,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
-    "REQUEST_DURATION",
-    "QUEUE_WAIT",
-    "TIME_TO_FIRST_TOKEN",
-    "PROMPT_TOKENS",
     "COMPLETION_TOKENS",
     "INVALID_OUTPUTS",
     "IN_FLIGHT",
+    "PROMPT_TOKENS",
+    "QUEUE_WAIT",
+    "REQUEST_DURATION",
+    "TIME_TO_FIRST_TOKEN",
 ]
 
 # 10 ms .. 60 s: a cached CPU decode step is ~50 ms, a long CPU generation tens of seconds.

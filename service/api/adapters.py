@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from service.adapters import Adapter
 from service.api.deps import ServicesDep
 
-__all__ = ["router", "AdapterInfo"]
+__all__ = ["AdapterInfo", "router"]
 
 router = APIRouter(tags=["adapters"])
 

@@ -13,7 +13,7 @@ from service.engine import Engine
 from service.errors import EngineUnavailable
 from service.grammars import GrammarRegistry
 
-__all__ = ["Services", "ServicesDep", "EngineDep", "SettingsDep"]
+__all__ = ["EngineDep", "Services", "ServicesDep", "SettingsDep"]
 
 
 @dataclass

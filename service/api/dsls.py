@@ -9,7 +9,7 @@ from service.api.deps import ServicesDep
 from service.api.schemas import ERROR_RESPONSES
 from service.grammars import Grammar
 
-__all__ = ["router", "DSLInfo"]
+__all__ = ["DSLInfo", "router"]
 
 router = APIRouter(tags=["dsls"])
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ErrorBody", "ErrorResponse", "ParseErrorModel", "ERROR_RESPONSES"]
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "ErrorResponse", "ParseErrorModel"]
 
 
 class ErrorBody(BaseModel):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.deps import ServicesDep
 from service.api.schemas import ERROR_RESPONSES, ParseErrorModel
 
-__all__ = ["router", "ValidateRequest", "ValidateResponse"]
+__all__ = ["ValidateRequest", "ValidateResponse", "router"]
 
 router = APIRouter(tags=["validate"])
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from service.client import APIError, AsyncNL2DSLClient
 from service.grammars import Example
 
-__all__ = ["RunConfig", "Outcome", "run", "summarize"]
+__all__ = ["Outcome", "RunConfig", "run", "summarize"]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from service.evaluation.runner import RunConfig, Summary, run, summarize
 from service.training.datasets import load_split
 
-__all__ = ["Case", "SUITES", "run_suite", "write_report"]
+__all__ = ["SUITES", "Case", "run_suite", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,28 @@ def _adapters_suite(limit: int) -> list[Case]:
 
 SUITES = {"adapters": _adapters_suite}
 
+INTROS = {
+    "adapters": """The shipped LoRA adapters, trained with `nl2dsl train` on the embedded base (SmolLM2-135M-Instruct,
+CPU), scored through `POST /generate` on held-out test sets: flow's test set only has trigger/action pairs that
+no training flow has, sql's only query shapes no training query has, and each tenant's test set only flows with
+its private connector. Exact match is the whole program, character for character. Greedy decoding, grammar
+constraint on (the tenant's grammar for tenant runs), no retrieved examples for adapters (their training prompt
+had none). "grammar violations" = finished by themselves and still invalid (0 by construction); "cut" = stopped
+by max_tokens.
+
+How the adapters were trained (wall times in each `adapters/<name>/manifest.yaml`):
+
+```sh
+nl2dsl data                                   # data/: 20,000 train + 500 test pairs per DSL, 400 + 100 per tenant
+nl2dsl train --dsl flow --name flow-general --steps 60
+nl2dsl train --dsl sql --name sql-general --steps 60
+nl2dsl train --dsl flow --name contoso --tenant contoso --tenants contoso \\
+    --init-from adapters/flow-general --steps 40 --lr 5e-4      # half of each batch replays general flows
+nl2dsl train --dsl flow --name fabrikam --tenant fabrikam --tenants fabrikam \\
+    --init-from adapters/flow-general --steps 40 --lr 5e-4
+```""",
+}
+
 
 def run_suite(url: str, cases: list[Case], *, data_dir: Path, concurrency: int) -> list[tuple[Case, Summary]]:
     results = []
@@ -73,5 +95,7 @@ def write_report(results: list[tuple[Case, Summary]], *, title: str, command: st
                      f"{s.grammar_violation_rate:.3f} | {s.cut_rate:.3f} | {s.p50_s:.2f} | {s.p95_s:.2f} |")
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n".join(lines) + "\n")
-    payload = [{"case": {**asdict(case.config), "test_set": case.test_set}, "summary": asdict(s)} for case, s in results]
+    payload = [
+        {"case": {**asdict(case.config), "test_set": case.test_set}, "summary": asdict(s)} for case, s in results
+    ]
     markdown.with_suffix(".json").write_text(json.dumps(payload, indent=1))

@@ -58,7 +58,7 @@ def build(data_dir: Path, grammars: GrammarRegistry, *, sizes: dict[str, int] = 
         gen = FlowGenerator(grammars.get("flow", tenant=tenant).catalog, tenant=tenant)
         own = set(TENANT_TRIGGERS[tenant]) | set(TENANT_ACTIONS[tenant])
         tenant_held_out = held_out_pairs(list(gen.triggers), list(gen.actions), fraction=0.2, seed=_SEEDS[tenant],
-                                         keep=lambda t, a: t in own or a in own)
+                                         keep=lambda t, a, own=own: t in own or a in own)
         for split in ("train", "test"):
             pairs = gen.generate(n=sizes[f"tenant_{split}"], seed=_SEEDS[tenant] + (split == "test"),
                                  held_out=tenant_held_out, test=split == "test", require_tenant_op=True)

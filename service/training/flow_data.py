@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from service.catalog import Catalog, Operation
 
-__all__ = ["FlowPair", "TRIGGERS", "ACTIONS", "TENANT_TRIGGERS", "TENANT_ACTIONS", "FlowGenerator"]
+__all__ = ["ACTIONS", "TENANT_ACTIONS", "TENANT_TRIGGERS", "TRIGGERS", "FlowGenerator", "FlowPair"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ ACTIONS: dict[str, list[str]] = {
                               'open a {priority} priority ticket in {project} titled "{title}"'],
     "tickets.close_ticket": ["close ticket {id} in {project}", "resolve ticket {id} of the {project} project"],
     "sheets.append_row": ['add a row "{values}" to the {sheet} sheet', 'append "{values}" to {sheet}'],
-    "sheets.update_cell": ['set cell {cell} of {sheet} to "{value}"', 'update {cell} in the {sheet} sheet with "{value}"'],
+    "sheets.update_cell": ['set cell {cell} of {sheet} to "{value}"',
+                           'update {cell} in the {sheet} sheet with "{value}"'],
     "http.request": ["send a {method} request to {url}", "call {url} with {method}",
                      '{method} to {url} with the body "{body}"'],
     "calendar.create_event": ['create an event "{title}" at {at} in the {calendar} calendar',
@@ -240,10 +241,8 @@ class FlowGenerator:
         for i, nl in enumerate(action_nl[1:], start=1):
             joiner = rng.choice(_JOINERS) if i < len(action_nl) - 1 else rng.choice([" and ", ", then ", " and then "])
             joined += joiner + nl
-        if len(actions) == 1 and rng.random() < 0.35:  # action first: "post ... whenever ..."
-            text = f"{joined} {trigger_nl}"
-        else:
-            text = f"{trigger_nl}, {joined}"
+        action_first = len(actions) == 1 and rng.random() < 0.35  # "post ... whenever ..."
+        text = f"{joined} {trigger_nl}" if action_first else f"{trigger_nl}, {joined}"
         text = rng.choice(_PREFIXES) + text + rng.choice(_SUFFIXES)
         if rng.random() < 0.5:
             text = text[0].upper() + text[1:]

@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["SqlPair", "SCHEMAS", "SqlGenerator", "HELD_OUT_SHAPES"]
+__all__ = ["HELD_OUT_SHAPES", "SCHEMAS", "SqlGenerator", "SqlPair"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class SqlGenerator:
             sql += group_sql
         if order:
             direction = rng.choice([" DESC", " ASC", ""])
-            order_nl = {" DESC": [f"highest {{c}} first", "sorted by {c} descending", "ordered by {c} from high to low"],
+            order_nl = {" DESC": ["highest {c} first", "sorted by {c} descending", "ordered by {c} from high to low"],
                         " ASC": ["lowest {c} first", "sorted by {c} ascending", "ordered by {c} from low to high"],
                         "": ["sorted by {c}", "ordered by {c}"]}[direction]
             shown = order_col if kind != "group" else "that"

@@ -40,9 +40,8 @@ def test_the_long_request_really_is_long(client):
 
 
 def test_non_streaming_client_timeout_aborts_generation(server, client):
-    with pytest.raises(httpx.ReadTimeout):
-        with server.client(timeout=1.0) as impatient:
-            impatient.post("/generate", json=LONG)
+    with pytest.raises(httpx.ReadTimeout), server.client(timeout=1.0) as impatient:
+        impatient.post("/generate", json=LONG)
     _assert_generation_stopped(client)
 
 

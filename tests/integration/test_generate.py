@@ -52,7 +52,8 @@ def test_every_dsl_generates_code_that_parses(client, dsl):
 
 
 def test_output_cut_at_max_tokens_is_length_and_invalid(client):
-    body = client.post("/generate", json={"dsl": "flow", "text": "email a@b.io then post to #x", "max_tokens": 4}).json()
+    payload = {"dsl": "flow", "text": "email a@b.io then post to #x", "max_tokens": 4}
+    body = client.post("/generate", json=payload).json()
     assert body["finish_reason"] == "length" and body["valid"] is False and body["error"] is not None
     assert body["usage"]["completion_tokens"] == 4
 
@@ -98,7 +99,8 @@ def test_bad_input_is_refused_and_the_server_keeps_serving(client, payload, stat
     r = client.post("/generate", json=payload)
     assert r.status_code == status, r.text
     assert r.json()["error"]["type"] == error_type
-    ok = client.post("/generate", json={"dsl": "sql", "text": "count orders", "context": "orders(id)", "max_tokens": 24})
+    payload = {"dsl": "sql", "text": "count orders", "context": "orders(id)", "max_tokens": 24}
+    ok = client.post("/generate", json=payload)
     assert ok.status_code == 200
 
 

@@ -115,10 +115,10 @@ def test_prompt_longer_than_the_model_is_refused(make_client):
 
 
 def test_stream_sends_deltas_then_the_result(make_client):
-    with make_client() as client:
-        with client.stream("POST", "/generate", json={"dsl": "flow", "text": "x", "stream": True}) as r:
-            assert r.headers["content-type"].startswith("text/event-stream")
-            events = [block for block in r.read().decode().split("\n\n") if block]
+    payload = {"dsl": "flow", "text": "x", "stream": True}
+    with make_client() as client, client.stream("POST", "/generate", json=payload) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [block for block in r.read().decode().split("\n\n") if block]
     kinds = [block.split("\n")[0] for block in events]
     assert kinds == ["event: delta", "event: delta", "event: result"]
     deltas = "".join(json.loads(b.split("data: ", 1)[1])["text"] for b in events[:2])

