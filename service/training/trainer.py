@@ -205,5 +205,20 @@ def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str
             "wall_time_s": round(result.wall_time_s, 1),
         },
     }
+    if config.init_from:
+        # Continued training: keep the lineage (the init adapter's own training) in this manifest.
+        parent = yaml.safe_load((Path(config.init_from) / "manifest.yaml").read_text()) or {}
+        parent_training = parent.get("training") or {}
+        manifest["training"]["init_from"] = {
+            "name": parent.get("name"),
+            "dsl": parent.get("dsl"),
+            "steps": parent_training.get("total_steps", parent_training.get("steps")),
+            "wall_time_s": parent_training.get("total_wall_time_s", parent_training.get("wall_time_s")),
+            "data_sha256": parent_training.get("data_sha256"),
+        }
+        manifest["training"]["total_steps"] = result.steps + (manifest["training"]["init_from"]["steps"] or 0)
+        manifest["training"]["total_wall_time_s"] = round(
+            result.wall_time_s + (manifest["training"]["init_from"]["wall_time_s"] or 0), 1
+        )
     (config.output / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     (config.output / "training_log.json").write_text(json.dumps(asdict(result), default=str, indent=1))
