@@ -144,7 +144,7 @@ def compile_grammar(
     except lark.exceptions.LarkError as exc:
         raise GrammarInvalid(
             f"{source}: lark cannot compile the grammar: {exc}".strip(),
-            detail={"source": source, "line": _lark_error_line(exc), "parser": "lark"},
+            detail={"source": source, "line": _lark_error_line(exc, text), "parser": "lark"},
         ) from exc
     engine_text = to_engine_dialect(text)
     error = _llguidance_error(engine_text)
@@ -296,9 +296,18 @@ def _parse_error(exc: lark.UnexpectedInput, code: str, describe) -> ParseError:
     return ParseError(message=message, line=line, column=column, expected=sorted({describe(e) for e in expected}))
 
 
-def _lark_error_line(exc: Exception) -> int | None:
+def _lark_error_line(exc: Exception, text: str) -> int | None:
     line = getattr(exc, "line", None)
-    return line if isinstance(line, int) and line > 0 else _first_line_number(str(exc))
+    if isinstance(line, int) and line > 0:
+        return line
+    found = _first_line_number(str(exc))
+    rule = re.search(r"\(in rule (\w+)\)", str(exc)) or re.search(r"[Rr]ule '?(\w+)'? ", str(exc))
+    if found is None and rule:  # e.g. "Rule 'b' used but not defined (in rule start)": the line of that rule
+        name = rule.group(1)
+        for number, source_line in enumerate(text.splitlines(), start=1):
+            if re.match(rf"\s*[?!]?{re.escape(name)}\s*(\.\d+)?\s*:", source_line):
+                return number
+    return found
 
 
 def _first_line_number(message: str) -> int | None:

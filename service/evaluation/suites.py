@@ -33,9 +33,8 @@ class Case:
 def _adapters_suite(limit: int) -> list[Case]:
     half = max(1, limit // 2)
     cases = [
-        Case(RunConfig("base, 3 examples", "flow", adapter="base", examples=3), "flow", half),
         Case(RunConfig("flow-general", "flow", adapter="flow-general"), "flow", limit),
-        Case(RunConfig("sql-general", "sql", adapter="sql-general"), "sql", limit),
+        Case(RunConfig("sql-general", "sql", adapter="sql-general"), "sql", half),
     ]
     for tenant in ("contoso", "fabrikam"):
         cases += [

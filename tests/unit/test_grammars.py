@@ -133,3 +133,9 @@ def test_catalog_rejects_unknown_types_and_bad_names():
         Catalog.from_dict({"types": {}, "connectors": {"x": {"actions": {"a": {"p": {"type": "nope"}}}}}})
     with pytest.raises(GrammarInvalid):
         Catalog.from_dict({"types": {}, "connectors": {"Bad Name": {}}})
+
+
+def test_an_undefined_rule_is_reported_at_the_rule_that_uses_it():
+    with pytest.raises(GrammarInvalid) as err:
+        compile_grammar("bad", '// a comment\nstart: "a" missing\n', source="bad.lark")
+    assert err.value.detail["line"] == 2 and "missing" in err.value.message
