@@ -147,6 +147,10 @@ def test_dsls_and_adapters_are_listed(make_client):
         dsls = {d["name"]: d for d in client.get("/dsls").json()}
         assert {"flow", "sql"} <= set(dsls) and "chat.post_message" in dsls["flow"]["operations"]
         assert "SELECT " in client.get("/dsls/sql").json()["grammar"]
+        assert dsls["flow"]["tenants"] == ["contoso", "fabrikam"]
+        contoso = client.get("/dsls/flow", params={"tenant": "contoso"}).json()
+        assert contoso["tenant"] == "contoso" and "crm.create_lead" in contoso["operations"]
+        assert "crm.create_lead" not in dsls["flow"]["operations"]
         assert client.get("/dsls/nope").status_code == 404
         assert client.get("/adapters").json() == []
 
