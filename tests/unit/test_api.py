@@ -176,3 +176,12 @@ def test_unknown_route_uses_the_error_shape(make_client):
     with make_client() as client:
         r = client.get("/nope")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+def test_a_tenant_request_is_constrained_by_the_tenant_grammar(make_client):
+    with make_client() as client:
+        client.post("/generate", json={"dsl": "flow", "text": "x", "tenant": "contoso"})
+        client.post("/generate", json={"dsl": "flow", "text": "x", "tenant": "fabrikam"})
+    contoso, fabrikam = (call["params"].grammar for call in client.engine.calls)
+    assert "crm__create_lead" in contoso and "erp__" not in contoso
+    assert "erp__post_invoice" in fabrikam and "crm__" not in fabrikam
