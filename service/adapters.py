@@ -60,6 +60,11 @@ class Adapter:
         return int(value) if value is not None else None
 
     @property
+    def prompt_catalog_hints(self) -> bool:
+        """Whether the adapter was trained with catalog hints in its system prompt (default: no)."""
+        return bool((self.manifest.get("prompt") or {}).get("catalog_hints", False))
+
+    @property
     def ref(self) -> AdapterRef:
         return AdapterRef(name=self.name, lora_id=self.lora_id, path=str(self.path))
 

@@ -25,6 +25,7 @@ from service.config import Settings
 from service.engine import Engine, open_engine
 from service.grammars import GrammarRegistry
 from service.model import base_fingerprint, resolve_model
+from service.retrieval import Retriever
 
 __all__ = ["create_app"]
 
@@ -73,7 +74,9 @@ def _build_services(settings: Settings) -> Services:
         if adapter.error:
             log.warning("adapter %s cannot be served: %s", adapter.name, adapter.error)
     log.info("loaded %d dsls (%s) and %d adapters", len(grammars), ", ".join(grammars.names()), len(registry.all()))
-    return Services(settings=settings, grammars=grammars, adapters=registry, tokenizer=tokenizer, model=model)
+    retriever = Retriever(grammars, settings.data_dir)
+    return Services(settings=settings, grammars=grammars, adapters=registry, tokenizer=tokenizer, model=model,
+                    retriever=retriever)
 
 
 async def _start_engine(services: Services, stack: AsyncExitStack) -> None:

@@ -37,7 +37,8 @@ class Settings(BaseSettings):
 
     grammars_dir: Path = PROJECT_ROOT / "grammars"
     adapters_dir: Path = PROJECT_ROOT / "adapters"
-    data_dir: Path = PROJECT_ROOT / "data"
+    #: Few-shot examples are retrieved from data/<dsl>/train.jsonl (and tenants/<tenant>/); None = yaml examples only.
+    data_dir: Path | None = PROJECT_ROOT / "data"
 
     # Request limits (bad input beyond them is a 422).
     max_text_chars: int = 2000
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     max_tokens_limit: int = 1024
     default_examples: int = 3
     max_examples: int = 8
+    #: Base-model prompts list the catalog operations a request seems to mention (adapters: their manifest says).
+    catalog_hints: bool = True
 
     host: str = "127.0.0.1"
     port: int = 8000

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from service.catalog import Operation
 from service.grammars import Example, Grammar
 
 __all__ = ["ChatTokenizer", "build_messages", "build_prompt", "user_message"]
@@ -18,11 +19,16 @@ class ChatTokenizer(Protocol):
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
 
-def system_message(grammar: Grammar) -> str:
-    return (
+def system_message(grammar: Grammar, hints: Sequence[Operation] = ()) -> str:
+    text = (
         f"You translate requests written in English into code of the `{grammar.name}` language. "
         f"{grammar.description} Answer with the code only."
     )
+    if hints:
+        text += "\nOperations that may help:\n" + "\n".join(
+            f"- {op.full_name}({', '.join(f'{p.name}: {p.type}' for p in op.params)})  ({op.kind})" for op in hints
+        )
+    return text
 
 
 def user_message(text: str, context: str | None = None) -> str:
@@ -31,10 +37,15 @@ def user_message(text: str, context: str | None = None) -> str:
 
 
 def build_messages(
-    grammar: Grammar, text: str, *, context: str | None = None, examples: Sequence[Example] = ()
+    grammar: Grammar,
+    text: str,
+    *,
+    context: str | None = None,
+    examples: Sequence[Example] = (),
+    hints: Sequence[Operation] = (),
 ) -> list[dict[str, str]]:
-    """Chat messages: system, then each example as a user/assistant pair, then the request."""
-    messages = [{"role": "system", "content": system_message(grammar)}]
+    """Chat messages: system (with catalog hints), then each example as a user/assistant pair, then the request."""
+    messages = [{"role": "system", "content": system_message(grammar, hints)}]
     for ex in examples:
         messages.append({"role": "user", "content": user_message(ex.text, ex.context)})
         messages.append({"role": "assistant", "content": ex.code})
@@ -49,7 +60,8 @@ def build_prompt(
     *,
     context: str | None = None,
     examples: Sequence[Example] = (),
+    hints: Sequence[Operation] = (),
 ) -> str:
     """The prompt string the model continues (chat template applied, generation prompt added)."""
-    messages = build_messages(grammar, text, context=context, examples=examples)
+    messages = build_messages(grammar, text, context=context, examples=examples, hints=hints)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

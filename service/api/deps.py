@@ -12,6 +12,7 @@ from service.config import Settings
 from service.engine import Engine
 from service.errors import EngineUnavailable
 from service.grammars import GrammarRegistry
+from service.retrieval import Retriever
 
 __all__ = ["EngineDep", "Services", "ServicesDep", "SettingsDep"]
 
@@ -25,6 +26,7 @@ class Services:
     adapters: AdapterRegistry
     tokenizer: Any
     model: str
+    retriever: Retriever
     engine: Engine | None = None
     #: Why the engine is not there (start-up failed); None while loading or when running.
     engine_error: str | None = None

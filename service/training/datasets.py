@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from service.grammars import Example, GrammarRegistry
+from service.grammars import Example, GrammarRegistry, load_examples
 from service.training.flow_data import TENANT_ACTIONS, TENANT_TRIGGERS, FlowGenerator, held_out_pairs
 from service.training.sql_data import SqlGenerator
 
@@ -30,15 +30,7 @@ def split_path(data_dir: Path, dsl: str, split: str, *, tenant: str | None = Non
 
 def load_split(data_dir: Path, dsl: str, split: str, *, tenant: str | None = None,
                limit: int | None = None) -> list[Example]:
-    path = split_path(data_dir, dsl, split, tenant=tenant)
-    rows = []
-    with path.open() as f:
-        for line in f:
-            if limit is not None and len(rows) >= limit:
-                break
-            r = json.loads(line)
-            rows.append(Example(text=r["text"], code=r["code"], context=r.get("context")))
-    return rows
+    return load_examples(split_path(data_dir, dsl, split, tenant=tenant))[:limit]
 
 
 def build(data_dir: Path, grammars: GrammarRegistry, *, sizes: dict[str, int] = SIZES) -> dict[str, int]:

@@ -192,7 +192,7 @@ def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str
         "tenants": config.tenants,
         "rank": config.rank,
         "base_model": {"id": Path(model_path).name or EMBEDDED_NAME, "fingerprint": base_fingerprint(model_path)},
-        "prompt": {"examples": config.examples},
+        "prompt": {"examples": config.examples, "catalog_hints": False},
         "training": {
             "data": [str(p) for p in data_files],
             "data_sha256": digest.hexdigest()[:16],

@@ -34,7 +34,8 @@ def _fake_engine(pieces: list[str], finish_reason: str = "stop") -> MagicMock:
 def make_client(tmp_path):
     def make(pieces=None, finish_reason="stop", **settings):
         engine = _fake_engine(pieces or [FLOW_CODE[:20], FLOW_CODE[20:]], finish_reason)
-        app = create_app(Settings(**{"adapters_dir": tmp_path, "max_text_chars": 100, **settings}), engine=engine)
+        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "max_text_chars": 100, **settings}
+        app = create_app(Settings(**options), engine=engine)
         client = TestClient(app)
         client.engine = engine
         return client

@@ -1,6 +1,6 @@
 """The request path of ``POST /generate``, one step per call, top to bottom.
 
-    prepare:  grammars (which DSL) -> limits -> adapters (which LoRA) -> retrieval (examples)
+    prepare:  grammars (which DSL) -> limits -> adapters (which LoRA) -> retrieval (examples, catalog hints)
               -> prompts (chat template) -> token budget
     run:      engine (stream deltas) -> grammars (parse the code) -> metrics + one log line
 
@@ -25,7 +25,7 @@ from service.engine import GenerationParams
 from service.errors import RequestInvalid
 from service.grammars import Grammar
 from service.prompts import build_prompt
-from service.retrieval import select_examples
+from service.retrieval import catalog_hints
 
 __all__ = ["Prepared", "prepare", "run"]
 
@@ -60,8 +60,10 @@ def prepare(services: Services, req: GenerateRequest, *, request_id: str) -> Pre
     if k is None:
         trained = adapter.prompt_examples if adapter else None
         k = settings.default_examples if trained is None else trained
-    examples = select_examples(grammar.examples, req.text, k=k)
-    prompt = build_prompt(services.tokenizer, grammar, req.text, context=req.context, examples=examples)
+    examples = services.retriever.select(grammar.name, req.text, k=k, tenant=req.tenant)
+    use_hints = adapter.prompt_catalog_hints if adapter else settings.catalog_hints
+    hints = catalog_hints(grammar.catalog, req.text) if use_hints and grammar.catalog else ()
+    prompt = build_prompt(services.tokenizer, grammar, req.text, context=req.context, examples=examples, hints=hints)
     ids = services.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     max_tokens = req.max_tokens or settings.default_max_tokens
     if len(ids) + max_tokens > settings.max_model_len:

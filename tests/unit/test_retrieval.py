@@ -1,0 +1,43 @@
+"""Retrieval: BM25 over a DSL's examples, tenant examples first, never the request itself; catalog hints."""
+
+from __future__ import annotations
+
+import json
+
+from service.config import Settings
+from service.grammars import Example, GrammarRegistry
+from service.retrieval import ExampleIndex, Retriever, catalog_hints
+
+GRAMMARS = GrammarRegistry(Settings().grammars_dir).load()
+
+
+def test_search_ranks_by_shared_words_and_skips_the_request_itself():
+    index = ExampleIndex([
+        Example("post the weekly report to #sales", "A"),
+        Example("email the finance team every monday", "B"),
+        Example("create a ticket when a payment fails", "C"),
+    ])
+    assert [ex.code for ex in index.search("every monday email finance", k=1)] == ["B"]
+    assert "A" not in [ex.code for ex in index.search("post the weekly report to #sales", k=3)]
+    assert index.search("zebra quantum", k=3) == []  # nothing in common: no filler examples
+
+
+def test_tenant_examples_come_first_and_the_best_sits_next_to_the_request(tmp_path):
+    flow = tmp_path / "flow"
+    (flow / "tenants" / "contoso").mkdir(parents=True)
+    rows = [{"text": f"general flow about deals number {i}", "code": f"G{i}"} for i in range(5)]
+    (flow / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (flow / "tenants" / "contoso" / "train.jsonl").write_text(json.dumps({"text": "won deals go to #sales",
+                                                                        "code": "T"}))
+    retriever = Retriever(GRAMMARS, tmp_path)
+    picked = retriever.select("flow", "when deals are won", k=3, tenant="contoso")
+    assert len(picked) == 3 and picked[-1].code == "T"
+    assert "T" not in [ex.code for ex in retriever.select("flow", "when deals are won", k=3)]
+    assert "T" not in [ex.code for ex in retriever.select("flow", "when deals are won", k=3, tenant="fabrikam")]
+
+
+def test_catalog_hints_pick_the_mentioned_connectors():
+    catalog = GRAMMARS.get("flow").catalog
+    names = [op.full_name for op in catalog_hints(catalog, "when a ticket is created, send an email to ops")]
+    assert "email.send" in names and any(n.startswith("tickets.") for n in names)
+    assert catalog_hints(catalog, "zzz qqq") == []
