@@ -149,7 +149,8 @@ def _eval(args: argparse.Namespace) -> int:
             log = Path(tempfile.mkdtemp(prefix="nl2dsl-eval-")) / "server.log"
             print(f"starting the service (log: {log})", file=sys.stderr)
             url = stack.enter_context(local_server(log=log))
-        results = run_suite(url, cases, data_dir=settings.data_dir, concurrency=args.concurrency)
+        results = run_suite(url, cases, data_dir=settings.data_dir, grammars_dir=settings.grammars_dir,
+                            concurrency=args.concurrency)
     write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out,
                  intro=INTROS.get(args.suite, ""))
     print(f"wrote {out}")

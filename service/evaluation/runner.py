@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
 from service.client import APIError, AsyncNL2DSLClient
-from service.grammars import Example
+from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
+from service.grammars import Example, Grammar
 
 __all__ = ["Outcome", "RunConfig", "run", "summarize"]
 
@@ -37,10 +38,11 @@ class Outcome:
     latency_s: float
     completion_tokens: int = 0
     error: str | None = None
+    context: str | None = None
 
     @property
     def exact(self) -> bool:
-        return self.code.strip() == self.gold.strip()
+        return exact_match(self.code, self.gold)
 
 
 async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurrency: int = 8,
@@ -56,9 +58,10 @@ async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurren
                                           adapter=config.adapter, examples=config.examples,
                                           constrained=config.constrained, max_tokens=config.max_tokens,
                                           temperature=0.0)
-                return Outcome(row.code, r.code, r.valid, r.finish_reason, r.timings.total, r.usage.completion_tokens)
+                return Outcome(row.code, r.code, r.valid, r.finish_reason, r.timings.total, r.usage.completion_tokens,
+                               context=row.context)
             except APIError as exc:
-                return Outcome(row.code, "", False, "error", 0.0, error=str(exc))
+                return Outcome(row.code, "", False, "error", 0.0, error=str(exc), context=row.context)
             finally:
                 bar.update()
 
@@ -80,12 +83,28 @@ class Summary:
     error_rate: float
     p50_s: float
     p95_s: float
-    extra: dict[str, float] = field(default_factory=dict)
+    string_similarity: float | None = None
+    tree_similarity: float | None = None
+    #: Operation (flow) or table (sql) names that do not exist, per name used.
+    name_hallucination_rate: float | None = None
+    #: Parameter keys (flow) or columns (sql) that do not exist, per key used.
+    key_hallucination_rate: float | None = None
 
 
-def summarize(outcomes: Sequence[Outcome]) -> Summary:
+def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Summary:
+    """Rates over ``outcomes``; with the DSL's ``grammar`` also similarities and hallucination rates."""
     n = len(outcomes)
     latencies = sorted(o.latency_s for o in outcomes if o.error is None) or [0.0]
+    scores: dict[str, float] = {}
+    if grammar is not None:
+        found = [hallucinations(grammar, o.code, context=o.context) for o in outcomes]
+        names, keys = sum(h.names for h in found), sum(h.keys for h in found)
+        scores = {
+            "string_similarity": sum(string_similarity(o.code, o.gold) for o in outcomes) / n,
+            "tree_similarity": sum(tree_similarity(grammar, o.code, o.gold) for o in outcomes) / n,
+            "name_hallucination_rate": sum(h.bad_names for h in found) / names if names else 0.0,
+            "key_hallucination_rate": sum(h.bad_keys for h in found) / keys if keys else 0.0,
+        }
     return Summary(
         n=n,
         exact_match=sum(o.exact for o in outcomes) / n,
@@ -95,4 +114,5 @@ def summarize(outcomes: Sequence[Outcome]) -> Summary:
         error_rate=sum(o.error is not None for o in outcomes) / n,
         p50_s=statistics.median(latencies),
         p95_s=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        **scores,
     )

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.evaluation.runner import RunConfig, Summary, run, summarize
+from service.grammars import GrammarRegistry
 from service.training.datasets import load_split
 
 __all__ = ["SUITES", "Case", "run_suite", "write_report"]
@@ -71,30 +72,79 @@ nl2dsl train --dsl flow --name fabrikam --tenant fabrikam --tenants fabrikam \\
 }
 
 
-def run_suite(url: str, cases: list[Case], *, data_dir: Path, concurrency: int) -> list[tuple[Case, Summary]]:
+def run_suite(url: str, cases: list[Case], *, data_dir: Path, grammars_dir: Path,
+              concurrency: int) -> list[tuple[Case, Summary]]:
+    grammars = GrammarRegistry(grammars_dir).load()
     results = []
     for case in cases:
         outcomes = asyncio.run(run(url, case.config, case.rows(data_dir), concurrency=concurrency))
-        summary = summarize(outcomes)
+        summary = summarize(outcomes, grammars.get(case.config.dsl, tenant=case.config.tenant))
         print(f"{case.config.label:<32} on {case.test_set:<14} n={summary.n:<4} exact={summary.exact_match:.3f} "
-              f"valid={summary.valid_rate:.3f} violations={summary.grammar_violation_rate:.3f} "
-              f"cut={summary.cut_rate:.3f} p50={summary.p50_s:.2f}s", flush=True)
+              f"tree={summary.tree_similarity:.3f} valid={summary.valid_rate:.3f} "
+              f"violations={summary.grammar_violation_rate:.3f} cut={summary.cut_rate:.3f} "
+              f"p50={summary.p50_s:.2f}s", flush=True)
         results.append((case, summary))
     return results
 
 
+_COLUMNS = [
+    ("configuration", lambda c, s: c.config.label),
+    ("constrained", lambda c, s: "yes" if c.config.constrained else "no"),
+    ("n", lambda c, s: str(s.n)),
+    ("exact match", lambda c, s: f"{s.exact_match:.3f}"),
+    ("string sim.", lambda c, s: f"{s.string_similarity:.3f}"),
+    ("tree sim.", lambda c, s: f"{s.tree_similarity:.3f}"),
+    ("valid", lambda c, s: f"{s.valid_rate:.3f}"),
+    ("non-parsed: grammar", lambda c, s: f"{s.grammar_violation_rate:.3f}"),
+    ("non-parsed: cut", lambda c, s: f"{s.cut_rate:.3f}"),
+    ("API-name halluc.", lambda c, s: f"{s.name_hallucination_rate:.3f}"),
+    ("param-key halluc.", lambda c, s: f"{s.key_hallucination_rate:.3f}"),
+    ("p50 s", lambda c, s: f"{s.p50_s:.2f}"),
+    ("p95 s", lambda c, s: f"{s.p95_s:.2f}"),
+]
+
+
 def write_report(results: list[tuple[Case, Summary]], *, title: str, command: str, markdown: Path,
                  intro: str = "") -> None:
-    """A markdown table (plus the same numbers as JSON beside it)."""
-    lines = [f"# {title}", "", intro, "", "Produced by:", "", f"```sh\n{command}\n```", "",
-             "| configuration | test set | n | exact match | valid | grammar violations | cut at max_tokens | "
-             "p50 s | p95 s |", "|---|---|---|---|---|---|---|---|---|"]
-    for case, s in results:
-        lines.append(f"| {case.config.label} | {case.test_set} | {s.n} | {s.exact_match:.3f} | {s.valid_rate:.3f} | "
-                     f"{s.grammar_violation_rate:.3f} | {s.cut_rate:.3f} | {s.p50_s:.2f} | {s.p95_s:.2f} |")
+    """One markdown table per test set, a PNG chart of exact match and tree similarity, and the JSON."""
+    lines = [f"# {title}", "", intro, "", "Produced by:", "", f"```sh\n{command}\n```", ""]
+    test_sets = list(dict.fromkeys(case.test_set for case, _ in results))
+    for test_set in test_sets:
+        lines += [f"## Test set `{test_set}`", "", "| " + " | ".join(name for name, _ in _COLUMNS) + " |",
+                  "|" + "---|" * len(_COLUMNS)]
+        for case, s in results:
+            if case.test_set == test_set:
+                lines.append("| " + " | ".join(cell(case, s) for _, cell in _COLUMNS) + " |")
+        lines.append("")
+    chart = markdown.with_suffix(".png")
+    lines += [f"![exact match and tree similarity per configuration]({chart.name})", ""]
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text("\n".join(lines) + "\n")
+    markdown.write_text("\n".join(lines))
+    _plot(results, chart, title=title)
     payload = [
         {"case": {**asdict(case.config), "test_set": case.test_set}, "summary": asdict(s)} for case, s in results
     ]
     markdown.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+
+
+def _plot(results: list[tuple[Case, Summary]], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{c.test_set}: {c.config.label}{'' if c.config.constrained else ' (free)'}" for c, _ in results]
+    exact = [s.exact_match for _, s in results]
+    tree = [s.tree_similarity or 0.0 for _, s in results]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(results) + 1.5))
+    ys = range(len(results))
+    ax.barh([y + 0.2 for y in ys], exact, height=0.4, label="exact match")
+    ax.barh([y - 0.2 for y in ys], tree, height=0.4, label="tree similarity")
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

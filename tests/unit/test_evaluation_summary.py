@@ -26,3 +26,32 @@ def test_summary_counts_exact_valid_violations_cuts_and_errors():
 def test_exact_match_ignores_surrounding_whitespace_only():
     assert Outcome("a\nb", "a\nb\n", True, "stop", 0).exact
     assert not Outcome("a\nb", "a b", True, "stop", 0).exact
+
+
+def test_summary_with_the_grammar_scores_similarity_and_hallucinations():
+    from service.config import Settings
+    from service.grammars import GrammarRegistry
+
+    flow = GrammarRegistry(Settings().grammars_dir).load().get("flow")
+    gold = 'when schedule.hourly()\nthen log.write(message: "tick")'
+    outcomes = [
+        Outcome(gold, gold, True, "stop", 1.0),
+        Outcome(gold, 'when schedule.hourly()\nthen logger.write(msg: "tick")', False, "stop", 1.0),
+    ]
+    s = summarize(outcomes, flow)
+    assert s.exact_match == 0.5 and 0.5 < s.string_similarity < 1.0 and s.tree_similarity == 0.5
+    assert s.name_hallucination_rate == 1 / 4 and s.key_hallucination_rate == 1 / 2
+
+
+def test_report_has_a_table_per_test_set_a_chart_and_json(tmp_path):
+    from service.evaluation.runner import RunConfig
+    from service.evaluation.suites import Case, write_report
+
+    s = summarize([Outcome("a", "a", True, "stop", 1.0)])
+    s.string_similarity = s.tree_similarity = 1.0
+    s.name_hallucination_rate = s.key_hallucination_rate = 0.0
+    results = [(Case(RunConfig("base", "flow"), "flow", 1), s), (Case(RunConfig("base", "sql"), "sql", 1), s)]
+    write_report(results, title="t", command="nl2dsl eval", markdown=tmp_path / "EVAL.md")
+    text = (tmp_path / "EVAL.md").read_text()
+    assert "## Test set `flow`" in text and "## Test set `sql`" in text and "nl2dsl eval" in text
+    assert (tmp_path / "EVAL.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "EVAL.json").exists()
