@@ -49,7 +49,7 @@ data: install
 	$(BIN)/nl2dsl data
 
 eval: prepare
-	$(BIN)/nl2dsl eval --suite $${SUITE:-adapters}
+	$(BIN)/nl2dsl eval --suite $${SUITE:-matrix}
 
 grammar-check: install
 	$(BIN)/nl2dsl grammar check

@@ -47,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
 
     evaluate = commands.add_parser("eval", help="score test sets through the service over HTTP")
-    evaluate.add_argument("--suite", default="adapters", help="which set of runs (adapters)")
+    evaluate.add_argument("--suite", default="matrix", choices=["matrix", "adapters", "smoke"],
+                          help="matrix: every configuration -> docs/EVALUATION.md; adapters -> docs/TRAINING.md")
     evaluate.add_argument("--url", default=None, help="a running service; default: start one on the embedded model")
-    evaluate.add_argument("--limit", type=int, default=200, help="test rows per case (tenant sets use half)")
+    evaluate.add_argument("--limit", type=int, default=None,
+                          help="test rows per case (default: matrix 40, adapters 200; adapters' tenant sets use half)")
     evaluate.add_argument("--concurrency", type=int, default=8)
     evaluate.add_argument("--out", type=Path, default=None, help="report path (default: docs/<SUITE>.md)")
 
@@ -135,14 +137,14 @@ def _eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from service.config import PROJECT_ROOT, Settings
-    from service.evaluation.suites import INTROS, SUITES, run_suite, write_report
+    from service.evaluation.suites import INTROS, REPORTS, SUITES, run_suite, write_report
     from service.local_server import local_server
 
     settings = Settings()
-    cases = SUITES[args.suite](args.limit)
-    report = "TRAINING.md" if args.suite == "adapters" else f"{args.suite.upper()}.md"
-    out = args.out or PROJECT_ROOT / "docs" / report
-    command = f"nl2dsl eval --suite {args.suite} --limit {args.limit} --concurrency {args.concurrency}"
+    limit = args.limit or {"matrix": 40, "adapters": 200, "smoke": 5}[args.suite]
+    cases = SUITES[args.suite](limit)
+    out = args.out or PROJECT_ROOT / "docs" / REPORTS[args.suite]
+    command = f"nl2dsl eval --suite {args.suite} --limit {limit} --concurrency {args.concurrency}"
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None:

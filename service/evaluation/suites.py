@@ -47,9 +47,47 @@ def _adapters_suite(limit: int) -> list[Case]:
     return cases
 
 
-SUITES = {"adapters": _adapters_suite}
+def _matrix_suite(limit: int) -> list[Case]:
+    """Base / base + examples / adapter / adapter + examples, each with and without the grammar constraint."""
+    cases = []
+    for test_set, dsl, tenant, adapter, max_tokens in [
+        ("flow", "flow", None, "flow-general", 192),
+        ("sql", "sql", None, "sql-general", 96),
+        ("flow/contoso", "flow", "contoso", "contoso", 192),
+        ("flow/fabrikam", "flow", "fabrikam", "fabrikam", 192),
+    ]:
+        for constrained in (True, False):
+            for label, name, examples in [("base", "base", 0), ("base + 3 examples", "base", 3),
+                                          (adapter, adapter, 0), (f"{adapter} + 3 examples", adapter, 3)]:
+                config = RunConfig(label, dsl, tenant=tenant, adapter=name, examples=examples,
+                                   constrained=constrained, max_tokens=max_tokens)
+                cases.append(Case(config, test_set, limit))
+    return cases
+
+
+def _smoke_suite(limit: int) -> list[Case]:
+    """The base model on flow and sql, constrained and not: a quick end-to-end check of the harness."""
+    return [Case(RunConfig(f"base{'' if c else ' (free)'}", dsl, adapter="base", constrained=c, max_tokens=96),
+                 dsl, limit) for dsl in ("flow", "sql") for c in (True, False)]
+
+
+SUITES = {"adapters": _adapters_suite, "matrix": _matrix_suite, "smoke": _smoke_suite}
+REPORTS = {"adapters": "TRAINING.md", "matrix": "EVALUATION.md", "smoke": "SMOKE.md"}
 
 INTROS = {
+    "matrix": """Every configuration a user chooses between, per DSL and tenant, scored through `POST /generate` on
+the held-out test sets (flow: unseen trigger/action pairs; sql: unseen query shapes; tenants: flows with their
+private connector): the base model alone, with 3 retrieved examples (BM25, the tenant's first; the test item is
+never retrieved), the fine-tuned adapter, and the adapter with examples; each with the grammar constraint
+(`constrained: true`, the default) and without it. Base prompts also list the catalog operations the request
+mentions. Greedy decoding.
+
+Columns: exact match of the whole program; string similarity (difflib ratio); tree similarity (1 - ordered tree
+edit distance / tree size over the lark parse trees, 0 when unparseable: partial credit for a missing or
+swapped action); valid = parses; non-parsed split by cause: "grammar" = finished by itself and does not parse,
+"cut" = stopped by max_tokens; hallucination = operation names / parameter keys (flow) or tables / columns (sql)
+that the catalog or schema lacks, per name or key used; latency p50/p95 per request at the given concurrency
+on this 2-core CPU with the embedded 135M model.""",
     "adapters": """The shipped LoRA adapters, trained with `nl2dsl train` on the embedded base (SmolLM2-135M-Instruct,
 CPU), scored through `POST /generate` on held-out test sets: flow's test set only has trigger/action pairs that
 no training flow has, sql's only query shapes no training query has, and each tenant's test set only flows with
