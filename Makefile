@@ -55,7 +55,7 @@ grammar-check: install
 	$(BIN)/nl2dsl grammar check
 
 lint: install
-	$(BIN)/ruff check service tests
+	$(BIN)/ruff check service tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
