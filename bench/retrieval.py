@@ -84,7 +84,8 @@ def main() -> None:
              "gold operations shown (flow) |", "|---|---|---|---|---|---|"]
     for dsl, name, build_s, s in rows:
         recall = f"{s['op_recall']:.3f}" if s["op_recall"] is not None else "-"
-        lines.append(f"| {dsl} | {name} | {build_s:.1f} | {s['query_ms']:.1f} | {s['best_similarity']:.3f} | {recall} |")
+        cells = [dsl, name, f"{build_s:.1f}", f"{s['query_ms']:.1f}", f"{s['best_similarity']:.3f}", recall]
+        lines.append("| " + " | ".join(cells) + " |")
     out = PROJECT_ROOT / "docs" / "RETRIEVAL.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
