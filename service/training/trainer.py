@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from service.config import PROJECT_ROOT
 from service.grammars import Example, Grammar
 from service.model import EMBEDDED_NAME, base_fingerprint
 from service.prompts import build_prompt
@@ -182,6 +183,14 @@ def _teacher_forced_exact_match(model, encode: _Encoder, rows: list[Example]) ->
     return hits / len(rows)
 
 
+def _relative(path: Path) -> str:
+    """Paths inside the project are recorded relative to it, so a manifest reads the same on every machine."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str, data_files: list[Path]) -> None:
     digest = hashlib.sha256()
     for path in data_files:
@@ -194,9 +203,9 @@ def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str
         "base_model": {"id": Path(model_path).name or EMBEDDED_NAME, "fingerprint": base_fingerprint(model_path)},
         "prompt": {"examples": config.examples, "catalog_hints": False},
         "training": {
-            "data": [str(p) for p in data_files],
+            "data": [_relative(p) for p in data_files],
             "data_sha256": digest.hexdigest()[:16],
-            "hyperparameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+            "hyperparameters": {k: (_relative(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
                                 if k not in ("name", "dsl", "output", "tenants")},
             "steps": result.steps,
             "first_loss": round(result.first_loss, 4),
