@@ -125,6 +125,7 @@ def train(
 
     config.output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(config.output)
+    (config.output / "README.md").unlink(missing_ok=True)  # peft's empty model card; manifest.yaml says it all
     wall = time.monotonic() - started
     result = TrainResult(config.output, config.steps, losses[0], sum(losses[-5:]) / len(losses[-5:]), scores, wall)
     _write_manifest(config, result, model_path=model_path, data_files=list(data_files))
