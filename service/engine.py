@@ -119,7 +119,7 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
     args = AsyncEngineArgs(
         model=model,
         tokenizer=model,
-        dtype=settings.dtype,
+        dtype=_dtype(settings.dtype),
         seed=settings.seed,
         max_model_len=settings.max_model_len,
         enable_lora=True,
@@ -137,6 +137,14 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
         yield Engine(llm, model=model, startup_s=time.monotonic() - started)
     finally:
         llm.shutdown()
+
+
+def _dtype(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    from vllm.platforms import current_platform
+
+    return "float32" if current_platform.is_cpu() else "auto"
 
 
 def _sampling_params(params: GenerationParams):
