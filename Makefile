@@ -1,6 +1,6 @@
 # nl2dsl: every target does its own set-up on a fresh machine (venv, install, embedded model).
 #   make serve   start the service on the embedded model (http://127.0.0.1:8000)
-#   make test    the whole suite (unit + integration on the real vLLM engine)
+#   make test    the whole suite (unit, integration on the real vLLM engine, e2e: Prometheus, Locust)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +15,11 @@ TORCH_VERSION   := 2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install prepare serve test unit integration lint grammar-check data eval clean
+.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval loadtest clean
+
+# Debian packages the tests drive for real: Prometheus (+ promtool) and Chromium (browser tests).
+SYSTEM_PACKAGES := prometheus chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed
 
@@ -36,7 +40,12 @@ prepare: install
 serve: prepare
 	NL2DSL_LOG_LEVEL=$${NL2DSL_LOG_LEVEL:-info} $(BIN)/nl2dsl serve --host $(HOST) --port $(PORT)
 
-test: prepare lint
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); }
+
+test: prepare system-deps lint
 	$(BIN)/python -m pytest -q tests
 
 unit: install
@@ -45,17 +54,25 @@ unit: install
 integration: prepare
 	$(BIN)/python -m pytest -q tests/integration
 
+e2e: prepare system-deps
+	$(BIN)/python -m pytest -q tests/e2e
+
 data: install
 	$(BIN)/nl2dsl data
 
 eval: prepare
 	$(BIN)/nl2dsl eval --suite $${SUITE:-matrix}
 
+# PROFILE: smoke | steady | ramp | spike | soak (loadtest/profiles.yaml); URL: a running service, else the
+# embedded one is started. Report: reports/loadtest-<profile>-<time>/ (HTML, CSVs, summary.md with the verdict).
+loadtest: prepare
+	$(BIN)/python -m loadtest.run --profile $${PROFILE:-steady} $${URL:+--url $$URL}
+
 grammar-check: install
 	$(BIN)/nl2dsl grammar check
 
 lint: install
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check service tests bench loadtest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -21,6 +21,7 @@ from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.generate import router as generate
 from service.api.json_body import FormAsJSONMiddleware
+from service.api.request_metrics import GenerateMetricsMiddleware
 from service.config import Settings
 from service.engine import Engine, open_engine
 from service.grammars import GrammarRegistry
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         strict_content_type=False,  # a body without content-type is read as JSON
     )
     app.add_middleware(FormAsJSONMiddleware)
+    app.add_middleware(GenerateMetricsMiddleware)
     install_error_handlers(app)
     for module in (generate, validate, dsls, adapters, health):
         app.include_router(module.router)

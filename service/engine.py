@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from service import metrics
 from service.config import Settings
 from service.errors import BadRequest, EngineUnavailable
 
@@ -53,10 +55,11 @@ class Delta:
 class Engine:
     """One vLLM ``AsyncLLM``; ``generate`` is safe to call from many requests at once."""
 
-    def __init__(self, llm, *, model: str, startup_s: float = 0.0) -> None:
+    def __init__(self, llm, *, model: str, startup_s: float = 0.0, max_cpu_loras: int = 16) -> None:
         self._llm = llm
         self.model = model
         self.startup_s = startup_s
+        self._host_loras = _LRUMirror(max_cpu_loras)
 
     @property
     def ready(self) -> bool:
@@ -78,6 +81,8 @@ class Engine:
             raise EngineUnavailable("the engine has stopped; the service is not ready")
         sampling = _sampling_params(params)
         lora = _lora_request(adapter)
+        if adapter is not None:
+            self._host_loras.touch(adapter.lora_id)
         tokens, finished = 0, False
         try:
             stream = self._llm.generate(
@@ -134,9 +139,31 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
     started = time.monotonic()
     llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
     try:
-        yield Engine(llm, model=model, startup_s=time.monotonic() - started)
+        yield Engine(llm, model=model, startup_s=time.monotonic() - started, max_cpu_loras=settings.max_cpu_loras)
     finally:
         llm.shutdown()
+
+
+class _LRUMirror:
+    """Mirrors the engine's host LoRA cache (LRU, ``max_cpu_loras`` slots) to count loads and evictions.
+
+    vLLM loads a LoRARequest it has not cached from disk on first use and evicts the least recently used
+    one when the cache is full; it exports no metric for either, so the same policy is followed here.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[int, None] = OrderedDict()
+
+    def touch(self, lora_id: int) -> None:
+        if lora_id in self._ids:
+            self._ids.move_to_end(lora_id)
+            return
+        metrics.ADAPTER_LOADS.inc()
+        self._ids[lora_id] = None
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+            metrics.ADAPTER_EVICTIONS.inc()
 
 
 def _dtype(configured: str) -> str:

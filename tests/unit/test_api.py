@@ -186,3 +186,37 @@ def test_a_tenant_request_is_constrained_by_the_tenant_grammar(make_client):
     contoso, fabrikam = (call["params"].grammar for call in client.engine.calls)
     assert "crm__create_lead" in contoso and "erp__" not in contoso
     assert "erp__post_invoice" in fabrikam and "crm__" not in fabrikam
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_by_status_including_refusals(make_client):
+    with make_client() as client:
+        before = client.get("/metrics").text
+        client.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales"})
+        client.post("/generate", json={"dsl": "nope", "text": "x"})
+        client.post("/generate", json={"dsl": "flow", "text": "   "})  # refused by the handler: dsl known
+        client.post("/generate", json={"dsl": "flow", "text": "x", "max_tokens": 0})  # refused by pydantic
+        after = client.get("/metrics").text
+
+    def delta(name, **labels):
+        return _sample(after, name, **labels) - _sample(before, name, **labels)
+
+    assert delta("nl2dsl_requests_total", dsl="flow", adapter="base", status="200") == 1
+    assert delta("nl2dsl_requests_total", dsl="unknown", status="404") == 1
+    assert delta("nl2dsl_requests_total", dsl="flow", status="422") == 1
+    assert delta("nl2dsl_requests_total", dsl="unknown", status="422") == 1
+    assert delta("nl2dsl_request_duration_seconds_count", dsl="flow", adapter="base", status="ok") == 1
+    assert delta("nl2dsl_time_per_output_token_seconds_count", dsl="flow", adapter="base") == 1
+    assert _sample(after, "nl2dsl_requests_in_flight") == 0 and _sample(after, "nl2dsl_requests_queued") == 0
+    assert _sample(after, "nl2dsl_grammar_compile_seconds_count", origin="shipped") >= 2  # flow and sql
+    assert 'dsl="nope"' not in after  # raw input never becomes a label

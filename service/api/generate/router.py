@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from service.api.deps import ServicesDep
 from service.api.generate.schemas import GenerateRequest, GenerateResponse
 from service.api.generate.serving import prepare, run
+from service.api.request_metrics import label_request
 from service.api.schemas import ERROR_RESPONSES
 from service.errors import NL2DSLError, error_body
 
@@ -39,8 +40,10 @@ _DISCONNECT_POLL_S = 0.25
 async def generate(body: GenerateRequest, request: Request, services: ServicesDep):
     """Generate DSL code for a request in natural language."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    label_request(request, dsl=body.dsl if body.dsl in services.grammars.names() else "unknown", adapter="unknown")
     services.ready_engine()
     prepared = prepare(services, body, request_id=request_id)
+    label_request(request, dsl=prepared.grammar.name, adapter=prepared.adapter_name)
     events = run(services, prepared)
     if body.stream:
         return StreamingResponse(_sse(events), media_type="text/event-stream", headers={"x-request-id": request_id})

@@ -91,6 +91,7 @@ async def run(services: Services, prepared: Prepared) -> AsyncIterator[str | Gen
     last = None
     status = "error"
     metrics.IN_FLIGHT.inc()
+    metrics.QUEUED.inc()
     try:
         async for delta in engine.generate(
             prepared.prompt_token_ids,
@@ -100,6 +101,7 @@ async def run(services: Services, prepared: Prepared) -> AsyncIterator[str | Gen
         ):
             if ttft is None and delta.completion_tokens:
                 ttft = time.perf_counter() - started
+                metrics.QUEUED.dec()
             if delta.text:
                 parts.append(delta.text)
                 yield delta.text
@@ -129,6 +131,8 @@ async def run(services: Services, prepared: Prepared) -> AsyncIterator[str | Gen
         raise
     finally:
         metrics.IN_FLIGHT.dec()
+        if ttft is None:
+            metrics.QUEUED.dec()
         total = time.perf_counter() - started
         metrics.REQUEST_DURATION.labels(dsl, adapter, status).observe(total)
         log.info(
@@ -174,6 +178,10 @@ def _observe(response: GenerateResponse) -> None:
     metrics.COMPLETION_TOKENS.labels(dsl, adapter).inc(response.usage.completion_tokens)
     if response.timings.ttft is not None:
         metrics.TIME_TO_FIRST_TOKEN.labels(dsl, adapter).observe(response.timings.ttft)
+    decoded = response.usage.completion_tokens - 1
+    if response.timings.ttft is not None and decoded > 0:
+        per_token = (response.timings.total - response.timings.ttft) / decoded
+        metrics.TIME_PER_OUTPUT_TOKEN.labels(dsl, adapter).observe(per_token)
     if response.timings.queue is not None:
         metrics.QUEUE_WAIT.labels(dsl, adapter).observe(response.timings.queue)
     if not response.valid:

@@ -1,4 +1,5 @@
-"""One real service per test run: `nl2dsl serve` (uvicorn + vLLM on the embedded model) in a subprocess.
+"""One real service per test run, shared by integration and e2e tests: `nl2dsl serve` (uvicorn + vLLM on
+the embedded model) in a subprocess.
 
 The engine runs in float32 so adapter outputs can be compared token for token with peft + transformers
 (ENVIRONMENT.md: bf16 random adapters drift by rounding). Adapters are made here, in a temporary folder:

@@ -1,0 +1,1 @@
+"""Load shapes: pass one next to the locustfile, ``-f loadtest/locustfile.py,loadtest/shapes/spike.py``."""

@@ -1,0 +1,16 @@
+"""A short Locust run (every user class, ~20 s) against the real service passes its release gate."""
+
+from __future__ import annotations
+
+from loadtest.run import main
+
+
+def test_locust_smoke_run_passes_the_gate_and_writes_the_report(server, tmp_path):
+    code = main(["--profile", "smoke", "--url", server.url, "--out", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert code == 0, summary
+    assert summary.startswith("# Load test `smoke`: PASS")
+    for name in ("/generate", "/generate (bad input)", "/generate (adapter churn)", "/generate (stream)"):
+        assert f"| {name} |" in summary
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "locust_stats.csv").exists() and (tmp_path / "locust_failures.csv").exists()
