@@ -66,6 +66,8 @@ def _locust_command(profile: dict, url: str, thresholds: Path, out: Path) -> lis
     if "shape" not in profile:
         command += ["--users", str(profile["users"]), "--spawn-rate", str(profile["spawn_rate"]),
                     "--run-time", profile["run_time"]]
+    if profile.get("one_each"):
+        command.append("--one-each")
     return command + list(profile.get("user_classes", []))
 
 

@@ -58,7 +58,10 @@ def test_rows_are_read_from_locusts_csv(tmp_path):
     rows = rows_from_csv(tmp_path / "stats.csv")
     assert rows[0] == Row("/generate", 40, 1, 2100.0, 5100.0, 1.5)
     assert [str(b) for b in check(rows, THRESHOLDS)] == [
-        "Aggregated: failure ratio 0.025 > 0.01", "/generate: p95 5100 ms > 5000 ms", "/generate: failure ratio 0.025 > 0.01"]
+        "Aggregated: failure ratio 0.025 > 0.01",
+        "/generate: p95 5100 ms > 5000 ms",
+        "/generate: failure ratio 0.025 > 0.01",
+    ]
 
 
 def test_shipped_thresholds_gate_generate():
