@@ -38,8 +38,10 @@ $(VENV)/.installed: pyproject.toml
 prepare: install
 	$(BIN)/nl2dsl prepare
 
+# Local development: no API keys (NL2DSL_AUTH=off) unless NL2DSL_AUTH/NL2DSL_API_KEYS_FILE say otherwise.
 serve: prepare
-	NL2DSL_LOG_LEVEL=$${NL2DSL_LOG_LEVEL:-info} $(BIN)/nl2dsl serve --host $(HOST) --port $(PORT)
+	NL2DSL_AUTH=$${NL2DSL_AUTH:-off} NL2DSL_LOG_LEVEL=$${NL2DSL_LOG_LEVEL:-info} \
+	  $(BIN)/nl2dsl serve --host $(HOST) --port $(PORT)
 
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null || { \

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from locust import HttpUser, between, events, task
 from loadtest.gate import Row, check, load_thresholds
 from loadtest.requests_pool import random_ask
 
+#: Sent as ``Authorization: Bearer`` by every user (an admin's key, so users can act as any tenant).
+API_KEY = os.environ.get("NL2DSL_LOADTEST_API_KEY")
 MAX_TOKENS = 96  # flows are 30-80 tokens; a cut output is a valid 200 (finish_reason "length")
 SHARED_TENANTS = [f"tenant-{i:03d}" for i in range(50)]  # no adapter of their own: shared or base
 
@@ -46,11 +49,20 @@ def _check_generated(response) -> None:
         response.success()
 
 
-class _Generating(HttpUser):
+class _Authenticated(HttpUser):
+    abstract = True
+
+    def on_start(self) -> None:
+        if API_KEY:
+            self.client.headers["Authorization"] = f"Bearer {API_KEY}"
+
+
+class _Generating(_Authenticated):
     abstract = True
     wait_time = between(0.5, 2.0)
 
     def on_start(self) -> None:
+        super().on_start()
         self.rng = random.Random()
 
     def generate(self, body: dict, *, name: str) -> None:
@@ -161,7 +173,7 @@ _BAD_REQUESTS: list[tuple[dict, int]] = [
 ]
 
 
-class BadRequestUser(HttpUser):
+class BadRequestUser(_Authenticated):
     weight = 1
     wait_time = between(1.0, 3.0)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="steady", choices=sorted(profiles))
     parser.add_argument("--url", default=None, help="a running service (default: start the embedded one)")
     parser.add_argument("--thresholds", type=Path, default=HERE / "thresholds.yaml")
+    parser.add_argument("--api-key", default=None, help="API key for --url (an admin's: the users act as tenants)")
     parser.add_argument("--out", type=Path, default=None, help="default: reports/loadtest-<profile>-<time>/")
     args = parser.parse_args(argv)
     out = args.out or ROOT / "reports" / f"loadtest-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with _service(args.url, out) as url:
         print(f"load profile {args.profile!r} against {url}; report in {out}", flush=True)
-        code = subprocess.call(_locust_command(profile, url, args.thresholds, out), cwd=ROOT)
+        env = {**os.environ, **({"NL2DSL_LOADTEST_API_KEY": args.api_key} if args.api_key else {})}
+        code = subprocess.call(_locust_command(profile, url, args.thresholds, out), cwd=ROOT, env=env)
     rows = rows_from_csv(out / "locust_stats.csv")
     breaches = check(rows, load_thresholds(args.thresholds))
     summary = _summary(args.profile, profile, url, rows, breaches, args.thresholds)

@@ -157,6 +157,8 @@ def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapt
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
         errors.append(f"no adapter_model.safetensors in {folder}")
+    elif problem := _safetensors_problem(weights):
+        errors.append(f"{weights} is corrupt: {problem}")
     rank = manifest.get("rank") or config.get("r")
     if rank is not None and int(rank) > max_rank:
         errors.append(f"rank {rank} is above the served max_lora_rank {max_rank}")
@@ -186,3 +188,22 @@ def _lora_id(name: str, weights: Path) -> int:
         digest.update(hashlib.sha256(weights.read_bytes()).digest())
     # vLLM needs a positive int32-sized id.
     return zlib.crc32(digest.digest()) % 2_000_000_000 + 1
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (bad header, truncated data), without loading the tensors."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len <= 0 or 8 + header_len > size:
+                return "the header is cut short"
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError) as exc:
+        return f"the header is unreadable ({exc})"
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    if not ends:
+        return "it holds no tensors"
+    if 8 + header_len + max(ends) > size:
+        return f"the data is cut short ({size} bytes, {8 + header_len + max(ends)} expected)"
+    return None

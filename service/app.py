@@ -25,8 +25,11 @@ from service.api.request_metrics import GenerateMetricsMiddleware
 from service.config import Settings
 from service.engine import Engine, open_engine
 from service.grammars import GrammarRegistry
+from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
 from service.retrieval import Retriever
+from service.safety import SafetyChecker
+from service.security import KeyStore
 
 __all__ = ["create_app"]
 
@@ -77,8 +80,16 @@ def _build_services(settings: Settings) -> Services:
             log.warning("adapter %s cannot be served: %s", adapter.name, adapter.error)
     log.info("loaded %d dsls (%s) and %d adapters", len(grammars), ", ".join(grammars.names()), len(registry.all()))
     retriever = Retriever(grammars, settings.data_dir)
+    keys = KeyStore.from_file(settings.api_keys_file)
+    if settings.auth == "off":
+        log.warning("authentication is OFF (NL2DSL_AUTH=off): every caller is an admin; for local development only")
+    elif not len(keys):
+        log.warning("no API keys configured (NL2DSL_API_KEYS_FILE): every API call will be refused with 401")
+    admission = Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency,
+                          stale_after_s=settings.request_timeout_s + 60)
+    safety = SafetyChecker.load(settings.grammars_dir, enabled=settings.safety)
     return Services(settings=settings, grammars=grammars, adapters=registry, tokenizer=tokenizer, model=model,
-                    retriever=retriever)
+                    retriever=retriever, keys=keys, admission=admission, safety=safety)
 
 
 async def _start_engine(services: Services, stack: AsyncExitStack) -> None:

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--limit", type=int, default=None,
                           help="test rows per case (default: matrix 40, adapters 200; adapters' tenant sets use half)")
     evaluate.add_argument("--concurrency", type=int, default=8)
+    evaluate.add_argument("--api-key", default=None, help="API key for --url (an admin's, to run as each tenant)")
     evaluate.add_argument("--out", type=Path, default=None, help="report path (default: docs/<SUITE>.md)")
 
     args = parser.parse_args(argv)
@@ -74,7 +75,9 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "model": args.model}.items() if v}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # SIGTERM: stop accepting, let in-flight generations finish (up to drain_timeout_s), then stop the engine.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.drain_timeout_s)
     return 0
 
 
@@ -152,7 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"starting the service (log: {log})", file=sys.stderr)
             url = stack.enter_context(local_server(log=log))
         results = run_suite(url, cases, data_dir=settings.data_dir, grammars_dir=settings.grammars_dir,
-                            concurrency=args.concurrency)
+                            concurrency=args.concurrency, api_key=args.api_key)
     write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out,
                  intro=INTROS.get(args.suite, ""))
     print(f"wrote {out}")

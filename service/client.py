@@ -37,6 +37,11 @@ def _check(response: httpx.Response) -> Any:
     raise APIError(response.status_code, error.get("type", "http_error"), error.get("message", ""), error.get("detail"))
 
 
+def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
+    """``Authorization: Bearer <api_key>`` plus any other headers."""
+    return {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
+
+
 def _generate_body(dsl: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"dsl": dsl, "text": text, **{k: v for k, v in options.items() if v is not None}}
 
@@ -44,9 +49,9 @@ def _generate_body(dsl: str, text: str, options: dict[str, Any]) -> dict[str, An
 class NL2DSLClient:
     """Blocking client; options of ``generate`` are those of ``POST /generate``, keyword-only."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 120.0,
-                 headers: dict[str, str] | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 120.0, headers: dict[str, str] | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_headers(api_key, headers))
 
     def generate(self, *, dsl: str, text: str, **options: Any) -> GenerateResponse:
         response = self._http.post("/generate", json=_generate_body(dsl, text, options))
@@ -87,9 +92,9 @@ class NL2DSLClient:
 class AsyncNL2DSLClient:
     """The same, for asyncio code."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 120.0,
-                 headers: dict[str, str] | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 120.0, headers: dict[str, str] | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_headers(api_key, headers))
 
     async def generate(self, *, dsl: str, text: str, **options: Any) -> GenerateResponse:
         response = await self._http.post("/generate", json=_generate_body(dsl, text, options))

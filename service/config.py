@@ -52,6 +52,27 @@ class Settings(BaseSettings):
     #: Base-model prompts list the catalog operations a request seems to mention (adapters: their manifest says).
     catalog_hints: bool = True
 
+    # Who may call: "keys" (default) needs an API key from api_keys_file on every API call; "off" is the
+    # local development mode (`make serve`), every caller is an admin. See service/security.py.
+    auth: Literal["keys", "off"] = "keys"
+    api_keys_file: Path | None = None
+
+    # Admission (service/limits.py): generate requests running or waiting in the engine before new ones get
+    # 429 + Retry-After; per tenant at once; seconds before a generation is aborted with 504.
+    max_queue: int = 64
+    tenant_max_concurrency: int = 16
+    request_timeout_s: float = 120.0
+    # SIGTERM: seconds in-flight requests get to finish before the process exits.
+    drain_timeout_s: float = 60.0
+
+    # Runtime grammars (POST /dsls): size and compile-time bounds, and how many per tenant.
+    max_grammar_chars: int = 20_000
+    grammar_compile_timeout_s: float = 5.0
+    max_grammars_per_tenant: int = 20
+
+    # Responsible-AI checks on requests and parsed outputs (service/safety.py).
+    safety: bool = True
+
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from service import metrics
 from service.config import Settings
-from service.errors import BadRequest, EngineUnavailable
+from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout
 
 __all__ = ["AdapterRef", "Delta", "Engine", "GenerationParams", "open_engine"]
 
@@ -72,8 +72,12 @@ class Engine:
         request_id: str,
         adapter: AdapterRef | None = None,
         params: GenerationParams = GenerationParams(),
+        deadline: float | None = None,
     ) -> AsyncIterator[Delta]:
-        """Stream the completion of ``prompt_token_ids``; closing the iterator aborts the request."""
+        """Stream the completion of ``prompt_token_ids``; closing the iterator aborts the request.
+
+        ``deadline`` (``time.monotonic()`` seconds): past it the request is aborted and GenerationTimeout raised.
+        """
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -82,13 +86,13 @@ class Engine:
         sampling = _sampling_params(params)
         lora = _lora_request(adapter)
         if adapter is not None:
-            self._host_loras.touch(adapter.lora_id)
+            await self._load(adapter, lora)
         tokens, finished = 0, False
         try:
             stream = self._llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_token_ids), sampling, request_id, lora_request=lora
             )
-            async for out in stream:
+            async for out in _until(stream, deadline):
                 completion = out.outputs[0]
                 tokens += len(completion.token_ids)
                 if out.finished:
@@ -104,6 +108,21 @@ class Engine:
             # Closed early (client gone, timeout, caller's `break`): free the engine's slot for this request.
             if not finished and not self._llm.errored:
                 await self._llm.abort(request_id)
+
+    async def _load(self, adapter: AdapterRef, lora) -> None:
+        """Load an adapter the engine has not cached yet through ``add_lora`` before it meets a batch.
+
+        A LoRA that fails to load inside a scheduled batch takes the whole engine down; loaded here, the
+        failure is this request's own (409) and every other tenant is still served.
+        """
+        if adapter.lora_id not in self._host_loras:
+            try:
+                await self._llm.add_lora(lora)
+            except Exception as exc:
+                raise AdapterUnavailable(
+                    f"adapter {adapter.name!r} could not be loaded: {exc}", detail={"adapter": adapter.name}
+                ) from exc
+        self._host_loras.touch(adapter.lora_id)
 
     async def check_health(self) -> bool:
         try:
@@ -144,6 +163,22 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
         llm.shutdown()
 
 
+async def _until(stream, deadline: float | None):
+    """``stream``'s items, raising GenerationTimeout if the next one has not come by ``deadline``."""
+    iterator = aiter(stream)
+    while True:
+        try:
+            if deadline is None:
+                item = await anext(iterator)
+            else:
+                item = await asyncio.wait_for(anext(iterator), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise GenerationTimeout("generation took longer than the request timeout and was aborted") from None
+        yield item
+
+
 class _LRUMirror:
     """Mirrors the engine's host LoRA cache (LRU, ``max_cpu_loras`` slots) to count loads and evictions.
 
@@ -154,6 +189,9 @@ class _LRUMirror:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[int, None] = OrderedDict()
+
+    def __contains__(self, lora_id: int) -> bool:
+        return lora_id in self._ids
 
     def touch(self, lora_id: int) -> None:
         if lora_id in self._ids:

@@ -2,13 +2,18 @@
 
     NL2DSLError                      base: every error the service raises on purpose
     ├── BadRequest (400)             the request is well-formed JSON but cannot be served as asked
-    │   └── GrammarInvalid (400)     a grammar does not compile (lark or the engine says where)
+    │   ├── GrammarInvalid (400)     a grammar does not compile (lark or the engine says where)
+    │   └── SafetyBlocked (400)      the request or its output breaks the responsible-AI policy
+    ├── Unauthorized (401)           no API key, or an unknown one
+    ├── Forbidden (403)              the key's tenant may not use this adapter, DSL or tenant
     ├── NotFound (404)
     │   ├── UnknownDSL (404)         no grammar of that name
     │   └── UnknownAdapter (404)     no adapter of that name, or none serves that tenant
     ├── AdapterUnavailable (409)     the adapter exists but cannot be used (other base model, broken files)
     ├── RequestInvalid (422)         a field is out of range (also used for pydantic's validation errors)
-    └── EngineUnavailable (503)      the engine is not loaded (yet) or has died
+    ├── RateLimited (429)            the queue or the tenant's concurrency is full (with Retry-After)
+    ├── EngineUnavailable (503)      the engine is not loaded (yet) or has died
+    └── GenerationTimeout (504)      generation took longer than the request timeout (and was aborted)
 
 Every error renders as ``{"error": {"type", "message", "detail"}}`` with its status code.
 """
@@ -21,10 +26,15 @@ __all__ = [
     "AdapterUnavailable",
     "BadRequest",
     "EngineUnavailable",
+    "Forbidden",
+    "GenerationTimeout",
     "GrammarInvalid",
     "NL2DSLError",
     "NotFound",
+    "RateLimited",
     "RequestInvalid",
+    "SafetyBlocked",
+    "Unauthorized",
     "UnknownAdapter",
     "UnknownDSL",
     "error_body",
@@ -37,10 +47,11 @@ class NL2DSLError(Exception):
     status_code = 500
     type = "internal_error"
 
-    def __init__(self, message: str, *, detail: Any = None) -> None:
+    def __init__(self, message: str, *, detail: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.headers = headers
 
 
 class BadRequest(NL2DSLError):
@@ -50,6 +61,20 @@ class BadRequest(NL2DSLError):
 
 class GrammarInvalid(BadRequest):
     type = "grammar_invalid"
+
+
+class SafetyBlocked(BadRequest):
+    type = "safety_blocked"
+
+
+class Unauthorized(NL2DSLError):
+    status_code = 401
+    type = "unauthorized"
+
+
+class Forbidden(NL2DSLError):
+    status_code = 403
+    type = "forbidden"
 
 
 class NotFound(NL2DSLError):
@@ -75,9 +100,19 @@ class RequestInvalid(NL2DSLError):
     type = "invalid_request"
 
 
+class RateLimited(NL2DSLError):
+    status_code = 429
+    type = "rate_limited"
+
+
 class EngineUnavailable(NL2DSLError):
     status_code = 503
     type = "engine_unavailable"
+
+
+class GenerationTimeout(NL2DSLError):
+    status_code = 504
+    type = "timeout"
 
 
 def error_body(type_: str, message: str, detail: Any = None) -> dict[str, Any]:

@@ -68,6 +68,13 @@ class Grammar:
     #: The .lark text before catalog rules were added (to compile tenant variants).
     structure: str = ""
     start: str = "start"
+    #: "shipped" (grammars/), "tenant" (a tenant's variant) or "upload" (POST /dsls, named by its owner).
+    origin: str = "shipped"
+
+    @property
+    def metric_label(self) -> str:
+        """The ``dsl`` label in metrics: uploaded grammars, named by their owners, count as "custom"."""
+        return "custom" if self.origin == "upload" else self.name
 
     def for_tenant(self, tenant: str, extra: Catalog, *, source: str) -> Grammar:
         """This grammar with a tenant's private connectors added to its catalog."""
@@ -135,15 +142,16 @@ def compile_grammar(
 ) -> Grammar:
     """Compile ``text`` with lark and check it with llguidance; raise GrammarInvalid saying where it fails.
 
-    ``origin`` labels the compile time metric (default: "tenant" for tenant variants, else "shipped").
+    ``origin``: "shipped", "tenant" or "upload" (default: "tenant" for tenant variants, else "shipped").
     """
+    origin = origin or ("tenant" if tenant else "shipped")
     started = time.perf_counter()
     try:
         return _compile(name, text, source=source, start=start, description=description, examples=examples,
-                        catalog=catalog, tenant=tenant, structure=structure)
+                        catalog=catalog, tenant=tenant, structure=structure, origin=origin)
     finally:
         elapsed = time.perf_counter() - started
-        metrics.GRAMMAR_COMPILE.labels(origin or ("tenant" if tenant else "shipped")).observe(elapsed)
+        metrics.GRAMMAR_COMPILE.labels(origin).observe(elapsed)
 
 
 def _compile(
@@ -157,6 +165,7 @@ def _compile(
     catalog: Catalog | None,
     tenant: str | None,
     structure: str | None,
+    origin: str,
 ) -> Grammar:
     unbounded = unbounded_constructs(text)
     if unbounded:
@@ -171,7 +180,7 @@ def _compile(
     except lark.exceptions.LarkError as exc:
         raise GrammarInvalid(
             f"{source}: lark cannot compile the grammar: {exc}".strip(),
-            detail={"source": source, "line": _lark_error_line(exc, text), "parser": "lark"},
+            detail={"source": source, "line": _lark_error_line(exc, text), "column": _column(exc), "parser": "lark"},
         ) from exc
     engine_text = to_engine_dialect(text)
     error = _llguidance_error(engine_text)
@@ -191,6 +200,7 @@ def _compile(
         tenant=tenant,
         structure=text if structure is None else structure,
         start=start,
+        origin=origin,
     )
 
 
@@ -224,6 +234,8 @@ class GrammarRegistry:
         self.directory = Path(directory)
         self._grammars: dict[str, Grammar] = {}
         self._tenant_grammars: dict[tuple[str, str], Grammar] = {}
+        #: Uploaded at run time (POST /dsls), by owner: a tenant, or None for shared ones (admin uploads).
+        self._uploaded: dict[tuple[str | None, str], Grammar] = {}
 
     def load(self) -> GrammarRegistry:
         """Compile every ``*.lark`` in the directory, then each tenant's variant from ``tenants/*.yaml``.
@@ -243,7 +255,13 @@ class GrammarRegistry:
         return self
 
     def get(self, name: str, *, tenant: str | None = None) -> Grammar:
-        """The DSL's grammar; with ``tenant``, the tenant's variant (its private connectors) if it has one."""
+        """The DSL's grammar; with ``tenant``, the tenant's variant (its private connectors) if it has one.
+
+        Uploaded grammars are found by their owner (the tenant) and, for shared uploads, by everyone.
+        """
+        for key in ((tenant, name), (None, name)):
+            if key in self._uploaded and (key[0] is None or tenant is not None):
+                return self._uploaded[key]
         if tenant is not None and (tenant, name) in self._tenant_grammars:
             return self._tenant_grammars[(tenant, name)]
         try:
@@ -258,7 +276,19 @@ class GrammarRegistry:
         return sorted(t for t, dsl in self._tenant_grammars if dsl == name)
 
     def names(self) -> list[str]:
+        """The shipped DSLs."""
         return sorted(self._grammars)
+
+    def uploaded(self, owner: str | None) -> list[Grammar]:
+        """Grammars uploaded by ``owner`` (a tenant; None: the shared ones)."""
+        return [g for (o, _), g in sorted(self._uploaded.items(), key=lambda kv: kv[0][1]) if o == owner]
+
+    def add_upload(self, grammar: Grammar, *, owner: str | None) -> None:
+        self._uploaded[(owner, grammar.name)] = grammar
+
+    def remove_upload(self, name: str, *, owner: str | None) -> None:
+        if self._uploaded.pop((owner, name), None) is None:
+            raise UnknownDSL(f"no uploaded dsl {name!r} of yours", detail={"name": name})
 
     def __iter__(self):
         return iter(self._grammars[name] for name in self.names())
@@ -335,6 +365,11 @@ def _lark_error_line(exc: Exception, text: str) -> int | None:
             if re.match(rf"\s*[?!]?{re.escape(name)}\s*(\.\d+)?\s*:", source_line):
                 return number
     return found
+
+
+def _column(exc: Exception) -> int | None:
+    column = getattr(exc, "column", None)
+    return column if isinstance(column, int) and column > 0 else None
 
 
 def _first_line_number(message: str) -> int | None:

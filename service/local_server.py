@@ -28,9 +28,13 @@ def free_port() -> int:
 
 @contextmanager
 def local_server(*, env: dict[str, str] | None = None, log: Path, timeout: float = 300.0) -> Iterator[str]:
-    """Run ``nl2dsl serve`` with ``NL2DSL_*`` overrides in ``env``; yields its base URL once /readyz is 200."""
+    """Run ``nl2dsl serve`` with ``NL2DSL_*`` overrides in ``env``; yields its base URL once /readyz is 200.
+
+    The server listens on loopback only and, unless ``env`` sets ``NL2DSL_AUTH``, without API keys
+    (development mode: evaluation, benchmarks and load tests of a local server).
+    """
     port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {}), "NL2DSL_PORT": str(port),
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NL2DSL_AUTH": "off", **(env or {}), "NL2DSL_PORT": str(port),
                 "NL2DSL_HOST": "127.0.0.1"}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:

@@ -13,13 +13,25 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from service.config import Settings
 from service.local_server import local_server
 from service.model import resolve_model
+from service.security import hash_key
 from tests.helpers import make_random_adapter
 
 STARTUP_TIMEOUT_S = 300
+
+
+#: The test server's API keys (stored hashed in its keys file): an admin and three tenants.
+ADMIN_KEY = "test-admin-key"
+API_KEYS = {
+    ADMIN_KEY: {"admin": True},
+    "alpha-key": {"tenant": "alpha-corp"},
+    "beta-key": {"tenant": "beta-corp", "dsls": ["flow"]},
+    "corrupt-key": {"tenant": "corrupt-corp"},
+}
 
 
 @dataclass
@@ -29,8 +41,10 @@ class Server:
     adapters_dir: Path
     log: Path
 
-    def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+    def client(self, key: str | None = ADMIN_KEY, **kwargs) -> httpx.Client:
+        """A client of the test server, with ``key`` (default: the admin's; None: no key)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), headers=headers, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +58,22 @@ def server(tmp_path_factory) -> Server:
     fingerprint = manifest.split("fingerprint: ")[1].split()[0]
     (adapters / "other-base" / "manifest.yaml").write_text(manifest.replace(fingerprint, "feedfacefeedface"))
     _train_tiny_adapter(model_dir, adapters / "tiny-trained")
+    # A tenant adapter whose weights were cut short on disk: its requests fail, everyone else is served.
+    make_random_adapter(model_dir, adapters / "corrupt", seed=4, dsl="flow", tenants=["corrupt-corp"])
+    weights = adapters / "corrupt" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    keys = tmp_path_factory.mktemp("secrets") / "api-keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [
+        {"sha256": hash_key(key), **entry} for key, entry in API_KEYS.items()
+    ]}))
 
     env = {
         "NL2DSL_DTYPE": "float32",
         "NL2DSL_ADAPTERS_DIR": str(adapters),
         "NL2DSL_MAX_LORAS": "2",
         "NL2DSL_LOG_LEVEL": "info",
+        "NL2DSL_AUTH": "keys",
+        "NL2DSL_API_KEYS_FILE": str(keys),
     }
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:

@@ -1,4 +1,8 @@
-"""``GET /adapters``: the LoRA adapters, which tenants and DSL each serves, and why one cannot be served."""
+"""``/adapters``: the LoRA adapters, which tenants and DSL each serves, and why one cannot be served.
+
+A tenant sees its own and the shared adapters; ``POST /adapters/reload`` (admin) rescans the adapters
+folder, so new or updated adapters are served without a restart.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.adapters import Adapter
-from service.api.deps import ServicesDep
+from service.adapters import Adapter, AdapterRegistry
+from service.api.deps import PrincipalDep, ServicesDep
+from service.api.schemas import ERROR_RESPONSES
 
 __all__ = ["AdapterInfo", "router"]
 
@@ -37,7 +42,18 @@ def _info(adapter: Adapter) -> AdapterInfo:
     )
 
 
-@router.get("/adapters", response_model=list[AdapterInfo])
-async def list_adapters(services: ServicesDep) -> list[AdapterInfo]:
-    """List the registered adapters (also those that cannot be served, with the reason)."""
+@router.get("/adapters", response_model=list[AdapterInfo], responses=ERROR_RESPONSES)
+async def list_adapters(services: ServicesDep, principal: PrincipalDep) -> list[AdapterInfo]:
+    """List the adapters the caller may use (also those that cannot be served, with the reason)."""
+    return [_info(a) for a in services.adapters.all()
+            if principal.admin or a.shared or principal.tenant in a.tenants]
+
+
+@router.post("/adapters/reload", response_model=list[AdapterInfo], responses=ERROR_RESPONSES)
+async def reload_adapters(services: ServicesDep, principal: PrincipalDep) -> list[AdapterInfo]:
+    """Admin: rescan the adapters folder (new, changed and removed adapters) without a restart."""
+    principal.require_admin()
+    current = services.adapters
+    services.adapters = AdapterRegistry(current.directory, base_fingerprint=current.base_fingerprint,
+                                        max_rank=current.max_rank).load()
     return [_info(a) for a in services.adapters.all()]

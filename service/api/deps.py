@@ -12,9 +12,12 @@ from service.config import Settings
 from service.engine import Engine
 from service.errors import EngineUnavailable
 from service.grammars import GrammarRegistry
+from service.limits import Admission
 from service.retrieval import Retriever
+from service.safety import SafetyChecker
+from service.security import DEVELOPER, KeyStore, Principal
 
-__all__ = ["EngineDep", "Services", "ServicesDep", "SettingsDep"]
+__all__ = ["EngineDep", "PrincipalDep", "Services", "ServicesDep", "SettingsDep"]
 
 
 @dataclass
@@ -27,6 +30,9 @@ class Services:
     tokenizer: Any
     model: str
     retriever: Retriever
+    keys: KeyStore
+    admission: Admission
+    safety: SafetyChecker
     engine: Engine | None = None
     #: Why the engine is not there (start-up failed); None while loading or when running.
     engine_error: str | None = None
@@ -45,6 +51,14 @@ def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
+def get_principal(request: Request) -> Principal:
+    """The caller: from its API key (401 without a valid one), or the developer when auth is off."""
+    services = get_services(request)
+    if services.settings.auth == "off":
+        return DEVELOPER
+    return services.keys.authenticate(request)
+
+
 def get_engine(request: Request) -> Engine:
     return get_services(request).ready_engine()
 
@@ -56,3 +70,4 @@ def get_settings(request: Request) -> Settings:
 ServicesDep = Annotated[Services, Depends(get_services)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.errors import NL2DSLError, error_body
 
@@ -19,7 +20,8 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
 
 
 async def _nl2dsl_error(request: Request, exc: NL2DSLError) -> JSONResponse:
-    return JSONResponse(error_body(exc.type, exc.message, exc.detail), status_code=exc.status_code)
+    return JSONResponse(error_body(exc.type, exc.message, exc.detail), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -33,7 +35,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(type_, str(exc.detail), None), status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return JSONResponse(error_body(type_, str(exc.detail), None), status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import ServicesDep
+from service.api.deps import PrincipalDep, ServicesDep
 from service.api.schemas import ERROR_RESPONSES, ParseErrorModel
 
 __all__ = ["ValidateRequest", "ValidateResponse", "router"]
@@ -18,6 +18,8 @@ class ValidateRequest(BaseModel):
 
     dsl: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     code: str = Field(max_length=20_000)
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                               description="Validate with this tenant's variant of the DSL.")
 
 
 class ValidateResponse(BaseModel):
@@ -27,8 +29,9 @@ class ValidateResponse(BaseModel):
 
 
 @router.post("/validate", response_model=ValidateResponse, responses=ERROR_RESPONSES)
-async def validate_code(body: ValidateRequest, services: ServicesDep) -> ValidateResponse:
+async def validate_code(body: ValidateRequest, services: ServicesDep, principal: PrincipalDep) -> ValidateResponse:
     """Parse code with the DSL's grammar (the same parser that marks generated code valid)."""
-    result = services.grammars.get(body.dsl).parse(body.code)
+    principal.check_dsl(body.dsl)
+    result = services.grammars.get(body.dsl, tenant=principal.tenant_for(body.tenant)).parse(body.code)
     error = ParseErrorModel(**vars(result.error)) if result.error else None
     return ValidateResponse(valid=result.valid, dsl=body.dsl, error=error)

@@ -46,7 +46,7 @@ class Outcome:
 
 
 async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurrency: int = 8,
-              progress: bool = True) -> list[Outcome]:
+              progress: bool = True, api_key: str | None = None) -> list[Outcome]:
     """Outcomes in the order of ``rows``; an API error is an outcome too (never drops a row)."""
     limit = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(rows), desc=config.label, disable=not progress, unit="req")
@@ -65,7 +65,7 @@ async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurren
             finally:
                 bar.update()
 
-    async with AsyncNL2DSLClient(url, timeout=600) as client:
+    async with AsyncNL2DSLClient(url, api_key=api_key, timeout=600) as client:
         outcomes = await asyncio.gather(*(one(client, row) for row in rows))
     bar.close()
     return list(outcomes)

@@ -116,11 +116,11 @@ machine is otherwise idle.""",
 
 
 def run_suite(url: str, cases: list[Case], *, data_dir: Path, grammars_dir: Path,
-              concurrency: int) -> list[tuple[Case, Summary]]:
+              concurrency: int, api_key: str | None = None) -> list[tuple[Case, Summary]]:
     grammars = GrammarRegistry(grammars_dir).load()
     results = []
     for case in cases:
-        outcomes = asyncio.run(run(url, case.config, case.rows(data_dir), concurrency=concurrency))
+        outcomes = asyncio.run(run(url, case.config, case.rows(data_dir), concurrency=concurrency, api_key=api_key))
         summary = summarize(outcomes, grammars.get(case.config.dsl, tenant=case.config.tenant))
         print(f"{case.config.label:<32} on {case.test_set:<14} n={summary.n:<4} exact={summary.exact_match:.3f} "
               f"tree={summary.tree_similarity:.3f} valid={summary.valid_rate:.3f} "

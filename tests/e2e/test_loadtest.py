@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from loadtest.run import main
+from tests.conftest import ADMIN_KEY
 
 
 def test_locust_smoke_run_passes_the_gate_and_writes_the_report(server, tmp_path):
-    code = main(["--profile", "smoke", "--url", server.url, "--out", str(tmp_path)])
+    code = main(["--profile", "smoke", "--url", server.url, "--api-key", ADMIN_KEY, "--out", str(tmp_path)])
     summary = (tmp_path / "summary.md").read_text()
     assert code == 0, summary
     assert summary.startswith("# Load test `smoke`: PASS")

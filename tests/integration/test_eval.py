@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 
+from tests.conftest import ADMIN_KEY
+
 
 def test_eval_command_scores_a_small_set_through_the_service(server, tmp_path):
     out = tmp_path / "SMOKE.md"
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "eval", "--suite", "smoke", "--url", server.url, "--limit", "5",
-         "--concurrency", "4", "--out", str(out)],
+        [sys.executable, "-m", "service.cli", "eval", "--suite", "smoke", "--url", server.url, "--api-key", ADMIN_KEY,
+         "--limit", "5", "--concurrency", "4", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -8,6 +8,7 @@ import pytest
 
 from service.config import Settings
 from service.grammars import GrammarRegistry
+from tests.conftest import ADMIN_KEY
 
 GRAMMARS = GrammarRegistry(Settings().grammars_dir).load()
 
@@ -73,7 +74,7 @@ def test_curl_without_json_header_works(server):
     import subprocess
 
     out = subprocess.run(
-        ["curl", "-s", "-X", "POST", f"{server.url}/generate", "-d",
+        ["curl", "-s", "-X", "POST", f"{server.url}/generate", "-H", f"Authorization: Bearer {ADMIN_KEY}", "-d",
          '{"dsl":"flow","text":"when a form is submitted, post the answers to #sales"}'],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout

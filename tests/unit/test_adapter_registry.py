@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.numpy
 import yaml
 
 from service.adapters import AdapterRegistry
@@ -18,11 +20,16 @@ def _adapter(root: Path, name: str, *, dsl="flow", tenants=("*",), fingerprint=F
     folder = root / name
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "peft_type": "LORA"}))
-    (folder / "adapter_model.safetensors").write_bytes(weights)
+    _write_weights(folder, weights)
     manifest = {"name": name, "dsl": dsl, "tenants": list(tenants), "rank": rank,
                 "base_model": {"id": "test-base", "fingerprint": fingerprint}}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     return folder
+
+
+def _write_weights(folder: Path, seed: bytes) -> None:
+    """A real (tiny) safetensors file whose content depends on ``seed``."""
+    (folder / "adapter_model.safetensors").write_bytes(safetensors.numpy.save({"w": np.frombuffer(seed, np.uint8)}))
 
 
 @pytest.fixture()
@@ -82,6 +89,15 @@ def test_lora_ids_are_stable_unique_and_change_with_the_weights(tmp_path):
     first = {a.name: a.lora_id for a in AdapterRegistry(tmp_path, base_fingerprint=FP, max_rank=16).load().all()}
     again = {a.name: a.lora_id for a in AdapterRegistry(tmp_path, base_fingerprint=FP, max_rank=16).load().all()}
     assert first == again and first["a"] != first["b"] and all(i > 0 for i in first.values())
-    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"new weights")
+    _write_weights(tmp_path / "a", b"new weights")
     updated = AdapterRegistry(tmp_path, base_fingerprint=FP, max_rank=16).load()
     assert next(a for a in updated.all() if a.name == "a").lora_id != first["a"]
+
+
+def test_weights_cut_short_make_the_adapter_unavailable_with_the_reason(tmp_path):
+    folder = _adapter(tmp_path, "cut", tenants=("acme",), weights=b"x" * 4096)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    registry = AdapterRegistry(tmp_path, base_fingerprint=FP, max_rank=16).load()
+    with pytest.raises(AdapterUnavailable, match="cut short"):
+        registry.resolve(dsl="flow", tenant="acme")

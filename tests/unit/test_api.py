@@ -3,44 +3,10 @@
 from __future__ import annotations
 
 import json
-from unittest.mock import MagicMock
 
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
-from service.engine import Delta, Engine
-
-FLOW_CODE = 'when forms.submitted(form: "Contact us")\nthen chat.post_message(channel: "#sales", text: "New")'
-
-
-def _fake_engine(pieces: list[str], finish_reason: str = "stop") -> MagicMock:
-    engine = MagicMock(spec=Engine)
-    engine.ready = True
-    engine.calls = []
-
-    async def generate(prompt_token_ids, *, request_id, adapter=None, params=None):
-        engine.calls.append({"prompt_token_ids": prompt_token_ids, "adapter": adapter, "params": params})
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            yield Delta(piece, i + 1, finish_reason if last else None, 0.001 if last else None)
-
-    engine.generate = generate
-    return engine
-
-
-@pytest.fixture()
-def make_client(tmp_path):
-    def make(pieces=None, finish_reason="stop", **settings):
-        engine = _fake_engine(pieces or [FLOW_CODE[:20], FLOW_CODE[20:]], finish_reason)
-        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "max_text_chars": 100, **settings}
-        app = create_app(Settings(**options), engine=engine)
-        client = TestClient(app)
-        client.engine = engine
-        return client
-
-    return make
+from tests.unit.conftest import FLOW_CODE
 
 
 def test_generate_returns_code_marked_valid_with_usage_and_timings(make_client):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import ServicesDep
+from service.api.deps import PrincipalDep, ServicesDep
 from service.api.generate.schemas import GenerateRequest, GenerateResponse
 from service.api.generate.serving import prepare, run
 from service.api.request_metrics import label_request
@@ -37,14 +37,15 @@ _DISCONNECT_POLL_S = 0.25
         },
     },
 )
-async def generate(body: GenerateRequest, request: Request, services: ServicesDep):
+async def generate(body: GenerateRequest, request: Request, services: ServicesDep, principal: PrincipalDep):
     """Generate DSL code for a request in natural language."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     label_request(request, dsl=body.dsl if body.dsl in services.grammars.names() else "unknown", adapter="unknown")
     services.ready_engine()
-    prepared = prepare(services, body, request_id=request_id)
-    label_request(request, dsl=prepared.grammar.name, adapter=prepared.adapter_name)
-    events = run(services, prepared)
+    prepared = prepare(services, body, request_id=request_id, principal=principal)
+    label_request(request, dsl=prepared.grammar.metric_label, adapter=prepared.adapter_name)
+    ticket = services.admission.admit(prepared.tenant)
+    events = run(services, prepared, ticket)
     if body.stream:
         return StreamingResponse(_sse(events), media_type="text/event-stream", headers={"x-request-id": request_id})
     return await _until_disconnected(request, _last(events))

@@ -36,6 +36,9 @@ class GenerateRequest(BaseModel):
     examples: int | None = Field(default=None, ge=0, description="Few-shot examples to retrieve.")
     constrained: bool = Field(default=True, description="Constrain decoding to the DSL's grammar.")
     stream: bool = Field(default=False, description="Stream text deltas as server-sent events.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds before generation is aborted with 504 (default and maximum: "
+        "the service's request timeout).")
 
 
 class Usage(BaseModel):

@@ -1,0 +1,44 @@
+"""Unit-test fixtures: the app around a fake engine (no vLLM)."""
+
+from __future__ import annotations
+
+import asyncio
+from unittest.mock import MagicMock
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.engine import Delta, Engine
+
+FLOW_CODE = 'when forms.submitted(form: "Contact us")\nthen chat.post_message(channel: "#sales", text: "New")'
+
+
+def _fake_engine(pieces: list[str], finish_reason: str = "stop", delay: float = 0.0) -> MagicMock:
+    engine = MagicMock(spec=Engine)
+    engine.ready = True
+    engine.calls = []
+
+    async def generate(prompt_token_ids, *, request_id, adapter=None, params=None, deadline=None):
+        engine.calls.append({"prompt_token_ids": prompt_token_ids, "adapter": adapter, "params": params})
+        for i, piece in enumerate(pieces):
+            await asyncio.sleep(delay)
+            last = i == len(pieces) - 1
+            yield Delta(piece, i + 1, finish_reason if last else None, 0.001 if last else None)
+
+    engine.generate = generate
+    return engine
+
+
+@pytest.fixture()
+def make_client(tmp_path):
+    def make(pieces=None, finish_reason="stop", delay=0.0, **settings):
+        engine = _fake_engine(pieces or [FLOW_CODE[:20], FLOW_CODE[20:]], finish_reason, delay)
+        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "max_text_chars": 100, "auth": "off", **settings}
+        app = create_app(Settings(**options), engine=engine)
+        client = TestClient(app)
+        client.engine = engine
+        return client
+
+    return make
