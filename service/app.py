@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from service.adapters import AdapterRegistry
-from service.api import adapters, dsls, health, validate
+from service.api import adapters, dsls, health, playground, validate
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.generate import router as generate
@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(FormAsJSONMiddleware)
     app.add_middleware(GenerateMetricsMiddleware)
     install_error_handlers(app)
-    for module in (generate, validate, dsls, adapters, health):
+    for module in (generate, validate, dsls, adapters, health, playground):
         app.include_router(module.router)
+    app.mount("/playground", playground.static_files(), name="playground")
     return app
 
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
 
     evaluate = commands.add_parser("eval", help="score test sets through the service over HTTP")
-    evaluate.add_argument("--suite", default="matrix", choices=["matrix", "adapters", "smoke"],
+    evaluate.add_argument("--suite", default="matrix", choices=["matrix", "adapters", "smoke", "safety"],
                           help="matrix: every configuration -> docs/EVALUATION.md; adapters -> docs/TRAINING.md")
     evaluate.add_argument("--url", default=None, help="a running service; default: start one on the embedded model")
     evaluate.add_argument("--limit", type=int, default=None,
@@ -144,6 +144,13 @@ def _eval(args: argparse.Namespace) -> int:
     from service.local_server import local_server
 
     settings = Settings()
+    if args.suite == "safety":  # offline: the request checks on the red-team set, no service needed
+        from service.evaluation.safety import write_safety_report
+
+        out = args.out or PROJECT_ROOT / "docs" / "SAFETY.md"
+        print(write_safety_report(PROJECT_ROOT / "tests" / "safety" / "redteam.jsonl", settings.data_dir, out,
+                                  command="nl2dsl eval --suite safety"))
+        return 0
     limit = args.limit or {"matrix": 40, "adapters": 200, "smoke": 5}[args.suite]
     cases = SUITES[args.suite](limit)
     out = args.out or PROJECT_ROOT / "docs" / REPORTS[args.suite]

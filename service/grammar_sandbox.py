@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from service.errors import GrammarInvalid
 from service.grammars import Example, Grammar, compile_grammar
@@ -38,7 +39,11 @@ async def _worker() -> ProcessPoolExecutor:
     global _pool
     if _pool is None:
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        await asyncio.wrap_future(pool.submit(_ready))
+        try:
+            await asyncio.wrap_future(pool.submit(_ready))
+        except BrokenProcessPool:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         _pool = pool
     return _pool
 
@@ -59,9 +64,13 @@ async def compile_upload(
     examples: tuple[Example, ...] = (),
 ) -> Grammar:
     """Compile ``text`` as DSL ``name``; GrammarInvalid (400) if it fails or takes longer than ``timeout_s``."""
-    pool = await _worker()
     try:
+        pool = await _worker()
         problem = await asyncio.wait_for(asyncio.wrap_future(pool.submit(_check, name, text, start)), timeout_s)
+    except BrokenProcessPool as exc:  # the worker died (e.g. out of memory on a huge grammar)
+        shutdown()
+        raise GrammarInvalid(f"<{name}>: compiling the grammar crashed its worker; simplify it",
+                             detail={"source": f"<{name}>", "limit": "compile_crash"}) from exc
     except TimeoutError:
         shutdown()
         raise GrammarInvalid(

@@ -26,6 +26,7 @@ class ValidateResponse(BaseModel):
     valid: bool
     dsl: str
     error: ParseErrorModel | None = None
+    tree: str | None = Field(default=None, description="The lark parse tree, indented, when the code parses.")
 
 
 @router.post("/validate", response_model=ValidateResponse, responses=ERROR_RESPONSES)
@@ -34,4 +35,5 @@ async def validate_code(body: ValidateRequest, services: ServicesDep, principal:
     principal.check_dsl(body.dsl)
     result = services.grammars.get(body.dsl, tenant=principal.tenant_for(body.tenant)).parse(body.code)
     error = ParseErrorModel(**vars(result.error)) if result.error else None
-    return ValidateResponse(valid=result.valid, dsl=body.dsl, error=error)
+    tree = result.tree.pretty() if result.tree is not None else None
+    return ValidateResponse(valid=result.valid, dsl=body.dsl, error=error, tree=tree)

@@ -104,7 +104,8 @@ def test_validate_agrees_with_the_grammar_and_points_at_the_error(make_client):
         ok = client.post("/validate", json={"dsl": "flow", "code": FLOW_CODE}).json()
         bad = client.post("/validate", json={"dsl": "flow", "code": FLOW_CODE.replace("chat.post", "chat.pst")}).json()
         missing = client.post("/validate", json={"dsl": "nope", "code": "x"})
-    assert ok == {"valid": True, "dsl": "flow", "error": None}
+    assert {k: ok[k] for k in ("valid", "dsl", "error")} == {"valid": True, "dsl": "flow", "error": None}
+    assert ok["tree"].startswith("start\n") and "chat__post_message" in ok["tree"]
     assert bad["valid"] is False and (bad["error"]["line"], bad["error"]["column"]) == (2, 6)
     assert missing.status_code == 404
 

@@ -1,0 +1,191 @@
+// nl2dsl playground: plain JS over the public API (no build step).
+"use strict";
+const $ = (id) => document.getElementById(id);
+const KEYWORDS = /^(when|then|SELECT|FROM|WHERE|GROUP|BY|ORDER|LIMIT|JOIN|ON|AND|OR|AS|ASC|DESC|COUNT|SUM|AVG|MIN|MAX|DISTINCT|true|false)$/;
+
+$("api-key").value = sessionStorage.getItem("nl2dsl-key") || "";
+$("api-key").addEventListener("change", () => { sessionStorage.setItem("nl2dsl-key", $("api-key").value); loadLists(); });
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) throw apiError(response.status, data);
+  return data;
+}
+
+function apiError(status, data) {
+  const e = (data && data.error) || { type: "http_error", message: "HTTP " + status };
+  const err = new Error(`${status} ${e.type}: ${e.message}`);
+  err.detail = e.detail;
+  return err;
+}
+
+function say(id, message, kind) {
+  const el = $(id);
+  el.textContent = message;
+  el.className = kind || "";
+}
+
+function escapeHtml(s) {
+  return s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+}
+
+// Syntax highlighting for the shipped DSLs (and a sensible default for uploaded ones).
+function highlight(code) {
+  const re = /("(?:[^"\\\n]|\\.)*"?)|([A-Za-z_][\w]*\.[A-Za-z_]\w*)(?=\()|([A-Za-z_]\w*)(?=\s*:)|(\b\d+(?:\.\d+)?\b)|([A-Za-z_]\w*)|([(),:=<>*.;+-])/g;
+  let out = "", last = 0, m;
+  while ((m = re.exec(code)) !== null) {
+    out += escapeHtml(code.slice(last, m.index));
+    const [text, str, op, key, num, word, punct] = m;
+    const cls = str ? "str" : op ? "op" : key ? "key" : num ? "num" : word ? (KEYWORDS.test(word) ? "kw" : "") : punct ? "punct" : "";
+    out += cls ? `<span class="tok-${cls}">${escapeHtml(text)}</span>` : escapeHtml(text);
+    last = m.index + text.length;
+  }
+  return out + escapeHtml(code.slice(last));
+}
+
+// The code with the character at (line, column) marked and a caret line under it.
+function markError(code, line, column) {
+  const lines = code.split("\n");
+  return lines.map((text, i) => {
+    if (i + 1 !== line) return escapeHtml(text);
+    const col = Math.max(1, column || 1) - 1;
+    const here = text.slice(col, col + 1) || " ";
+    const marked = escapeHtml(text.slice(0, col)) + `<span class="err-here" data-line="${line}" data-column="${col + 1}">${escapeHtml(here)}</span>` + escapeHtml(text.slice(col + 1));
+    return marked + "\n" + `<span class="err-caret">${" ".repeat(col)}^ line ${line}, column ${col + 1}</span>`;
+  }).join("\n");
+}
+
+async function loadLists(selected) {
+  try {
+    const dsls = await api("GET", "/dsls");
+    $("dsl").innerHTML = dsls.map((d) => `<option value="${escapeHtml(d.name)}">${escapeHtml(d.name)}${d.origin === "upload" ? " (yours)" : ""}</option>`).join("");
+    if (selected) $("dsl").value = selected;
+    const adapters = await api("GET", "/adapters");
+    $("adapter").innerHTML = '<option value="">automatic</option><option value="base">base model</option>' +
+      adapters.filter((a) => a.available).map((a) => `<option value="${escapeHtml(a.name)}">${escapeHtml(a.name)} (${escapeHtml(a.dsl || "any")})</option>`).join("");
+    say("status", "");
+  } catch (err) {
+    say("status", err.message, "error");
+  }
+}
+
+function requestBody(stream) {
+  const body = { dsl: $("dsl").value, text: $("text").value, stream };
+  if ($("tenant").value.trim()) body.tenant = $("tenant").value.trim();
+  if ($("adapter").value) body.adapter = $("adapter").value;
+  if ($("context").value.trim()) body.context = $("context").value.trim();
+  if ($("examples").value !== "") body.examples = Number($("examples").value);
+  return body;
+}
+
+async function generate() {
+  const button = $("generate");
+  button.disabled = true;
+  $("code").textContent = "";
+  $("verdict").textContent = "";
+  $("verdict").className = "badge";
+  $("timings").textContent = "";
+  $("tree").textContent = "";
+  say("status", "generating…");
+  try {
+    const stream = $("stream").checked;
+    const result = stream ? await generateStreaming() : await api("POST", "/generate", requestBody(false));
+    showResult(result);
+    say("status", "done", "ok");
+  } catch (err) {
+    say("status", err.message, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function generateStreaming() {
+  const response = await fetch("/generate", { method: "POST", headers: headers(), body: JSON.stringify(requestBody(true)) });
+  if (!response.ok) throw apiError(response.status, await response.json().catch(() => null));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", text = "", result = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const chunk = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const event = (chunk.match(/^event: (.*)$/m) || [])[1];
+      const data = JSON.parse((chunk.match(/^data: (.*)$/m) || [])[1] || "null");
+      if (event === "delta") { text += data.text; $("code").innerHTML = highlight(text); }
+      else if (event === "result") result = data;
+      else if (event === "error") throw apiError(200, data);
+    }
+  }
+  if (!result) throw new Error("the stream ended without a result");
+  return result;
+}
+
+async function showResult(result) {
+  $("code").innerHTML = highlight(result.code);
+  $("verdict").textContent = result.valid ? "valid" : `invalid (${result.finish_reason})`;
+  $("verdict").className = "badge " + (result.valid ? "valid" : "invalid");
+  const t = result.timings;
+  const ms = (s) => (s == null ? "–" : Math.round(s * 1000) + " ms");
+  $("timings").textContent = `adapter ${result.adapter} · queue ${ms(t.queue)} · first token ${ms(t.ttft)} · total ${ms(t.total)} · ` +
+    `${result.usage.prompt_tokens} prompt + ${result.usage.completion_tokens} completion tokens`;
+  try {
+    const checked = await api("POST", "/validate", { dsl: result.dsl, code: result.code, tenant: requestBody(false).tenant });
+    $("tree").textContent = checked.tree || (checked.error ? checked.error.message : "");
+  } catch (err) {
+    $("tree").textContent = err.message;
+  }
+}
+
+async function register() {
+  const examples = $("g-examples").value.split("\n").map((l) => l.trim()).filter(Boolean).map((line) => {
+    const [text, code] = line.split("=>").map((s) => s.trim());
+    return { text, code: (code || "").replace(/\\n/g, "\n") };
+  });
+  const name = $("g-name").value.trim();
+  try {
+    await api("POST", "/dsls", { name, grammar: $("g-text").value, start: $("g-start").value.trim() || "start", examples });
+    say("g-status", `registered "${name}": generate with it on the left`, "ok");
+    await loadLists(name);
+    if (examples.length) $("text").value = examples[0].text;
+  } catch (err) {
+    const d = err.detail || {};
+    const where = d.line ? ` (grammar line ${d.line}${d.column ? ", column " + d.column : ""})` : "";
+    say("g-status", err.message + where, "error");
+  }
+}
+
+async function validate() {
+  const code = $("v-code").value;
+  try {
+    const result = await api("POST", "/validate", { dsl: $("dsl").value, code, tenant: requestBody(false).tenant });
+    if (result.valid) {
+      $("v-marked").innerHTML = highlight(code);
+      say("v-status", "valid", "ok");
+    } else {
+      const e = result.error;
+      $("v-marked").innerHTML = markError(code, e.line, e.column);
+      const expected = e.expected && e.expected.length ? `; expected ${e.expected.slice(0, 6).join(", ")}` : "";
+      say("v-status", `invalid at line ${e.line}, column ${e.column}: ${e.message}${expected}`, "error");
+    }
+  } catch (err) {
+    say("v-status", err.message, "error");
+  }
+}
+
+$("generate").addEventListener("click", generate);
+$("register").addEventListener("click", register);
+$("validate").addEventListener("click", validate);
+$("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+loadLists();
