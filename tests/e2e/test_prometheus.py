@@ -76,6 +76,14 @@ def test_engine_metrics_are_scraped_too(prometheus):
 
 
 def test_promtool_accepts_the_metrics_exposition(client):
+    """The exposition parses and every nl2dsl_* metric passes promtool's lint.
+
+    vLLM names its own metrics ``vllm:*`` (a colon, which promtool's lint reserves for recording rules) and
+    has one gauge ending in ``_total``: those findings are vLLM's naming, kept as is so its dashboards work.
+    """
     text = client.get("/metrics").text
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode in (0, 3), problems  # 3: lint findings only; anything else: unparseable
+    assert "nl2dsl_requests_total" in text and "nl2dsl_request_duration_seconds_bucket" in text
+    assert [p for p in problems if not p.startswith("vllm:")] == []
