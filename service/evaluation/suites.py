@@ -111,9 +111,8 @@ nl2dsl train --dsl sql --name sql-general --steps 45
 
 Batch 8, LoRA r=16 (alpha 32) on all attention and MLP projections (4.9M trainable parameters, 19 MB per
 adapter), lr 1e-3 (3e-4 for tenants), float32 on 2 CPU cores: 9-12 s a step for flow, 6 s for sql when the
-machine is otherwise idle. A first round of tenant adapters (35 steps, lr 5e-4, half of each batch replayed)
-lost 0.05 exact match on the general flow test set; more replay and a lower learning rate keep the general
-skill while still learning the tenant's connector.""",
+machine is otherwise idle. A tenant adapter continues from flow-general and replays general flows in each
+batch so that it keeps the general skill while it learns the tenant's connector.""",
 }
 
 
