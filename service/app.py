@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import grammar_sandbox
 from service.adapters import AdapterRegistry
 from service.api import adapters, dsls, health, playground, validate
 from service.api.deps import Services
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = services = _build_services(settings)
         async with AsyncExitStack() as stack:
+            stack.callback(grammar_sandbox.shutdown)  # the worker that compiles uploaded grammars, if started
             if engine is not None:
                 services.engine = engine
             else:
