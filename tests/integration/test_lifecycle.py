@@ -57,7 +57,8 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(own_server):
     proc.send_signal(signal.SIGTERM)
     worker.join(timeout=120)
     assert results and results[0].status_code == 200 and results[0].json()["code"]
-    assert proc.wait(timeout=90) == 0
+    # uvicorn re-raises the signal after its graceful shutdown: exit by SIGTERM, not a crash and not a hang.
+    assert proc.wait(timeout=90) in (0, -signal.SIGTERM)
 
 
 def test_a_dead_engine_turns_readyz_false_and_requests_get_503(own_server):
