@@ -160,7 +160,8 @@ def _eval(args: argparse.Namespace) -> int:
         if url is None:
             log = Path(tempfile.mkdtemp(prefix="nl2dsl-eval-")) / "server.log"
             print(f"starting the service (log: {log})", file=sys.stderr)
-            url = stack.enter_context(local_server(log=log))
+            # Quality, not latency under a deadline: a loaded CPU can take minutes per request at high concurrency.
+            url = stack.enter_context(local_server(log=log, env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
         results = run_suite(url, cases, data_dir=settings.data_dir, grammars_dir=settings.grammars_dir,
                             concurrency=args.concurrency, api_key=args.api_key)
     write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out,
