@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 def _build_services(settings: Settings) -> Services:
     from transformers import AutoTokenizer
 
-    grammars = GrammarRegistry(settings.grammars_dir).load()
+    safety = SafetyChecker.load(settings.grammars_dir, enabled=settings.safety)
+    grammars = GrammarRegistry(settings.grammars_dir).load(policies=safety)
     model = resolve_model(settings.model, settings.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(model)
     registry = AdapterRegistry(
@@ -93,7 +94,6 @@ def _build_services(settings: Settings) -> Services:
         log.warning("no API keys configured (NL2DSL_API_KEYS_FILE): every API call will be refused with 401")
     admission = Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency,
                           stale_after_s=settings.request_timeout_s + 60)
-    safety = SafetyChecker.load(settings.grammars_dir, enabled=settings.safety)
     return Services(settings=settings, grammars=grammars, adapters=registry, tokenizer=tokenizer, model=model,
                     retriever=retriever, keys=keys, admission=admission, safety=safety)
 

@@ -77,6 +77,11 @@ class Catalog:
             descriptions={**self.descriptions, **other.descriptions},
         )
 
+    def without(self, operations: frozenset[str]) -> Catalog:
+        """This catalog less the named operations (``connector.op``): a policy's denied operations."""
+        kept = tuple(op for op in self.operations if op.full_name not in operations)
+        return Catalog(types=self.types, operations=kept, descriptions=self.descriptions)
+
     def find(self, full_name: str) -> Operation | None:
         return next((op for op in self.operations if op.full_name == full_name), None)
 

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lark
 import yaml
@@ -22,6 +22,9 @@ import yaml
 from service import metrics
 from service.catalog import Catalog
 from service.errors import GrammarInvalid, UnknownDSL
+
+if TYPE_CHECKING:
+    from service.safety import Policy, SafetyChecker
 
 __all__ = ["Example", "Grammar", "GrammarRegistry", "ParseError", "ParseResult", "compile_grammar", "to_engine_dialect"]
 
@@ -54,7 +57,12 @@ class ParseResult:
 
 @dataclass(frozen=True, eq=False)
 class Grammar:
-    """A compiled DSL: the lark text, the same grammar in the engine's dialect, and a parser."""
+    """A compiled DSL: the lark text, the grammar the engine decodes with, and a parser.
+
+    ``engine_text`` is ``text`` in the engine's dialect, narrowed to the tenant's safety policy where it has
+    one: output is parsed with the full grammar, so an unconstrained output that breaks the policy parses and
+    is refused by name by the safety check, while constrained decoding cannot produce it at all.
+    """
 
     name: str
     description: str
@@ -76,12 +84,13 @@ class Grammar:
         """The ``dsl`` label in metrics: uploaded grammars, named by their owners, count as "custom"."""
         return "custom" if self.origin == "upload" else self.name
 
-    def for_tenant(self, tenant: str, extra: Catalog, *, source: str) -> Grammar:
-        """This grammar with a tenant's private connectors added to its catalog."""
+    def for_tenant(self, tenant: str, extra: Catalog, *, source: str, policy: Policy | None = None) -> Grammar:
+        """This grammar with a tenant's private connectors added to its catalog, decoding narrowed to ``policy``."""
         catalog = self.catalog.merged(extra) if self.catalog else extra
         return compile_grammar(
             self.name,
             _with_catalog(self.structure, catalog),
+            decoding_text=_with_catalog(self.structure, catalog, policy) if policy else None,
             source=source,
             start=self.start,
             description=self.description,
@@ -139,16 +148,19 @@ def compile_grammar(
     tenant: str | None = None,
     structure: str | None = None,
     origin: str | None = None,
+    decoding_text: str | None = None,
 ) -> Grammar:
     """Compile ``text`` with lark and check it with llguidance; raise GrammarInvalid saying where it fails.
 
     ``origin``: "shipped", "tenant" or "upload" (default: "tenant" for tenant variants, else "shipped").
+    ``decoding_text``: the grammar for constrained decoding when it is narrower than ``text`` (a policy).
     """
     origin = origin or ("tenant" if tenant else "shipped")
     started = time.perf_counter()
     try:
         return _compile(name, text, source=source, start=start, description=description, examples=examples,
-                        catalog=catalog, tenant=tenant, structure=structure, origin=origin)
+                        catalog=catalog, tenant=tenant, structure=structure, origin=origin,
+                        decoding_text=decoding_text or text)
     finally:
         elapsed = time.perf_counter() - started
         metrics.GRAMMAR_COMPILE.labels(origin).observe(elapsed)
@@ -166,6 +178,7 @@ def _compile(
     tenant: str | None,
     structure: str | None,
     origin: str,
+    decoding_text: str,
 ) -> Grammar:
     unbounded = unbounded_constructs(text)
     if unbounded:
@@ -182,7 +195,7 @@ def _compile(
             f"{source}: lark cannot compile the grammar: {exc}".strip(),
             detail={"source": source, "line": _lark_error_line(exc, text), "column": _column(exc), "parser": "lark"},
         ) from exc
-    engine_text = to_engine_dialect(text)
+    engine_text = to_engine_dialect(decoding_text)
     error = _llguidance_error(engine_text)
     if error:
         raise GrammarInvalid(
@@ -237,13 +250,17 @@ class GrammarRegistry:
         #: Uploaded at run time (POST /dsls), by owner: a tenant, or None for shared ones (admin uploads).
         self._uploaded: dict[tuple[str | None, str], Grammar] = {}
 
-    def load(self) -> GrammarRegistry:
+    def load(self, policies: SafetyChecker | None = None) -> GrammarRegistry:
         """Compile every ``*.lark`` in the directory, then each tenant's variant from ``tenants/*.yaml``.
 
-        The first grammar that fails stops start-up.
+        With ``policies`` (enabled), every grammar's decoding is narrowed to its tenant's policy (the shared
+        ones to the default policy), so constrained output cannot break it. The first grammar that fails stops start-up.
         """
+        def policy(tenant: str | None) -> Policy | None:
+            return policies.policy(tenant) if policies is not None and policies.enabled else None
+
         for path in sorted(self.directory.glob("*.lark")):
-            grammar = load_grammar_file(path)
+            grammar = load_grammar_file(path, policy=policy(None))
             self._grammars[grammar.name] = grammar
         for path in sorted((self.directory / "tenants").glob("*.yaml")):
             meta = yaml.safe_load(path.read_text()) or {}
@@ -251,7 +268,8 @@ class GrammarRegistry:
             base = self.get(dsl)
             types = base.catalog.types if base.catalog else {}
             extra = Catalog.from_dict({"types": types, **meta.get("catalog", {})}, source=str(path))
-            self._tenant_grammars[(tenant, dsl)] = base.for_tenant(tenant, extra, source=str(path))
+            self._tenant_grammars[(tenant, dsl)] = base.for_tenant(tenant, extra, source=str(path),
+                                                                   policy=policy(tenant))
         return self
 
     def get(self, name: str, *, tenant: str | None = None) -> Grammar:
@@ -297,8 +315,8 @@ class GrammarRegistry:
         return len(self._grammars)
 
 
-def load_grammar_file(path: Path) -> Grammar:
-    """Load ``<dsl>.lark`` with its ``<dsl>.yaml`` (optional) and compile it."""
+def load_grammar_file(path: Path, *, policy: Policy | None = None) -> Grammar:
+    """Load ``<dsl>.lark`` with its ``<dsl>.yaml`` (optional) and compile it, decoding narrowed to ``policy``."""
     meta: dict[str, Any] = {}
     meta_path = path.with_suffix(".yaml")
     if meta_path.exists():
@@ -306,7 +324,7 @@ def load_grammar_file(path: Path) -> Grammar:
     name = meta.get("name", path.stem)
     catalog = Catalog.from_dict(meta["catalog"], source=str(meta_path)) if meta.get("catalog") else None
     structure = path.read_text()
-    text = _with_catalog(structure, catalog) if catalog is not None else structure
+    text = _with_catalog(structure, catalog)
     examples: tuple[Example, ...] = ()
     if meta.get("examples"):
         examples = tuple(load_examples(path.parent / meta["examples"]))
@@ -319,11 +337,17 @@ def load_grammar_file(path: Path) -> Grammar:
         examples=examples,
         catalog=catalog,
         structure=structure,
+        decoding_text=_with_catalog(structure, catalog, policy) if policy else None,
     )
 
 
-def _with_catalog(structure: str, catalog: Catalog) -> str:
-    return structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()
+def _with_catalog(structure: str, catalog: Catalog | None, policy: Policy | None = None) -> str:
+    """The grammar text: the structure, the catalog's rules (less denied operations), narrowed to ``policy``."""
+    if catalog is not None:
+        if policy is not None:
+            catalog = catalog.without(policy.denied_operations)
+        structure = structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()
+    return policy.narrow(structure) if policy is not None else structure
 
 
 def load_examples(path: Path) -> list[Example]:

@@ -6,6 +6,10 @@ data exfiltration (bulk data or secrets sent out), mass deletion, and harassment
 applies the tenant's policy to the parse tree: denied operations and HTTP methods, recipients outside the
 allowed e-mail domains, hosts outside the allowed HTTP hosts, denied SQL columns.
 
+Where it can, the policy is also compiled into the tenant's grammar (``Policy.narrow``: e-mail domains, HTTP
+hosts and methods, denied operations left out of the catalog), so constrained decoding cannot write what the
+policy forbids and the output check is a backstop (for unconstrained requests and uploaded grammars).
+
 Policies: ``grammars/policy.yaml`` (defaults) and a ``policy:`` section in ``grammars/tenants/<tenant>.yaml``.
 A block raises ``SafetyBlocked`` (400) naming the rule, and counts in ``nl2dsl_safety_blocks_total``.
 """
@@ -168,6 +172,35 @@ class Policy:
             allowed_http_hosts=pick("allowed_http_hosts", tuple, base.allowed_http_hosts),
             denied_sql_columns=pick("denied_sql_columns", frozenset, base.denied_sql_columns),
         )
+
+
+    def narrow(self, grammar_text: str) -> str:
+        """``grammar_text`` with its EMAIL, URL and METHOD terminals narrowed to what this policy allows.
+
+        Terminals are recognised by name (the names the output check reads); a grammar without them is
+        returned unchanged. Denied operations are left out of the catalog by the caller (``Catalog.without``).
+        """
+        replacements = {}
+        if self.allowed_email_domains:
+            domains = _alternatives(self.allowed_email_domains)
+            replacements["EMAIL"] = rf'/"[a-z0-9._+-]{{1,24}}@([a-z0-9-]{{1,24}}\.){{0,2}}({domains})"/'
+        if self.allowed_http_hosts:
+            hosts = _alternatives(self.allowed_http_hosts)
+            replacements["URL"] = (rf'/"https:\/\/([a-z0-9-]{{1,24}}\.){{0,2}}({hosts})'
+                                   r'(\/[a-zA-Z0-9._-]{1,24}){0,4}"/')
+
+        def _rewrite(m: re.Match[str]) -> str:
+            name, definition = m.group(1), m.group(2)
+            if name == "METHOD" and self.denied_http_methods:
+                methods = [x for x in re.findall(r'"([A-Z]+)"', definition) if x not in self.denied_http_methods]
+                definition = " | ".join(f'"{x}"' for x in methods)
+            return f"{name}: {replacements.get(name, definition)}"
+
+        return re.sub(r"^(EMAIL|URL|METHOD):[ \t]*(.*)$", _rewrite, grammar_text, flags=re.MULTILINE)
+
+
+def _alternatives(names: tuple[str, ...]) -> str:
+    return "|".join(re.escape(n.lower()).replace("/", "") for n in names)
 
 
 @dataclass

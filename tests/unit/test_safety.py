@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import llguidance
 import pytest
 
 from service.config import PROJECT_ROOT
-from service.grammars import GrammarRegistry
+from service.grammars import GrammarRegistry, load_grammar_file
 from service.safety import Policy, SafetyChecker, output_verdict, request_verdict
 
 REDTEAM = [json.loads(line) for line in (Path(__file__).parent.parent / "safety" / "redteam.jsonl").open()]
@@ -70,6 +71,40 @@ def test_policy_denies_operations_methods_and_sql_columns():
     assert output_verdict(_tree(delete), policy, dsl="flow").rule == "denied_http_method"
     sql = _tree("SELECT name, salary FROM employees", dsl="sql")
     assert output_verdict(sql, policy, dsl="sql").rule == "denied_column"
+
+
+def _decodable(grammar, code: str) -> bool:
+    """Whether constrained decoding (the engine's llguidance, fed byte by byte) can write ``code``."""
+    tokenizer = llguidance.LLTokenizer("byte")
+    matcher = llguidance.LLMatcher(tokenizer, llguidance.grammar_from("lark", grammar.engine_text))
+    return matcher.consume_tokens(tokenizer.tokenize_str(code)) and matcher.is_accepting()
+
+
+def test_constrained_decoding_cannot_break_a_tenant_policy():
+    grammars_dir = PROJECT_ROOT / "grammars"
+    served = GrammarRegistry(grammars_dir).load(policies=SafetyChecker.load(grammars_dir))
+    mail = 'when forms.submitted(form: "Leads")\nthen email.send(to: "{}", subject: "x", body: "y")'
+    contoso = served.get("flow", tenant="contoso")
+    for allowed in ("sales@acme.io", "ops@eu.mail.org"):
+        assert _decodable(contoso, mail.format(allowed))
+    for outside in ("me@gmail.com", "me@mail.io", "me@mail.org.io"):
+        assert not _decodable(contoso, mail.format(outside))
+        # The full grammar still parses it, so an unconstrained output is refused by the rule's name.
+        assert contoso.parse(mail.format(outside)).valid
+    assert _decodable(served.get("flow"), mail.format("me@gmail.com"))  # default policy: any recipient
+    call = 'when schedule.daily(at: "09:00")\nthen http.request(method: POST, url: "https://{}/x")'
+    fabrikam = served.get("flow", tenant="fabrikam")
+    assert _decodable(fabrikam, call.format("api.acme.io"))
+    assert not _decodable(fabrikam, call.format("evil.io"))
+
+
+def test_denied_operations_and_methods_are_left_out_of_decoding():
+    policy = Policy(denied_operations=frozenset({"sms.send_sms"}), denied_http_methods=frozenset({"DELETE"}))
+    flow = load_grammar_file(PROJECT_ROOT / "grammars" / "flow.lark", policy=policy)
+    sms = 'when schedule.daily(at: "09:00")\nthen sms.send_sms(to: "+15551234567", text: "hi")'
+    call = 'when schedule.daily(at: "09:00")\nthen http.request(method: {}, url: "https://api.acme.io/x")'
+    assert not _decodable(flow, sms) and flow.parse(sms).valid
+    assert not _decodable(flow, call.format("DELETE")) and _decodable(flow, call.format("POST"))
 
 
 def test_blocked_requests_and_outputs_get_400_naming_the_rule(make_client):
