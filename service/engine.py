@@ -62,6 +62,11 @@ class Engine:
         self._host_loras = _LRUMirror(max_cpu_loras)
 
     @property
+    def llm(self):
+        """The vLLM ``AsyncLLM`` itself (the benchmarks' raw-engine baseline)."""
+        return self._llm
+
+    @property
     def ready(self) -> bool:
         return not self._llm.errored
 
