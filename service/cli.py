@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--eval-every", type=int, default=15)
     train.add_argument("--seed", type=int, default=0)
 
+    blend = commands.add_parser("blend", help="pull a tenant adapter part of the way back to the general one")
+    blend.add_argument("--tuned", type=Path, required=True, help="the tenant adapter (trained --init-from GENERAL)")
+    blend.add_argument("--general", type=Path, required=True, help="the adapter it was trained from")
+    blend.add_argument("--keep", type=float, required=True, help="share of the tenant training's change kept (0-1)")
+    blend.add_argument("--out", type=Path, required=True, help="the blended adapter's folder (its name)")
+
     evaluate = commands.add_parser("eval", help="score test sets through the service over HTTP")
     evaluate.add_argument("--suite", default="matrix", choices=["matrix", "adapters", "smoke", "safety"],
                           help="matrix: every configuration -> docs/EVALUATION.md; adapters -> docs/TRAINING.md")
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing is fetched from a model hub, ever.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "data": _data, "train": _train,
-                "eval": _eval}
+                "blend": _blend, "eval": _eval}
     return handlers[args.command](args)
 
 
@@ -99,6 +105,13 @@ def _data(args: argparse.Namespace) -> int:
     out = args.out or settings.data_dir
     for name, rows in build(out, GrammarRegistry(settings.grammars_dir).load()).items():
         print(f"{rows:>6} rows  {out / name}.jsonl")
+    return 0
+
+
+def _blend(args: argparse.Namespace) -> int:
+    from service.training.blend import blend
+
+    print(blend(args.tuned, args.general, args.out, keep=args.keep))
     return 0
 
 
