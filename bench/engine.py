@@ -1,0 +1,185 @@
+"""What each feature costs inside the engine: grammar, adapter, mixed adapters, cold loads, prefix caching.
+
+``python -m bench.engine``: one AsyncLLM configured as the service configures it (``open_engine``), the embedded
+model and the shipped ``flow-general`` adapter, prompts built by the service's request path. Every comparison's
+cases take turns in one run. Distinct adapters in the mixed-batch cases are copies of flow-general under new
+ids (vLLM treats each id as its own adapter: own slot, own load), so every case does the same work and only
+the mixing differs. Ends with the peer path: peft + transformers on the same mixed-adapter workload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from bench import workload
+from bench.peft_peer import peft_generate
+from bench.results import Comparison, interleaved, progress, save
+from service.config import Settings
+from service.engine import open_engine
+from service.grammars import compile_grammar
+
+COMMAND = "python -m bench.engine"
+REPEATS = 3
+MIXED = (1, 4, 8, 16, 64)  # distinct adapters in a batch of 64 requests; the engine holds max_loras of them
+
+
+async def main_async() -> None:
+    settings = Settings()
+    services = workload.services(settings)
+    flow_general = services.adapters.get("flow-general")
+    progress(f"engine: max_loras {settings.max_loras}, max_cpu_loras {settings.max_cpu_loras}")
+    adapter_prompts = workload.prompts(services, 64, adapter="flow-general", max_tokens=48)
+    few_shot = workload.prompts(services, 8, adapter="base", examples=3, max_tokens=16)
+    comparisons: list[Comparison] = []
+    facts: dict = {}
+    async with open_engine(settings, model=services.model) as engine:
+        llm = engine.llm
+        facts["engine start (s)"] = round(engine.startup_s, 1)
+        # Warm up: the first batch with a LoRA and a grammar pays one-time set-up.
+        await workload.run_raw(llm, [workload.job(p) for p in adapter_prompts[:2]], concurrency=2)
+
+        progress("grammar: constrained vs unconstrained decoding (flow-general, 16 requests, 8 at a time)")
+        batch = adapter_prompts[:16]
+        medians = await interleaved({
+            "constrained": _tokens_per_s(llm, [workload.job(p) for p in batch], 8),
+            "unconstrained": _tokens_per_s(llm, [workload.job(p, constrained=False) for p in batch], 8),
+        }, REPEATS)
+        comparisons.append(Comparison("features", "grammar-constrained decoding", medians["constrained"],
+                                      medians["unconstrained"], "tokens/s", ("constrained", "unconstrained"),
+                                      goal=">= 0.95"))
+
+        progress("grammar compile: a grammar the engine has not seen vs one it has (time to first token)")
+        flow = services.grammars.get("flow")
+        seen = workload.job(batch[0], max_tokens=1)
+        fresh = iter(range(1_000_000))
+        medians = await interleaved({
+            "new grammar": _ttft(llm, lambda: _with_grammar(seen, f"{seen.grammar}\n// variant {next(fresh)}\n")),
+            "cached grammar": _ttft(llm, lambda: seen),
+        }, REPEATS + 2)
+        comparisons.append(Comparison("features", "grammar compile in the engine (first token)",
+                                      medians["new grammar"], medians["cached grammar"], "s",
+                                      ("new grammar", "cached grammar"), higher_is_better=False))
+        compile_s = statistics.median(_compile_seconds(flow) for _ in range(5))
+        facts["grammar compile by the service, tenant variant of flow (lark + llguidance check, s)"] = \
+            round(compile_s, 3)
+
+        progress("adapter vs base model (16 requests, 8 at a time, 32 tokens each)")
+        medians = await interleaved({
+            "adapter": _tokens_per_s(llm, [workload.job(p, constrained=False, max_tokens=32, ignore_eos=True)
+                                           for p in batch], 8),
+            "base": _tokens_per_s(llm, [workload.job(p, constrained=False, lora=None, max_tokens=32,
+                                                     ignore_eos=True) for p in batch], 8),
+        }, REPEATS)
+        comparisons.append(Comparison("features", "LoRA adapter vs base model", medians["adapter"],
+                                      medians["base"], "tokens/s", ("flow-general", "base model")))
+
+        progress(f"mixed adapters: 64 requests over {MIXED} distinct adapters vs one adapter")
+        copies = iter(range(10_000, 1_000_000))
+
+        def mixed(distinct: int):
+            ids = [next(copies) for _ in range(distinct)]  # new ids each round: includes their loads
+            return [workload.job(p, constrained=False, max_tokens=16, ignore_eos=True,
+                                 lora=workload.lora_request(f"copy-{ids[i % distinct]}", ids[i % distinct],
+                                                            flow_general.path))
+                    for i, p in enumerate(adapter_prompts)]
+
+        cases = {f"{k} adapters": _tokens_per_s(llm, lambda k=k: mixed(k), 64) for k in MIXED}
+        medians = await interleaved(cases, REPEATS)
+        for k in MIXED[1:]:
+            comparisons.append(Comparison(
+                "mixed adapters", f"{k} distinct adapters in 64 requests (max_loras {settings.max_loras})",
+                medians[f"{k} adapters"], medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"),
+                goal=">= 0.9" if k == 8 else "", note="each round loads new adapter ids from disk"))
+
+        progress("adapter cold load: first request of a never-seen adapter vs the same adapter again")
+        cold_ids = iter(range(2_000_000, 3_000_000))
+        state = {}
+
+        def cold():
+            state["id"] = next(cold_ids)
+            return workload.job(batch[1], max_tokens=1,
+                                lora=workload.lora_request(f"cold-{state['id']}", state["id"], flow_general.path))
+
+        def warm():
+            return workload.job(batch[1], max_tokens=1,
+                                lora=workload.lora_request(f"cold-{state['id']}", state["id"], flow_general.path))
+
+        medians = await interleaved({"cold": _ttft(llm, cold), "warm": _ttft(llm, warm)}, REPEATS + 2)
+        comparisons.append(Comparison("adapters", "adapter cold load (first token)", medians["cold"],
+                                      medians["warm"], "s", ("never-seen adapter", "loaded adapter"),
+                                      higher_is_better=False))
+
+        progress("prefix caching: few-shot prompts (3 retrieved examples) one at a time, cache kept vs reset")
+        facts["few-shot prompt tokens (median)"] = statistics.median(len(p.prompt_token_ids) for p in few_shot)
+        medians = await interleaved({
+            "prefix cache kept": _sequential_latency(llm, few_shot, reset=False),
+            "prefix cache reset": _sequential_latency(llm, few_shot, reset=True),
+        }, REPEATS)
+        comparisons.append(Comparison("features", "few-shot prompts with prefix caching (latency)",
+                                      medians["prefix cache kept"], medians["prefix cache reset"], "s",
+                                      ("cache on", "cache reset before each request"), higher_is_better=False))
+
+        progress("peer: peft + transformers mixed-adapter generate vs the engine, same 8 prompts and adapters")
+        peer_adapters = [services.adapters.get(n) for n in ("flow-general", "contoso", "fabrikam", "sql-general")]
+        peer_batch = adapter_prompts[:8]
+        peer_jobs = [workload.job(p, constrained=False, max_tokens=24, ignore_eos=True,
+                                  lora=workload.lora_request(a.name, a.lora_id, a.path))
+                     for p, a in zip(peer_batch, peer_adapters * 2, strict=True)]
+
+        async def peer() -> float:
+            return await asyncio.to_thread(peft_generate, services.model, peer_adapters * 2,
+                                           [p.prompt_token_ids for p in peer_batch], 24)
+
+        medians = await interleaved({"vllm": _tokens_per_s(llm, peer_jobs, 8), "peft": peer}, 2)
+        comparisons.append(Comparison("peers", "8 requests over 4 adapters in one batch", medians["vllm"],
+                                      medians["peft"], "tokens/s", ("nl2dsl engine (vLLM)", "peft + transformers")))
+    save("engine", COMMAND, comparisons, facts)
+
+
+def _tokens_per_s(llm, jobs, concurrency: int):
+    async def case() -> float:
+        stats = await workload.run_raw(llm, jobs() if callable(jobs) else jobs, concurrency=concurrency)
+        return stats.tokens_per_s
+
+    return case
+
+
+def _ttft(llm, make_job):
+    async def case() -> float:
+        return (await workload.run_raw(llm, [make_job()], concurrency=1)).ttft_s[0]
+
+    return case
+
+
+def _sequential_latency(llm, prepared, *, reset: bool):
+    async def case() -> float:
+        latencies = []
+        for p in prepared:
+            if reset:
+                await llm.reset_prefix_cache()
+            started = time.perf_counter()
+            await workload.run_raw(llm, [workload.job(p, constrained=False, ignore_eos=True)], concurrency=1)
+            latencies.append(time.perf_counter() - started)
+        return statistics.median(latencies)
+
+    return case
+
+
+def _with_grammar(j: workload.Job, grammar: str) -> workload.Job:
+    return workload.Job(j.prompt_token_ids, j.max_tokens, grammar, j.lora, j.ignore_eos)
+
+
+def _compile_seconds(grammar) -> float:
+    started = time.perf_counter()
+    compile_grammar(grammar.name, grammar.text, start=grammar.start, origin="tenant")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    asyncio.run(main_async())
+
+
+if __name__ == "__main__":
+    main()

