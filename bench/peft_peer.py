@@ -1,7 +1,8 @@
 """The peer path: peft + transformers, one model with several LoRA adapters, a mixed batch in one ``generate``.
 
 What a team without a serving engine would run: ``PeftModel`` with every adapter loaded and ``adapter_names``
-picking one per row (peft's mixed-batch inference), greedy, left-padded, a fixed number of new tokens.
+picking one per row (peft's mixed-batch inference), greedy, left-padded, a fixed number of new tokens, on one
+compute thread like the engine's worker.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def peft_generate(model_dir: str, adapters: list, prompts: list[list[int]], new_
     """Generate ``new_tokens`` for each prompt with its adapter (``adapters[i]``) in one batch: tokens/s."""
     import torch
 
+    torch.set_num_threads(1)  # as many compute threads as the engine's worker (ENVIRONMENT.md)
     distinct = tuple(dict.fromkeys((a.name, str(a.path)) for a in adapters))
     model = _model(model_dir, distinct)
     pad = model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id

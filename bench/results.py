@@ -41,8 +41,15 @@ class Comparison:
         return self.value / self.baseline if self.baseline else float("nan")
 
 
-async def interleaved(cases: dict[str, Callable[[], Awaitable[float]]], repeats: int) -> dict[str, float]:
-    """Run each case ``repeats`` times, taking turns; the median of each case's values."""
+async def interleaved(cases: dict[str, Callable[[], Awaitable[float]]], repeats: int, *,
+                      warmup: bool = False) -> dict[str, float]:
+    """Run each case ``repeats`` times, taking turns; the median of each case's values.
+
+    ``warmup``: run every case once first, unrecorded (one-time costs such as loading adapters).
+    """
+    if warmup:
+        for name, case in cases.items():
+            progress(f"  warm-up {name}: {await case():.4g}")
     values: dict[str, list[float]] = {name: [] for name in cases}
     for round_ in range(1, repeats + 1):
         for name, case in cases.items():

@@ -3,7 +3,8 @@
 ``python -m bench.service``: starts the service (``nl2dsl serve`` on the embedded model, timed from spawn to
 ready: the cold start) and, in this process, a raw AsyncLLM configured the same way. Both get the same
 held-out flow requests (the raw engine gets the token ids, grammar and adapter the service's request path
-builds), greedy, grammar-constrained, flow-general, at concurrency 1, 8 and 32, taking turns.
+builds), greedy, grammar-constrained, flow-general, at concurrency 1, 8 and 32, taking turns after one
+unrecorded round each (so both engines have the prompts in their prefix caches alike).
 """
 
 from __future__ import annotations
@@ -44,14 +45,13 @@ async def main_async() -> None:
         async with open_engine(settings, model=services.model) as engine, \
                 httpx.AsyncClient(base_url=url, timeout=600) as client:
             facts["raw AsyncLLM start (s)"] = round(engine.startup_s, 1)
-            await workload.run_raw(engine.llm, jobs[:2], concurrency=2)  # first-batch set-up, as the service did
             for concurrency, n in LOADS:
                 progress(f"concurrency {concurrency}: {n} requests, service vs raw engine")
                 checked: dict[str, int] = {}
                 medians = await interleaved({
                     "service": _service_rps(client, bodies[:n], concurrency, checked),
                     "raw": _raw_rps(engine.llm, jobs[:n], concurrency, checked),
-                }, REPEATS)
+                }, REPEATS, warmup=True)
                 if checked["service"] != checked["raw"]:
                     raise SystemExit(f"service and raw engine generated different token counts: {checked}")
                 comparisons.append(Comparison(

@@ -175,26 +175,27 @@ class Policy:
 
 
     def narrow(self, grammar_text: str) -> str:
-        """``grammar_text`` with its EMAIL, URL and METHOD terminals narrowed to what this policy allows.
+        """``grammar_text`` for the engine, its EMAIL, URL and METHOD terminals narrowed to this policy.
 
+        EMAIL and URL become the intersection (llguidance's ``&``) of the grammar's own terminal and the
+        allowed domains or hosts, so the narrowed grammar accepts a subset of what the full one parses.
         Terminals are recognised by name (the names the output check reads); a grammar without them is
         returned unchanged. Denied operations are left out of the catalog by the caller (``Catalog.without``).
         """
-        replacements = {}
+        allowed = {}
         if self.allowed_email_domains:
             domains = _alternatives(self.allowed_email_domains)
-            replacements["EMAIL"] = rf'/"[a-z0-9._+-]{{1,24}}@([a-z0-9-]{{1,24}}\.){{0,2}}({domains})"/'
+            allowed["EMAIL"] = rf'/"[^"@]{{1,64}}@([a-z0-9-]{{1,63}}\.){{0,4}}({domains})"/'
         if self.allowed_http_hosts:
             hosts = _alternatives(self.allowed_http_hosts)
-            replacements["URL"] = (rf'/"https:\/\/([a-z0-9-]{{1,24}}\.){{0,2}}({hosts})'
-                                   r'(\/[a-zA-Z0-9._-]{1,24}){0,4}"/')
+            allowed["URL"] = rf'/"https:\/\/([a-z0-9-]{{1,63}}\.){{0,4}}({hosts})(\/[^"]{{0,255}})?"/'
 
         def _rewrite(m: re.Match[str]) -> str:
             name, definition = m.group(1), m.group(2)
             if name == "METHOD" and self.denied_http_methods:
                 methods = [x for x in re.findall(r'"([A-Z]+)"', definition) if x not in self.denied_http_methods]
                 definition = " | ".join(f'"{x}"' for x in methods)
-            return f"{name}: {replacements.get(name, definition)}"
+            return f"{name}: {definition} & {allowed[name]}" if name in allowed else f"{name}: {definition}"
 
         return re.sub(r"^(EMAIL|URL|METHOD):[ \t]*(.*)$", _rewrite, grammar_text, flags=re.MULTILINE)
 

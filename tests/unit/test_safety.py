@@ -87,15 +87,19 @@ def test_constrained_decoding_cannot_break_a_tenant_policy():
     contoso = served.get("flow", tenant="contoso")
     for allowed in ("sales@acme.io", "ops@eu.mail.org"):
         assert _decodable(contoso, mail.format(allowed))
-    for outside in ("me@gmail.com", "me@mail.io", "me@mail.org.io"):
+    for outside in ("me@gmail.com", "me@mail.io", "me@mail.org.io", "me@evil-acme.io"):
         assert not _decodable(contoso, mail.format(outside))
         # The full grammar still parses it, so an unconstrained output is refused by the rule's name.
         assert contoso.parse(mail.format(outside)).valid
+    # Narrowed within the grammar's own EMAIL: what the full grammar cannot parse is not decodable either.
+    too_deep = mail.format("me@a.b.acme.io")
+    assert not contoso.parse(too_deep).valid and not _decodable(contoso, too_deep)
     assert _decodable(served.get("flow"), mail.format("me@gmail.com"))  # default policy: any recipient
     call = 'when schedule.daily(at: "09:00")\nthen http.request(method: POST, url: "https://{}/x")'
     fabrikam = served.get("flow", tenant="fabrikam")
     assert _decodable(fabrikam, call.format("api.acme.io"))
-    assert not _decodable(fabrikam, call.format("evil.io"))
+    for outside in ("evil.io", "acme.io.evil.io", "notacme.io"):
+        assert not _decodable(fabrikam, call.format(outside))
 
 
 def test_denied_operations_and_methods_are_left_out_of_decoding():
