@@ -4,12 +4,14 @@
 model and the shipped ``flow-general`` adapter, prompts built by the service's request path. Every comparison's
 cases take turns in one run. Distinct adapters in the mixed-batch cases are copies of flow-general under new
 ids (vLLM treats each id as its own adapter: own slot, own load), so every case does the same work and only
-the mixing differs. Ends with the peer path: peft + transformers on the same mixed-adapter workload.
+the mixing differs. Then the peer path (peft + transformers on the same mixed-adapter workload), a second
+engine with max_loras 16, and a third on vLLM's own CPU LoRA ops (our plugin off) for adapter vs base.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 
@@ -69,12 +71,7 @@ async def main_async() -> None:
             round(compile_s, 3)
 
         progress("adapter vs base model (16 requests, 8 at a time, 32 tokens each)")
-        medians = await interleaved({
-            "adapter": _tokens_per_s(llm, [workload.job(p, constrained=False, max_tokens=32, ignore_eos=True)
-                                           for p in batch], 8),
-            "base": _tokens_per_s(llm, [workload.job(p, constrained=False, lora=None, max_tokens=32,
-                                                     ignore_eos=True) for p in batch], 8),
-        }, REPEATS)
+        medians = await interleaved(_adapter_vs_base(llm, batch), REPEATS)
         comparisons.append(Comparison("features", "LoRA adapter vs base model", medians["adapter"],
                                       medians["base"], "tokens/s", ("flow-general", "base model")))
 
@@ -138,7 +135,28 @@ async def main_async() -> None:
             comparisons.append(Comparison(
                 "mixed adapters", f"{k} distinct adapters in 64 requests, max_loras {WIDE}", medians[f"{k} adapters"],
                 medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"), goal=">= 0.9" if k == 8 else ""))
+    # The same comparison on vLLM's own CPU LoRA ops: no general plugin in the engine's processes. Its batches
+    # are all-adapter or all-base, so the index -1 bug the plugin also fixes does not come into play.
+    progress("adapter vs base model again, on vLLM's own CPU LoRA ops (VLLM_PLUGINS='': our plugin off)")
+    os.environ["VLLM_PLUGINS"] = ""
+    try:
+        async with open_engine(settings, model=services.model) as engine:
+            await workload.run_raw(engine.llm, [workload.job(p) for p in batch[:2]], concurrency=2)
+            medians = await interleaved(_adapter_vs_base(engine.llm, batch), REPEATS)
+    finally:
+        del os.environ["VLLM_PLUGINS"]
+    comparisons.append(Comparison("features", "LoRA adapter vs base model, vLLM's own CPU LoRA ops",
+                                  medians["adapter"], medians["base"], "tokens/s", ("flow-general", "base model"),
+                                  note="before service/cpu_lora_fix.py replaced them"))
     save("engine", COMMAND, comparisons, facts)
+
+
+def _adapter_vs_base(llm, batch) -> dict:
+    """Same prompts and token counts (32 each, EOS ignored), 8 at a time, with flow-general or without."""
+    def jobs(**lora):
+        return [workload.job(p, constrained=False, max_tokens=32, ignore_eos=True, **lora) for p in batch]
+
+    return {"adapter": _tokens_per_s(llm, jobs(), 8), "base": _tokens_per_s(llm, jobs(lora=None), 8)}
 
 
 def _mixed_cases(llm, prompts, path, counts=MIXED) -> dict:
