@@ -152,10 +152,38 @@ _COLUMNS = [
 ]
 
 
+def bar_lines(results: list[tuple[Case, Summary]]) -> list[str]:
+    """The issue's bar, checked on these results: flow-general >= 0.8 exact and every finished output valid;
+    each tenant adapter beats flow-general on its own test set by >= 0.2 and stays within 0.02 of it on
+    general flows (a tenant whose runs are missing is skipped)."""
+    exact = {(c.config.label, c.test_set): s for c, s in results}
+    general = exact.get(("flow-general", "flow"))
+    if general is None:
+        return []
+    finished_valid = general.grammar_violation_rate == 0
+    lines = ["## Against the bar", "",
+             f"- flow-general on general flows: exact match {general.exact_match:.3f} (bar >= 0.8: "
+             f"{'met' if general.exact_match >= 0.8 else 'NOT met'}); outputs that finished by themselves and "
+             f"did not parse: {general.grammar_violation_rate:.3f} ({'met' if finished_valid else 'NOT met'})."]
+    for tenant in ("contoso", "fabrikam"):
+        own, base_on_own = exact.get((tenant, f"flow/{tenant}")), exact.get((f"flow-general on {tenant}",
+                                                                              f"flow/{tenant}"))
+        on_general = exact.get((f"{tenant} on general flow", "flow"))
+        if not (own and base_on_own and on_general):
+            continue
+        gain, drop = own.exact_match - base_on_own.exact_match, general.exact_match - on_general.exact_match
+        verdict = "met" if gain >= 0.2 and drop <= 0.02 else "NOT met"
+        lines.append(f"- {tenant}: own test set {own.exact_match:.3f} vs flow-general {base_on_own.exact_match:.3f} "
+                     f"(+{gain:.3f}, bar +0.2); general flows {on_general.exact_match:.3f} vs "
+                     f"{general.exact_match:.3f} ({-drop:+.3f}, bar within 0.02): {verdict}.")
+    return lines + [""]
+
+
 def write_report(results: list[tuple[Case, Summary]], *, title: str, command: str, markdown: Path,
                  intro: str = "") -> None:
-    """One markdown table per test set, a PNG chart of exact match and tree similarity, and the JSON."""
+    """One markdown table per test set, the bar where it applies, a PNG chart and the JSON."""
     lines = [f"# {title}", "", intro, "", "Produced by:", "", f"```sh\n{command}\n```", ""]
+    lines += bar_lines(results)
     test_sets = list(dict.fromkeys(case.test_set for case, _ in results))
     for test_set in test_sets:
         lines += [f"## Test set `{test_set}`", "", "| " + " | ".join(name for name, _ in _COLUMNS) + " |",

@@ -55,3 +55,27 @@ def test_report_has_a_table_per_test_set_a_chart_and_json(tmp_path):
     text = (tmp_path / "EVAL.md").read_text()
     assert "## Test set `flow`" in text and "## Test set `sql`" in text and "nl2dsl eval" in text
     assert (tmp_path / "EVAL.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "EVAL.json").exists()
+
+
+def test_bar_section_reports_met_and_not_met_per_tenant():
+    from dataclasses import replace
+
+    from service.evaluation.runner import RunConfig
+    from service.evaluation.suites import Case, bar_lines
+
+    base = summarize([Outcome("a", "a", True, "stop", 1.0)])
+
+    def case(label: str, test_set: str, exact: float):
+        return Case(RunConfig(label, "flow"), test_set, 1), replace(base, exact_match=exact)
+
+    results = [case("flow-general", "flow", 0.85),
+               case("flow-general on contoso", "flow/contoso", 0.0), case("contoso", "flow/contoso", 0.7),
+               case("contoso on general flow", "flow", 0.86),
+               case("flow-general on fabrikam", "flow/fabrikam", 0.0), case("fabrikam", "flow/fabrikam", 0.6),
+               case("fabrikam on general flow", "flow", 0.80)]
+    text = "\n".join(bar_lines(results))
+    assert "exact match 0.850 (bar >= 0.8: met)" in text
+    assert "- contoso: own test set 0.700" in text and text.split("- contoso")[1].split("\n")[0].endswith(": met.")
+    assert "NOT met" not in text.split("- fabrikam")[0]
+    assert text.split("- fabrikam")[1].split("\n")[0].endswith(": NOT met.")  # 0.05 below flow-general
+    assert bar_lines(results[1:]) == []  # no flow-general run, no bar
