@@ -109,14 +109,14 @@ nl2dsl train --dsl flow --name fabrikam --tenant fabrikam --tenants fabrikam \\
 nl2dsl train --dsl sql --name sql-general --steps 45
 ```
 
-Batch 8, LoRA r=16 (alpha 32) on all attention and MLP projections (4.9M trainable parameters, 19 MB per
-adapter), lr 1e-3 (3e-4 for tenants), float32 on 2 CPU cores: 9-12 s a step for flow, 6 s for sql when the
-machine is otherwise idle (12-13 s for the tenants' 80 steps). A tenant adapter continues from flow-general
-and replays general flows in 7 of each 8 examples, so it keeps, and here even extends, the general skill while
-it learns the tenant's connector: more general replay over more steps did what neither a shorter run with less
-replay (40 steps, 3/4 replay: 0.83 on general flow) nor pulling that adapter back toward flow-general did
-(`nl2dsl blend`, weight-space interpolation: keeping 0.7 or 0.5 of the tenant training's change scored 0.84 /
-0.86 on general flow but only 0.16 / 0.06 on contoso's own test set, against 0.50 unblended).""",
+Batch 8, LoRA r=16 (alpha 32) on all attention and MLP projections (4.9M trainable parameters, 19 MB per adapter),
+lr 1e-3 (3e-4 for tenants), float32 on 2 CPU cores: 9-12 s a step for flow, 6 s for sql when the machine is
+otherwise idle (12-17 s for the tenants' 80 steps: 19 min for contoso, 23 for fabrikam). A tenant adapter continues
+from flow-general and replays general flows in 7 of each 8 examples, so it keeps, and here even extends, the
+general skill while it learns the tenant's connector: more general replay over more steps did what neither a
+shorter run with less replay (40 steps, 3/4 replay: 0.83 on general flow) nor pulling that adapter back toward
+flow-general did (`nl2dsl blend`, weight-space interpolation: keeping 0.7 or 0.5 of the tenant training's change
+scored 0.84 / 0.86 on general flow but only 0.16 / 0.06 on contoso's own test set, against 0.50 unblended).""",
 }
 
 
