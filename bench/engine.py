@@ -42,8 +42,7 @@ async def main_async() -> None:
     async with open_engine(settings, model=services.model) as engine:
         llm = engine.llm
         facts["engine start (s)"] = round(engine.startup_s, 1)
-        # Warm up: the first batch with a LoRA and a grammar pays one-time set-up.
-        await workload.run_raw(llm, [workload.job(p) for p in adapter_prompts[:2]], concurrency=2)
+        await _warm_up(llm, adapter_prompts)
 
         progress("grammar: constrained vs unconstrained decoding (flow-general, 16 requests, 8 at a time)")
         batch = adapter_prompts[:16]
@@ -76,13 +75,7 @@ async def main_async() -> None:
                                       medians["base"], "tokens/s", ("flow-general", "base model")))
 
         progress(f"mixed adapters: 64 requests over {MIXED} distinct adapters vs one adapter")
-        medians = await interleaved(_mixed_cases(llm, adapter_prompts, flow_general.path), MIXED_REPEATS,
-                                    warmup=True)
-        for k in MIXED[1:]:
-            comparisons.append(Comparison(
-                "mixed adapters", f"{k} distinct adapters in 64 requests, max_loras {settings.max_loras}",
-                medians[f"{k} adapters"], medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"),
-                goal=">= 0.9" if k == 8 else ""))
+        comparisons += await _mixed(llm, adapter_prompts, flow_general.path, MIXED, settings.max_loras)
 
         progress("adapter cold load: first request of a never-seen adapter vs the same adapter again")
         cold_ids = iter(range(2_000_000, 3_000_000))
@@ -129,19 +122,14 @@ async def main_async() -> None:
     wide = settings.model_copy(update={"max_loras": WIDE})
     progress(f"mixed adapters again with max_loras {WIDE}: the distinct adapters fit one batch (no swapping)")
     async with open_engine(wide, model=services.model) as engine:
-        medians = await interleaved(_mixed_cases(engine.llm, adapter_prompts, flow_general.path, (1, 8, WIDE)),
-                                    MIXED_REPEATS, warmup=True)
-        for k in (8, WIDE):
-            comparisons.append(Comparison(
-                "mixed adapters", f"{k} distinct adapters in 64 requests, max_loras {WIDE}", medians[f"{k} adapters"],
-                medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"), goal=">= 0.9" if k == 8 else ""))
+        comparisons += await _mixed(engine.llm, adapter_prompts, flow_general.path, (1, 8, WIDE), WIDE)
     # The same comparison on vLLM's own CPU LoRA ops: no general plugin in the engine's processes. Its batches
     # are all-adapter or all-base, so the index -1 bug the plugin also fixes does not come into play.
     progress("adapter vs base model again, on vLLM's own CPU LoRA ops (VLLM_PLUGINS='': our plugin off)")
     os.environ["VLLM_PLUGINS"] = ""
     try:
         async with open_engine(settings, model=services.model) as engine:
-            await workload.run_raw(engine.llm, [workload.job(p) for p in batch[:2]], concurrency=2)
+            await _warm_up(engine.llm, batch)
             medians = await interleaved(_adapter_vs_base(engine.llm, batch), REPEATS)
     finally:
         del os.environ["VLLM_PLUGINS"]
@@ -159,8 +147,14 @@ def _adapter_vs_base(llm, batch) -> dict:
     return {"adapter": _tokens_per_s(llm, jobs(), 8), "base": _tokens_per_s(llm, jobs(lora=None), 8)}
 
 
-def _mixed_cases(llm, prompts, path, counts=MIXED) -> dict:
-    """Per count k, the 64 requests spread over k adapters (copies of one under new ids, k of them).
+async def _warm_up(llm, prompts) -> None:
+    """The first batch with a LoRA and a grammar pays one-time set-up: two requests, unrecorded."""
+    await workload.run_raw(llm, [workload.job(p) for p in prompts[:2]], concurrency=2)
+
+
+async def _mixed(llm, prompts, path, counts: tuple[int, ...], max_loras: int) -> list[Comparison]:
+    """The 64 requests spread over k adapters (copies of one under new ids) for each k in ``counts``, each
+    against ``counts[0]`` = 1 adapter.
 
     Each case keeps its ids across rounds and the host cache holds them all (max_cpu_loras), so after the
     warm-up round only the engine's max_loras slots swap; disk loads are the cold-load comparison's business.
@@ -172,12 +166,16 @@ def _mixed_cases(llm, prompts, path, counts=MIXED) -> dict:
                              lora=workload.lora_request(f"copy-{ids[i % k]}", ids[i % k], path))
                 for i, p in enumerate(prompts)]
         cases[f"{k} adapters"] = _tokens_per_s(llm, jobs, len(jobs))
-    return cases
+    medians = await interleaved(cases, MIXED_REPEATS, warmup=True)
+    return [Comparison("mixed adapters", f"{k} distinct adapters in 64 requests, max_loras {max_loras}",
+                       medians[f"{k} adapters"], medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"),
+                       goal=">= 0.9" if k == 8 else "")
+            for k in counts[1:]]
 
 
 def _tokens_per_s(llm, jobs, concurrency: int):
     async def case() -> float:
-        stats = await workload.run_raw(llm, jobs() if callable(jobs) else jobs, concurrency=concurrency)
+        stats = await workload.run_raw(llm, jobs, concurrency=concurrency)
         return stats.tokens_per_s
 
     return case
