@@ -32,14 +32,14 @@ WIDE = 16  # max_loras of the second engine
 async def main_async() -> None:
     # The host cache holds every adapter of the mixed cases, so they measure slot swapping, not disk loads.
     settings = Settings(max_cpu_loras=max(MIXED) + 8)
-    services = workload.services(settings)
-    flow_general = services.adapters.get("flow-general")
+    serving = workload.serving(settings)
+    flow_general = workload.adapter(serving, "flow-general")
     progress(f"engine: max_loras {settings.max_loras}, max_cpu_loras {settings.max_cpu_loras}")
-    adapter_prompts = workload.prompts(services, max(MIXED), adapter="flow-general", max_tokens=48)
-    few_shot = workload.prompts(services, 8, adapter="base", examples=3, max_tokens=16)
+    adapter_prompts = await workload.prompts(serving, max(MIXED), adapter="flow-general", max_tokens=48)
+    few_shot = await workload.prompts(serving, 8, adapter="base", examples=3, max_tokens=16)
     comparisons: list[Comparison] = []
     facts: dict = {}
-    async with open_engine(settings, model=services.model) as engine:
+    async with open_engine(settings, model=serving.engine.model) as engine:
         llm = engine.llm
         facts["engine start (s)"] = round(engine.startup_s, 1)
         await _warm_up(llm, adapter_prompts)
@@ -55,7 +55,7 @@ async def main_async() -> None:
                                       goal=">= 0.95"))
 
         progress("grammar compile: a grammar the engine has not seen vs one it has (time to first token)")
-        flow = services.grammars.get("flow")
+        flow = serving.grammars.get("flow")
         seen = workload.job(batch[0], max_tokens=1)
         fresh = iter(range(1_000_000))
         medians = await interleaved({
@@ -106,14 +106,14 @@ async def main_async() -> None:
                                       ("cache on", "cache reset before each request"), higher_is_better=False))
 
         progress("peer: peft + transformers mixed-adapter generate vs the engine, same 8 prompts and adapters")
-        peer_adapters = [services.adapters.get(n) for n in ("flow-general", "contoso", "fabrikam", "sql-general")]
+        peer_adapters = [workload.adapter(serving, n) for n in ("flow-general", "contoso", "fabrikam", "sql-general")]
         peer_batch = adapter_prompts[:8]
         peer_jobs = [workload.job(p, constrained=False, max_tokens=24, ignore_eos=True,
                                   lora=workload.lora_request(a.name, a.lora_id, a.path))
                      for p, a in zip(peer_batch, peer_adapters * 2, strict=True)]
 
         async def peer() -> float:
-            return await asyncio.to_thread(peft_generate, services.model, peer_adapters * 2,
+            return await asyncio.to_thread(peft_generate, serving.engine.model, peer_adapters * 2,
                                            [p.prompt_token_ids for p in peer_batch], 24)
 
         medians = await interleaved({"vllm": _tokens_per_s(llm, peer_jobs, 8), "peft": peer}, 2)
@@ -121,14 +121,14 @@ async def main_async() -> None:
                                       medians["peft"], "tokens/s", ("nl2dsl engine (vLLM)", "peft + transformers")))
     wide = settings.model_copy(update={"max_loras": WIDE})
     progress(f"mixed adapters again with max_loras {WIDE}: the distinct adapters fit one batch (no swapping)")
-    async with open_engine(wide, model=services.model) as engine:
+    async with open_engine(wide, model=serving.engine.model) as engine:
         comparisons += await _mixed(engine.llm, adapter_prompts, flow_general.path, (1, 8, WIDE), WIDE)
     # The same comparison on vLLM's own CPU LoRA ops: no general plugin in the engine's processes. Its batches
     # are all-adapter or all-base, so the index -1 bug the plugin also fixes does not come into play.
     progress("adapter vs base model again, on vLLM's own CPU LoRA ops (VLLM_PLUGINS='': our plugin off)")
     os.environ["VLLM_PLUGINS"] = ""
     try:
-        async with open_engine(settings, model=services.model) as engine:
+        async with open_engine(settings, model=serving.engine.model) as engine:
             await _warm_up(engine.llm, batch)
             medians = await interleaved(_adapter_vs_base(engine.llm, batch), REPEATS)
     finally:

@@ -52,7 +52,7 @@ def main() -> None:
 
     if getattr(vllm_ops, "_nl2dsl_patched", False):
         raise SystemExit("vLLM's LoRA ops are already patched in this process; run this module on its own")
-    torch.set_num_threads(1)  # what the engine's worker uses on this machine (ENVIRONMENT.md)
+    torch.set_num_threads(1)  # what the engine's worker uses on this machine (docs/PLATFORM.md)
     theirs = {"bgmv_shrink": vllm_ops.bgmv_shrink, "bgmv_expand": vllm_ops.bgmv_expand}
     ours = {"bgmv_shrink": cpu_lora_fix._bgmv_shrink, "bgmv_expand": cpu_lora_fix._bgmv_expand}
     comparisons = []

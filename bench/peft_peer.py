@@ -29,7 +29,7 @@ def peft_generate(model_dir: str, adapters: list, prompts: list[list[int]], new_
     """Generate ``new_tokens`` for each prompt with its adapter (``adapters[i]``) in one batch: tokens/s."""
     import torch
 
-    torch.set_num_threads(1)  # as many compute threads as the engine's worker (ENVIRONMENT.md)
+    torch.set_num_threads(1)  # as many compute threads as the engine's worker (docs/PLATFORM.md)
     distinct = tuple(dict.fromkeys((a.name, str(a.path)) for a in adapters))
     model = _model(model_dir, distinct)
     pad = model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id

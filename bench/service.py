@@ -29,10 +29,10 @@ LOADS = ((1, 4), (8, 16), (32, 32))
 
 async def main_async() -> None:
     settings = Settings()
-    services = workload.services(settings)
+    serving = workload.serving(settings)
     rows = workload.test_rows(max(n for _, n in LOADS))
     bodies = [{"dsl": "flow", "text": r["text"], "adapter": "flow-general", "max_tokens": MAX_TOKENS} for r in rows]
-    jobs = [workload.job(p) for p in workload.prompts(services, len(rows), adapter="flow-general",
+    jobs = [workload.job(p) for p in await workload.prompts(serving, len(rows), adapter="flow-general",
                                                       max_tokens=MAX_TOKENS)]
     facts: dict = {}
     comparisons: list[Comparison] = []
@@ -42,7 +42,7 @@ async def main_async() -> None:
     with local_server(env=env, log=ROOT / "reports" / "bench" / "service.log") as url:
         facts["service cold start to ready (s)"] = round(time.monotonic() - started, 1)
         progress("starting the raw engine in this process")
-        async with open_engine(settings, model=services.model) as engine, \
+        async with open_engine(settings, model=serving.engine.model) as engine, \
                 httpx.AsyncClient(base_url=url, timeout=600) as client:
             facts["raw AsyncLLM start (s)"] = round(engine.startup_s, 1)
             for concurrency, n in LOADS:

@@ -1,6 +1,6 @@
 """The benchmarks' workload: real held-out requests, turned into prompts by the service's own request path.
 
-``prompts`` runs ``serving.prepare`` (the code behind ``POST /generate``) on test rows, so the raw engine gets
+``prompts`` runs ``GenerateServing.start`` (the code behind ``POST /generate``) on test rows, so the raw engine gets
 exactly the token ids, grammar and adapter the service would send it. ``run_raw`` drives vLLM's ``AsyncLLM``
 directly, the baseline every service-side cost is measured against.
 """
@@ -15,8 +15,10 @@ import uuid
 from dataclasses import dataclass
 
 from service.api.generate.schemas import GenerateRequest
-from service.api.generate.serving import Prepared, prepare
+from service.api.generate.serving import GenerateServing
+from service.api.generate.serving import Job as Prepared
 from service.config import PROJECT_ROOT, Settings
+from service.security import DEVELOPER
 
 FLOW_TEST = PROJECT_ROOT / "data" / "flow" / "test.jsonl"
 
@@ -27,18 +29,25 @@ def test_rows(n: int) -> list[dict]:
     return list(itertools.islice(itertools.cycle(rows), n))
 
 
-def services(settings: Settings):
-    from service.app import _build_services
+def serving(settings: Settings) -> GenerateServing:
+    from service.app import build_serving
 
-    return _build_services(settings)
+    return build_serving(settings)
 
 
-def prompts(services, n: int, **request) -> list[Prepared]:
+async def prompts(serving: GenerateServing, n: int, **request) -> list[Prepared]:
     """``n`` prepared flow requests (``request``: more GenerateRequest fields, e.g. adapter, examples)."""
-    return [
-        prepare(services, GenerateRequest(dsl="flow", text=row["text"], **request), request_id=f"bench-{i}")
-        for i, row in enumerate(test_rows(n))
-    ]
+    prepared = []
+    for row in test_rows(n):
+        job = await serving.start(DEVELOPER, GenerateRequest(dsl="flow", text=row["text"], **request))
+        job.release()  # only its prompt is used, by the raw engine
+        prepared.append(job)
+    return prepared
+
+
+def adapter(serving: GenerateServing, name: str):
+    """A registered adapter by name."""
+    return next(a for a in serving.adapters.all() if a.name == name)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,18 @@ An adapter is a PEFT folder (``adapter_config.json`` + ``adapter_model.safetenso
     rank: 16
 
 An adapter made for another base model, or with a rank above ``max_lora_rank``, or with missing files, is
-kept in the registry with the reason it cannot be served (listed by ``GET /adapters``); requests for it
-get a clear 409 and the service stays up. Integer ids for vLLM are derived from the name and the weights'
-hash: stable across restarts, and new when the weights change (vLLM caches adapters by id).
+kept in the registry with the reason it cannot be served (listed by ``GET /adapters`` to those who may use it);
+requests for it get a clear 409 and the service stays up. Integer ids for vLLM are derived from the name and
+the weights' hash: stable across restarts, and new when the weights change (vLLM caches adapters by id).
+
+One rule says who may use an adapter (:meth:`Adapter.usable_by`): its own tenants, everyone for a shared one,
+admins always. Resolution, listing and warm-up all ask it, before anything else about the adapter is looked
+at: to a tenant, another tenant's adapter is exactly as unknown as one that does not exist.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import zlib
@@ -28,6 +33,7 @@ import yaml
 
 from service.engine import AdapterRef
 from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
+from service.security import Caller
 
 __all__ = ["BASE", "Adapter", "AdapterRegistry", "read_adapter"]
 
@@ -68,12 +74,17 @@ class Adapter:
     def ref(self) -> AdapterRef:
         return AdapterRef(name=self.name, lora_id=self.lora_id, path=str(self.path))
 
-    def serves(self, tenant: str | None) -> bool:
-        return self.shared or (tenant is not None and tenant in self.tenants)
+    def usable_by(self, caller: Caller, *, tenant: str | None = None) -> bool:
+        """The one access rule: shared adapters serve everyone, a tenant's its own tenants, admins everything.
+
+        ``tenant``: the tenant the caller acts as (an admin naming one), else the caller's own.
+        """
+        acting = tenant if tenant is not None else caller.tenant
+        return caller.admin or self.shared or (acting is not None and acting in self.tenants)
 
 
 class AdapterRegistry:
-    """All known adapters by name; ``resolve`` picks the one a request gets."""
+    """All known adapters by name; ``resolve`` picks the one a request gets, ``usable`` lists a caller's."""
 
     def __init__(self, directory: Path | None, *, base_fingerprint: str, max_rank: int) -> None:
         self.directory = Path(directory) if directory else None
@@ -83,56 +94,67 @@ class AdapterRegistry:
 
     def load(self) -> AdapterRegistry:
         """Register every adapter folder under the directory (a bad one is kept with its error)."""
-        if self.directory and self.directory.is_dir():
-            for folder in sorted(p for p in self.directory.iterdir() if p.is_dir()):
-                self.register(folder)
+        self._adapters = self._scan()
         return self
 
-    def register(self, folder: Path) -> Adapter:
-        """Read ``folder`` and add (or replace) the adapter it holds."""
-        adapter = read_adapter(Path(folder), base_fingerprint=self.base_fingerprint, max_rank=self.max_rank)
-        self._adapters[adapter.name] = adapter
-        return adapter
+    async def reload(self) -> None:
+        """Rescan the directory (hashing the weights beside the event loop) and swap in what it holds."""
+        self._adapters = await asyncio.to_thread(self._scan)
+
+    def _scan(self) -> dict[str, Adapter]:
+        found: dict[str, Adapter] = {}
+        if self.directory and self.directory.is_dir():
+            for folder in sorted(p for p in self.directory.iterdir() if p.is_dir()):
+                adapter = read_adapter(folder, base_fingerprint=self.base_fingerprint, max_rank=self.max_rank)
+                found[adapter.name] = adapter
+        return found
 
     def all(self) -> list[Adapter]:
         return [self._adapters[name] for name in sorted(self._adapters)]
 
-    def get(self, name: str) -> Adapter:
-        """The adapter called ``name``, servable; UnknownAdapter / AdapterUnavailable otherwise."""
-        adapter = self._adapters.get(name)
-        if adapter is None:
-            raise UnknownAdapter(f"unknown adapter {name!r}", detail={"available": sorted(self._adapters)})
-        if adapter.error:
-            raise AdapterUnavailable(f"adapter {name!r} cannot be served: {adapter.error}", detail={"adapter": name})
-        return adapter
+    def usable(self, caller: Caller) -> list[Adapter]:
+        """The adapters ``caller`` may use (also those that cannot be served, with the reason)."""
+        return [a for a in self.all() if a.usable_by(caller)]
 
-    def resolve(self, *, dsl: str, tenant: str | None = None, adapter: str | None = None) -> Adapter | None:
-        """The adapter for a request: the one named, else the tenant's for this DSL, else a shared one.
+    def resolve(self, caller: Caller, *, dsl: str, tenant: str | None = None,
+                name: str | None = None) -> Adapter | None:
+        """The adapter for a request: the one named, else the tenant's own for this DSL, else a shared one.
 
-        ``adapter="base"`` asks for the base model; None is returned when nothing fits (base model).
-        A named or tenant-owned adapter that cannot be served raises; a broken shared one is skipped.
+        ``name="base"`` asks for the base model; None is returned when nothing fits (base model). The access
+        rule comes first: an adapter the caller may not use is UnknownAdapter (404), like a missing one.
+        A named or tenant-owned adapter that cannot be served raises (409); a broken shared one is skipped.
         """
-        if adapter == BASE:
+        if name == BASE:
             return None
-        if adapter is not None:
-            found = self.get(adapter)
+        if name is not None:
+            found = self._adapters.get(name)
+            if found is None or not found.usable_by(caller, tenant=tenant):
+                raise UnknownAdapter(f"unknown adapter {name!r}; GET /adapters lists yours", detail={"adapter": name})
             if found.dsl and found.dsl != dsl:
                 raise BadRequest(
-                    f"adapter {adapter!r} generates {found.dsl!r}, not {dsl!r}",
-                    detail={"adapter": adapter, "adapter_dsl": found.dsl, "dsl": dsl},
+                    f"adapter {name!r} generates {found.dsl!r}, not {dsl!r}",
+                    detail={"adapter": name, "adapter_dsl": found.dsl, "dsl": dsl},
                 )
-            return found
-        candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.serves(tenant)]
+            return _servable(found)
+        acting = Caller(caller.key_id, tenant=tenant if tenant is not None else caller.tenant)
+        candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.usable_by(acting)]
         # A tenant's own adapter beats a shared one; an adapter for this DSL beats a DSL-agnostic one.
         candidates.sort(key=lambda a: (a.shared, a.dsl is None, a.name))
         for candidate in candidates:
             if not candidate.shared:
                 # The tenant's own adapter: if it is broken, say so rather than silently serve another one.
-                return self.get(candidate.name)
+                return _servable(candidate)
             if candidate.error is None:
                 return candidate
             # A broken shared adapter must not take every tenant down: the next candidate serves.
         return None
+
+
+def _servable(adapter: Adapter) -> Adapter:
+    if adapter.error:
+        raise AdapterUnavailable(f"adapter {adapter.name!r} cannot be served: {adapter.error}",
+                                 detail={"adapter": adapter.name})
+    return adapter
 
 
 def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapter:
@@ -143,22 +165,22 @@ def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapt
     try:
         manifest = yaml.safe_load(manifest_path.read_text()) or {}
     except FileNotFoundError:
-        errors.append(f"no manifest.yaml in {folder}")
+        errors.append("no manifest.yaml")
     except yaml.YAMLError as exc:
-        errors.append(f"{manifest_path} is not valid YAML: {exc}")
+        errors.append(f"manifest.yaml is not valid YAML (line {_yaml_line(exc)})")
     name = str(manifest.get("name") or folder.name)
     config: dict[str, Any] = {}
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
     except FileNotFoundError:
-        errors.append(f"no adapter_config.json in {folder}")
+        errors.append("no adapter_config.json")
     except json.JSONDecodeError as exc:
-        errors.append(f"adapter_config.json is not valid JSON: {exc}")
+        errors.append(f"adapter_config.json is not valid JSON (line {exc.lineno})")
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
-        errors.append(f"no adapter_model.safetensors in {folder}")
+        errors.append("no adapter_model.safetensors")
     elif problem := _safetensors_problem(weights):
-        errors.append(f"{weights} is corrupt: {problem}")
+        errors.append(f"adapter_model.safetensors is corrupt: {problem}")
     rank = manifest.get("rank") or config.get("r")
     if rank is not None and int(rank) > max_rank:
         errors.append(f"rank {rank} is above the served max_lora_rank {max_rank}")
@@ -182,6 +204,11 @@ def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapt
     )
 
 
+def _yaml_line(exc: yaml.YAMLError) -> int | str:
+    mark = getattr(exc, "problem_mark", None)
+    return mark.line + 1 if mark is not None else "?"
+
+
 def _lora_id(name: str, weights: Path) -> int:
     digest = hashlib.sha256(name.encode())
     if weights.is_file():
@@ -199,8 +226,8 @@ def _safetensors_problem(path: Path) -> str | None:
             if header_len <= 0 or 8 + header_len > size:
                 return "the header is cut short"
             header = json.loads(f.read(header_len))
-    except (OSError, ValueError) as exc:
-        return f"the header is unreadable ({exc})"
+    except (OSError, ValueError):
+        return "the header is unreadable"
     ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
     if not ends:
         return "it holds no tensors"

@@ -2,7 +2,11 @@
 
 The lifespan loads the grammars (a broken grammar stops start-up), the tokenizer and the adapter registry,
 then starts the engine in the background: ``/healthz`` answers at once, ``/readyz`` once the model is
-loaded (tens of seconds on CPU, minutes for Mistral-7B), and the engine is always shut down on exit.
+loaded (tens of seconds on CPU, minutes for Mistral-7B), and the engine is always shut down on exit, even
+when the service is stopped while the model loads. The grammar sandbox's workers are stopped with it.
+
+Middleware, outermost first: request metrics -> same origin (403) -> API key (401) -> body size (413)
+-> form bodies read as JSON -> the routers.
 """
 
 from __future__ import annotations
@@ -11,31 +15,34 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import grammar_sandbox
 from service.adapters import AdapterRegistry
 from service.api import adapters, dsls, health, playground, validate
-from service.api.deps import Services
+from service.api.auth import AuthMiddleware
+from service.api.body_limit import BodyLimitMiddleware
 from service.api.errors import install_error_handlers
 from service.api.generate import router as generate
+from service.api.generate.serving import GenerateServing
 from service.api.json_body import FormAsJSONMiddleware
 from service.api.request_metrics import GenerateMetricsMiddleware
+from service.api.same_origin import SameOriginMiddleware
 from service.config import Settings
-from service.engine import Engine, GenerationParams, open_engine
+from service.engine import Engine, EngineSlot, GenerationParams, open_engine
 from service.errors import NL2DSLError
-from service.grammars import GrammarRegistry
+from service.grammars import GrammarRegistry, GrammarSandbox, TenantConfigs
 from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
-from service.prompts import build_prompt
+from service.prompts import prompt_token_ids
 from service.retrieval import Retriever
 from service.safety import SafetyChecker
-from service.security import KeyStore
+from service.security import Caller, KeyStore
 
-__all__ = ["create_app"]
+__all__ = ["build_serving", "create_app"]
 
 log = logging.getLogger("nl2dsl")
 
@@ -46,13 +53,17 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = services = _build_services(settings)
         async with AsyncExitStack() as stack:
-            stack.callback(grammar_sandbox.shutdown)  # the worker that compiles uploaded grammars, if started
+            app.state.serving = serving = build_serving(settings)
+            app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
+            app.state.engine_slot = serving.engine
+            stack.push_async_callback(serving.grammars.sandbox.close)
+            if settings.metrics_port is not None:
+                stack.callback(_serve_metrics(settings.host, settings.metrics_port))
             if engine is not None:
-                services.engine = engine
+                serving.engine.engine = engine
             else:
-                loading = asyncio.create_task(_start_engine(services, stack))
+                loading = asyncio.create_task(_start_engine(serving, settings, stack))
                 stack.push_async_callback(_cancel, loading)
             yield
 
@@ -63,73 +74,101 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         lifespan=lifespan,
         strict_content_type=False,  # a body without content-type is read as JSON
     )
+    app.state.settings = settings
+    keys = None if settings.auth == "off" else KeyStore(settings.api_keys_file)
+    if keys is None:
+        log.warning("authentication is OFF (NL2DSL_AUTH=off): every caller is an admin; for local development only")
+    elif not len(keys):
+        log.warning("no API keys configured (NL2DSL_API_KEYS_FILE): every API call will be refused with 401")
+    # Added innermost first: the last one added sees the request first.
     app.add_middleware(FormAsJSONMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=keys)
+    app.add_middleware(SameOriginMiddleware)
     app.add_middleware(GenerateMetricsMiddleware)
     install_error_handlers(app)
     for module in (generate, validate, dsls, adapters, health, playground):
         app.include_router(module.router)
+    if settings.metrics_port is None:
+        app.include_router(health.metrics_router)
     app.mount("/playground", playground.static_files(), name="playground")
     return app
 
 
-def _build_services(settings: Settings) -> Services:
+def build_serving(settings: Settings) -> GenerateServing:
+    """The request path's pieces (registries, retriever, tokenizer, checks, admission; the engine's slot)."""
     from transformers import AutoTokenizer
 
-    safety = SafetyChecker.load(settings.grammars_dir, enabled=settings.safety)
-    grammars = GrammarRegistry(settings.grammars_dir).load(policies=safety)
+    tenants = TenantConfigs.load(settings.grammars_dir)
+    sandbox = GrammarSandbox(workers=settings.grammar_workers, memory_mb=settings.grammar_worker_memory_mb,
+                             compile_timeout_s=settings.grammar_compile_timeout_s,
+                             parse_timeout_s=settings.parse_timeout_s)
+    grammars = GrammarRegistry(settings.grammars_dir, tenants=tenants, narrow_to_policies=settings.safety,
+                               sandbox=sandbox).load()
     model = resolve_model(settings.model, settings.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    registry = AdapterRegistry(
-        settings.adapters_dir, base_fingerprint=base_fingerprint(model), max_rank=settings.max_lora_rank
-    ).load()
+    registry = AdapterRegistry(settings.adapters_dir, base_fingerprint=base_fingerprint(model),
+                               max_rank=settings.max_lora_rank).load()
     for adapter in registry.all():
         if adapter.error:
             log.warning("adapter %s cannot be served: %s", adapter.name, adapter.error)
     log.info("loaded %d dsls (%s) and %d adapters", len(grammars), ", ".join(grammars.names()), len(registry.all()))
-    retriever = Retriever(grammars, settings.data_dir)
-    keys = KeyStore.from_file(settings.api_keys_file)
-    if settings.auth == "off":
-        log.warning("authentication is OFF (NL2DSL_AUTH=off): every caller is an admin; for local development only")
-    elif not len(keys):
-        log.warning("no API keys configured (NL2DSL_API_KEYS_FILE): every API call will be refused with 401")
-    admission = Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency,
-                          stale_after_s=settings.request_timeout_s + 60)
-    return Services(settings=settings, grammars=grammars, adapters=registry, tokenizer=tokenizer, model=model,
-                    retriever=retriever, keys=keys, admission=admission, safety=safety)
+    serving = GenerateServing(
+        settings=settings,
+        grammars=grammars,
+        adapters=registry,
+        retriever=Retriever(grammars, settings.data_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model),
+        safety=SafetyChecker(tenants.policy, enabled=settings.safety),
+        admission=Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency),
+        engine=EngineSlot(model),
+    )
+    return serving
 
 
-async def _start_engine(services: Services, stack: AsyncExitStack) -> None:
+async def _start_engine(serving: GenerateServing, settings: Settings, stack: AsyncExitStack) -> None:
     try:
-        engine = await stack.enter_async_context(open_engine(services.settings, model=services.model))
+        engine = await stack.enter_async_context(open_engine(settings, model=serving.engine.model))
         started = time.monotonic()
-        await _warm_up(services, engine)
-        services.engine = engine  # only now does /readyz answer 200
+        await _warm_up(serving, engine)
+        serving.engine.engine = engine  # only now does /readyz answer 200
         log.info("engine ready in %.1f s (warm-up %.1f s)", engine.startup_s, time.monotonic() - started)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # keep serving /healthz and /readyz with the reason
         log.exception("engine failed to start")
-        services.engine_error = f"engine failed to start: {exc}"
+        serving.engine.error = f"engine failed to start: {type(exc).__name__}"
 
 
-async def _warm_up(services: Services, engine: Engine) -> None:
+async def _warm_up(serving: GenerateServing, engine: Engine) -> None:
     """One tiny grammar-constrained generation through a shared adapter (or the base model) before ready.
 
     The engine's first batch with a grammar and a LoRA pays one-time set-up (measured ~50 s on the 2-core CPU);
-    paid here, it delays readiness instead of the first users' requests.
+    paid here, it delays readiness instead of the first users' requests. The adapter is the one a caller
+    with no tenant would get (the access rule of service.adapters): a shared one, or none.
     """
-    grammar = next(iter(services.grammars))
-    shared = [a for a in services.adapters.all() if a.shared and a.error is None and a.dsl in (None, grammar.name)]
-    adapter = shared[0] if shared else None
-    prompt = build_prompt(services.tokenizer, grammar, "warm up")
-    ids = services.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    grammar = next(iter(serving.grammars))
+    adapter = serving.adapters.resolve(Caller(key_id="warm-up"), dsl=grammar.name)
+    ids = await asyncio.to_thread(prompt_token_ids, serving.tokenizer, grammar, "warm up")
     params = GenerationParams(max_tokens=2, grammar=grammar.engine_text)
     try:
-        async for _ in engine.generate(ids, request_id="warm-up", adapter=adapter.ref if adapter else None,
-                                       params=params):
+        async for _ in engine.generate(ids, request_id=f"warm-up-{uuid.uuid4().hex}",
+                                       adapter=adapter.ref if adapter else None, params=params):
             pass
     except NL2DSLError as exc:  # not fatal: the first real request pays instead
         log.warning("warm-up generation failed: %s", exc.message)
+
+
+def _serve_metrics(host: str, port: int):
+    """Prometheus's own HTTP server for /metrics on ``port``; returns its stop function."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host)
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(timeout=5)
+
+    return stop
 
 
 async def _cancel(task: asyncio.Task) -> None:

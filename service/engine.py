@@ -9,6 +9,8 @@ optional Lark grammar. Adapters and grammars arrive as plain values and only bec
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -18,9 +20,11 @@ from dataclasses import dataclass
 
 from service import metrics
 from service.config import Settings
-from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout
+from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout, GrammarInvalid
 
-__all__ = ["AdapterRef", "Delta", "Engine", "GenerationParams", "open_engine"]
+__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "open_engine"]
+
+log = logging.getLogger("nl2dsl.engine")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,9 @@ class Engine:
         """Stream the completion of ``prompt_token_ids``; closing the iterator aborts the request.
 
         ``deadline`` (``time.monotonic()`` seconds): past it the request is aborted and GenerationTimeout raised.
+        ``request_id`` must be unique among requests in flight: vLLM aborts every request that shares one.
         """
+        from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -106,7 +112,12 @@ class Engine:
                 elif completion.text or completion.token_ids:
                     yield Delta(completion.text, tokens)
         except EngineDeadError as exc:
-            raise EngineUnavailable("the engine died during generation", detail=str(exc)) from exc
+            raise EngineUnavailable("the engine died during generation") from exc
+        except VLLMValidationError as exc:  # e.g. a grammar the engine's llguidance cannot decode with
+            if "grammar" in str(exc).lower():
+                raise GrammarInvalid(f"the engine cannot decode with this grammar: {exc}",
+                                     detail={"parser": "llguidance"}) from exc
+            raise BadRequest(f"the engine refused the request: {exc}") from exc
         except ValueError as exc:  # vLLM rejects a request it cannot serve (e.g. prompt longer than the model)
             raise BadRequest(f"the engine refused the request: {exc}") from exc
         finally:
@@ -123,18 +134,39 @@ class Engine:
         if adapter.lora_id not in self._host_loras:
             try:
                 await self._llm.add_lora(lora)
-            except Exception as exc:
+            except Exception as exc:  # the reason names server paths: it goes to the log, not the caller
+                log.warning("adapter %s could not be loaded: %s", adapter.name, exc)
                 raise AdapterUnavailable(
-                    f"adapter {adapter.name!r} could not be loaded: {exc}", detail={"adapter": adapter.name}
+                    f"adapter {adapter.name!r} could not be loaded (its files are unreadable or do not fit the "
+                    "base model)", detail={"adapter": adapter.name}
                 ) from exc
         self._host_loras.touch(adapter.lora_id)
 
-    async def check_health(self) -> bool:
-        try:
-            await self._llm.check_health()
-        except Exception:
-            return False
-        return True
+
+class EngineSlot:
+    """Where the engine of ``model`` (a local folder) will be once it has loaded, or why it is not there."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.engine: Engine | None = None
+        #: Why the engine is not there (start-up failed); None while loading or when running.
+        self.error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.error:
+            return "failed"
+        if self.engine is None:
+            return "loading"
+        return "running" if self.engine.ready else "dead"
+
+    def ready(self) -> Engine:
+        """The engine if it can take requests now; EngineUnavailable (503) otherwise."""
+        if self.engine is None:
+            raise EngineUnavailable(f"not ready: {self.error or 'the engine is still loading'}")
+        if not self.engine.ready:
+            raise EngineUnavailable("not ready: the engine has stopped")
+        return self.engine
 
 
 @asynccontextmanager
@@ -161,7 +193,15 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
         generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
     )
     started = time.monotonic()
-    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+    loading = asyncio.ensure_future(asyncio.to_thread(AsyncLLM.from_engine_args, args))
+    try:
+        llm = await asyncio.shield(loading)
+    except asyncio.CancelledError:
+        # Stopped while the model loads (SIGTERM during start-up): the thread goes on building the engine and
+        # its processes; wait for it and shut them down rather than leave them running without an owner.
+        with contextlib.suppress(Exception):
+            (await loading).shutdown()
+        raise
     try:
         yield Engine(llm, model=model, startup_s=time.monotonic() - started, max_cpu_loras=settings.max_cpu_loras)
     finally:

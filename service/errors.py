@@ -3,13 +3,15 @@
     NL2DSLError                      base: every error the service raises on purpose
     ├── BadRequest (400)             the request is well-formed JSON but cannot be served as asked
     │   ├── GrammarInvalid (400)     a grammar does not compile (lark or the engine says where)
+    │   ├── ParseLimit (400)         code could not be parsed within the time or memory a parse may use
     │   └── SafetyBlocked (400)      the request or its output breaks the responsible-AI policy
     ├── Unauthorized (401)           no API key, or an unknown one
-    ├── Forbidden (403)              the key's tenant may not use this adapter, DSL or tenant
+    ├── Forbidden (403)              the key may not do this (act as another tenant, use a DSL, administer)
     ├── NotFound (404)
     │   ├── UnknownDSL (404)         no grammar of that name
-    │   └── UnknownAdapter (404)     no adapter of that name, or none serves that tenant
+    │   └── UnknownAdapter (404)     no adapter of that name that the caller may use
     ├── AdapterUnavailable (409)     the adapter exists but cannot be used (other base model, broken files)
+    ├── PayloadTooLarge (413)        the body is larger than the service reads
     ├── RequestInvalid (422)         a field is out of range (also used for pydantic's validation errors)
     ├── RateLimited (429)            the queue or the tenant's concurrency is full (with Retry-After)
     ├── EngineUnavailable (503)      the engine is not loaded (yet) or has died
@@ -31,6 +33,8 @@ __all__ = [
     "GrammarInvalid",
     "NL2DSLError",
     "NotFound",
+    "ParseLimit",
+    "PayloadTooLarge",
     "RateLimited",
     "RequestInvalid",
     "SafetyBlocked",
@@ -63,6 +67,10 @@ class GrammarInvalid(BadRequest):
     type = "grammar_invalid"
 
 
+class ParseLimit(BadRequest):
+    type = "parse_limit"
+
+
 class SafetyBlocked(BadRequest):
     type = "safety_blocked"
 
@@ -93,6 +101,11 @@ class UnknownAdapter(NotFound):
 class AdapterUnavailable(NL2DSLError):
     status_code = 409
     type = "adapter_unavailable"
+
+
+class PayloadTooLarge(NL2DSLError):
+    status_code = 413
+    type = "payload_too_large"
 
 
 class RequestInvalid(NL2DSLError):

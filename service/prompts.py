@@ -1,7 +1,8 @@
-"""System prompt + retrieved examples + the request -> one chat-templated prompt.
+"""System prompt + retrieved examples + the request -> one chat-templated prompt, and its token ids.
 
 Serving and training call the same :func:`build_prompt`, so an adapter sees at inference exactly the
-prompt shape it was trained on.
+prompt shape it was trained on. Templating and tokenizing cost milliseconds of CPU: the request path calls
+:func:`prompt_token_ids` in a worker thread.
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from service.catalog import Operation
-from service.grammars import Example, Grammar
+from service.grammars import Example, Grammar, Operation
 
-__all__ = ["ChatTokenizer", "build_messages", "build_prompt", "user_message"]
+__all__ = ["ChatTokenizer", "build_messages", "build_prompt", "prompt_token_ids", "user_message"]
 
 
 class ChatTokenizer(Protocol):
@@ -65,3 +65,17 @@ def build_prompt(
     """The prompt string the model continues (chat template applied, generation prompt added)."""
     messages = build_messages(grammar, text, context=context, examples=examples, hints=hints)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_token_ids(
+    tokenizer: Any,
+    grammar: Grammar,
+    text: str,
+    *,
+    context: str | None = None,
+    examples: Sequence[Example] = (),
+    hints: Sequence[Operation] = (),
+) -> list[int]:
+    """The token ids of :func:`build_prompt` (special tokens come from the chat template, none added)."""
+    prompt = build_prompt(tokenizer, grammar, text, context=context, examples=examples, hints=hints)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -15,9 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from service.catalog import Catalog, Operation
-from service.grammars import Example, GrammarRegistry, load_examples
-from service.training.datasets import split_path
+from service.grammars import Catalog, Example, GrammarRegistry, Operation, examples_path, load_examples
 
 __all__ = ["ExampleIndex", "Retriever", "catalog_hints"]
 
@@ -56,7 +54,7 @@ class Retriever:
             self._indexes[(None, grammar.name)] = ExampleIndex(
                 [*grammar.examples, *_read(data_dir, grammar.name, None)]
             )
-            for tenant in grammars.tenants(grammar.name):
+            for tenant in grammars.variant_tenants(grammar.name):
                 own = list(_read(data_dir, grammar.name, tenant))
                 if own:
                     self._indexes[(tenant, grammar.name)] = ExampleIndex(own)
@@ -90,5 +88,5 @@ def catalog_hints(catalog: Catalog, text: str, *, limit: int = 6) -> list[Operat
 def _read(data_dir: Path | None, dsl: str, tenant: str | None) -> Iterable[Example]:
     if data_dir is None:
         return []
-    path = split_path(data_dir, dsl, "train", tenant=tenant)
+    path = examples_path(data_dir, dsl, "train", tenant=tenant)
     return load_examples(path) if path.exists() else []

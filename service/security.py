@@ -1,4 +1,4 @@
-"""API keys -> tenant, and what a tenant may use.
+"""API keys -> the caller (tenant and rights).
 
 The keys file (``NL2DSL_API_KEYS_FILE``, YAML, mounted from a Secret) stores SHA-256 digests, never keys::
 
@@ -10,24 +10,33 @@ The keys file (``NL2DSL_API_KEYS_FILE``, YAML, mounted from a Secret) stores SHA
         admin: true                # manages adapters and grammars; may act for any tenant
 
 Requests send ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``). No key or an unknown one is a 401;
-a tenant's key that names another tenant, another tenant's adapter or a DSL it may not use is a 403.
-Keys never reach logs or metrics: a principal carries only the first 8 hex digits of its key's digest.
-``NL2DSL_AUTH=off`` is the local development mode (every caller an admin); ``make serve`` sets it.
+a tenant's key that names another tenant, a DSL it may not use or an admin operation is a 403.
+The file is read again when it changes (a revoked key stops working within about a second, no restart).
+Keys never reach logs or metrics: a caller carries only the first 8 hex digits of its key's digest.
+``NL2DSL_AUTH=off`` is the local development mode (every caller :data:`DEVELOPER`); ``make serve`` sets it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from starlette.requests import Request
 
-from service.adapters import Adapter
 from service.errors import Forbidden, Unauthorized
 
-__all__ = ["DEVELOPER", "KeyStore", "Principal", "hash_key"]
+__all__ = ["DEVELOPER", "Caller", "KeyStore", "hash_key"]
+
+log = logging.getLogger("nl2dsl.security")
+
+#: How often (seconds) the keys file is looked at for changes.
+_RELOAD_CHECK_S = 1.0
 
 
 def hash_key(key: str) -> str:
@@ -35,8 +44,8 @@ def hash_key(key: str) -> str:
 
 
 @dataclass(frozen=True)
-class Principal:
-    """Who is calling: a tenant's key, or an admin (tenant None)."""
+class Caller:
+    """Who is calling: a tenant's key, or an admin (who may act as any tenant)."""
 
     key_id: str
     tenant: str | None = None
@@ -53,68 +62,102 @@ class Principal:
                             detail={"tenant": requested})
         return self.tenant
 
-    def check_dsl(self, dsl: str) -> None:
-        if not self.admin and self.dsls is not None and dsl not in self.dsls:
-            raise Forbidden(f"this API key may not use the DSL {dsl!r}", detail={"dsl": dsl})
+    def may_use_dsl(self, dsl: str) -> bool:
+        return self.admin or self.dsls is None or dsl in self.dsls
 
-    def check_adapter(self, adapter: Adapter | None) -> None:
-        """A tenant may use its own adapters, shared ones and the base model (None)."""
-        if adapter is None or self.admin or adapter.shared or self.tenant in adapter.tenants:
-            return
-        raise Forbidden(f"adapter {adapter.name!r} belongs to another tenant", detail={"adapter": adapter.name})
+    def check_dsl(self, dsl: str) -> None:
+        if not self.may_use_dsl(dsl):
+            raise Forbidden(f"this API key may not use the DSL {dsl!r}", detail={"dsl": dsl})
 
     def require_admin(self) -> None:
         if not self.admin:
             raise Forbidden("this operation needs an admin API key")
 
 
-#: The caller in development mode (``NL2DSL_AUTH=off``).
-DEVELOPER = Principal(key_id="dev", admin=True)
+#: The caller in development mode (``NL2DSL_AUTH=off``): handed out by the auth middleware, never a default.
+DEVELOPER = Caller(key_id="dev", admin=True)
 
 
 class KeyStore:
-    """Digests of the valid keys and what each may do."""
+    """Digests of the valid keys and what each may do, following the keys file as it changes."""
 
-    def __init__(self, principals: dict[str, Principal]) -> None:
-        self._by_digest = principals
-
-    @classmethod
-    def from_file(cls, path: Path | None) -> KeyStore:
-        if path is None:
-            return cls({})
-        entries = (yaml.safe_load(Path(path).read_text()) or {}).get("keys") or []
-        principals = {}
-        for number, entry in enumerate(entries, start=1):
-            digest = str(entry.get("sha256", "")).lower()
-            if len(digest) != 64 or not (entry.get("tenant") or entry.get("admin")):
-                raise ValueError(f"{path}: key {number} needs a 64-hex sha256 and a tenant or admin: true")
-            dsls = entry.get("dsls")
-            principals[digest] = Principal(
-                key_id=digest[:8],
-                tenant=entry.get("tenant"),
-                admin=bool(entry.get("admin", False)),
-                dsls=frozenset(dsls) if dsls is not None else None,
-            )
-        return cls(principals)
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._by_digest: dict[str, Caller] = {}
+        self._seen: tuple[int, int, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self._by_digest = _read(self.path)  # a broken file at start-up stops the service
+            self._seen = _signature(self.path)
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def authenticate(self, request: Request) -> Principal:
-        """The principal of the request's key; Unauthorized (401) when there is none or it is unknown."""
-        key = _presented_key(request)
+    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+        """The caller of the request's key; Unauthorized (401) when there is none or it is unknown."""
+        key = _presented_key(headers)
         if not key:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'",
                                headers={"WWW-Authenticate": "Bearer"})
-        principal = self._by_digest.get(hash_key(key))
-        if principal is None:
+        self._follow_file()
+        caller = self._by_digest.get(hash_key(key))
+        if caller is None:
             raise Unauthorized("unknown API key", headers={"WWW-Authenticate": "Bearer"})
-        return principal
+        return caller
+
+    def _follow_file(self) -> None:
+        """Read the file again if it changed (checked at most once a second: one stat)."""
+        now = time.monotonic()
+        if self.path is None or now - self._checked < _RELOAD_CHECK_S or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._checked = now
+            signature = _signature(self.path)
+            if signature == self._seen:
+                return
+            self._seen = signature
+            if signature is None:
+                log.error("API keys file %s is gone: every key is refused until it is back", self.path.name)
+                self._by_digest = {}
+                return
+            try:
+                self._by_digest = _read(self.path)
+                log.info("API keys file changed: %d keys", len(self._by_digest))
+            except (OSError, ValueError, yaml.YAMLError) as exc:  # half-written: keep the last good keys
+                log.error("API keys file changed but cannot be read (%s); keeping the previous keys", exc)
+        finally:
+            self._lock.release()
 
 
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file does (a Secret volume swaps a symlink: follow it)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def _read(path: Path) -> dict[str, Caller]:
+    entries = (yaml.safe_load(path.read_text()) or {}).get("keys") or []
+    callers = {}
+    for number, entry in enumerate(entries, start=1):
+        digest = str(entry.get("sha256", "")).lower()
+        if len(digest) != 64 or not (entry.get("tenant") or entry.get("admin")):
+            raise ValueError(f"{path.name}: key {number} needs a 64-hex sha256 and a tenant or admin: true")
+        dsls = entry.get("dsls")
+        callers[digest] = Caller(
+            key_id=digest[:8],
+            tenant=entry.get("tenant"),
+            admin=bool(entry.get("admin", False)),
+            dsls=frozenset(dsls) if dsls is not None else None,
+        )
+    return callers
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None

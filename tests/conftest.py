@@ -2,7 +2,7 @@
 the embedded model) in a subprocess.
 
 The engine runs in float32 so adapter outputs can be compared token for token with peft + transformers
-(ENVIRONMENT.md: bf16 random adapters drift by rounding). Adapters are made here, in a temporary folder:
+(docs/PLATFORM.md: bf16 random adapters drift by rounding). Adapters are made here, in a temporary folder:
 two random ones, and one that claims another base model.
 """
 
@@ -71,6 +71,7 @@ def server(tmp_path_factory) -> Server:
         "NL2DSL_DTYPE": "float32",
         "NL2DSL_ADAPTERS_DIR": str(adapters),
         "NL2DSL_MAX_LORAS": "2",
+        "NL2DSL_MAX_CPU_LORAS": "2",  # a third adapter evicts one (tests/integration/test_trust.py)
         "NL2DSL_LOG_LEVEL": "info",
         "NL2DSL_AUTH": "keys",
         "NL2DSL_API_KEYS_FILE": str(keys),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -40,3 +41,37 @@ def make_random_adapter(model_dir: str, folder: Path, *, seed: int, rank: int = 
     model.save_pretrained(folder)
     write_manifest(folder, name=name or folder.name, model_dir=model_dir, dsl=dsl, tenants=tenants or ["*"], rank=rank)
     return folder
+
+
+def write_fake_adapter(root: Path, name: str, *, fingerprint: str, dsl: str | None = "flow",
+                       tenants: tuple[str, ...] = ("*",), rank: int = 8, weights: bytes = b"w") -> Path:
+    """An adapter folder the registry accepts (manifest, config, a tiny real safetensors file), for tests
+    that never load it into an engine."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "peft_type": "LORA"}))
+    write_fake_weights(folder, weights)
+    manifest = {"name": name, "dsl": dsl, "tenants": list(tenants), "rank": rank,
+                "base_model": {"id": "test-base", "fingerprint": fingerprint}}
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    return folder
+
+
+def write_fake_weights(folder: Path, seed: bytes) -> None:
+    """A real (tiny) safetensors file whose content depends on ``seed``."""
+    import numpy as np
+    import safetensors.numpy
+
+    (folder / "adapter_model.safetensors").write_bytes(safetensors.numpy.save({"w": np.frombuffer(seed, np.uint8)}))
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, in Prometheus text (0 if none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

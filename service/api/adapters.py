@@ -1,7 +1,8 @@
-"""``/adapters``: the LoRA adapters, which tenants and DSL each serves, and why one cannot be served.
+"""``/adapters``: the LoRA adapters a caller may use, the tenants and DSL each serves, and why one cannot be served.
 
-A tenant sees its own and the shared adapters; ``POST /adapters/reload`` (admin) rescans the adapters
-folder, so new or updated adapters are served without a restart.
+A tenant sees its own and the shared adapters (the one access rule of :mod:`service.adapters`); admins see
+all. ``POST /adapters/reload`` (admin) rescans the adapters folder, so new or updated adapters are served
+without a restart.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.adapters import Adapter, AdapterRegistry
-from service.api.deps import PrincipalDep, ServicesDep
-from service.api.schemas import ERROR_RESPONSES
+from service.adapters import Adapter
+from service.api.deps import AdaptersDep, CallerDep
+from service.api.schemas import error_responses
 
 __all__ = ["AdapterInfo", "router"]
 
@@ -42,18 +43,15 @@ def _info(adapter: Adapter) -> AdapterInfo:
     )
 
 
-@router.get("/adapters", response_model=list[AdapterInfo], responses=ERROR_RESPONSES)
-async def list_adapters(services: ServicesDep, principal: PrincipalDep) -> list[AdapterInfo]:
+@router.get("/adapters", response_model=list[AdapterInfo], responses=error_responses(401, 413))
+async def list_adapters(adapters: AdaptersDep, caller: CallerDep) -> list[AdapterInfo]:
     """List the adapters the caller may use (also those that cannot be served, with the reason)."""
-    return [_info(a) for a in services.adapters.all()
-            if principal.admin or a.shared or principal.tenant in a.tenants]
+    return [_info(a) for a in adapters.usable(caller)]
 
 
-@router.post("/adapters/reload", response_model=list[AdapterInfo], responses=ERROR_RESPONSES)
-async def reload_adapters(services: ServicesDep, principal: PrincipalDep) -> list[AdapterInfo]:
+@router.post("/adapters/reload", response_model=list[AdapterInfo], responses=error_responses(401, 403, 413))
+async def reload_adapters(adapters: AdaptersDep, caller: CallerDep) -> list[AdapterInfo]:
     """Admin: rescan the adapters folder (new, changed and removed adapters) without a restart."""
-    principal.require_admin()
-    current = services.adapters
-    services.adapters = AdapterRegistry(current.directory, base_fingerprint=current.base_fingerprint,
-                                        max_rank=current.max_rank).load()
-    return [_info(a) for a in services.adapters.all()]
+    caller.require_admin()
+    await adapters.reload()
+    return [_info(a) for a in adapters.all()]

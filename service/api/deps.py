@@ -1,73 +1,45 @@
-"""What a handler can ask for: the services built by the lifespan, as ``Annotated`` dependencies."""
+"""What a handler can ask for, as ``Annotated`` dependencies: the caller, and the pieces the lifespan built.
+
+The caller is resolved once, by :class:`service.api.auth.AuthMiddleware`, from the API key and before the
+body is read; ``CallerDep`` hands it down. A route the middleware did not authenticate gets no caller: 401,
+never a default.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.adapters import AdapterRegistry
+from service.api.generate.serving import GenerateServing
 from service.config import Settings
-from service.engine import Engine
-from service.errors import EngineUnavailable
+from service.engine import EngineSlot
+from service.errors import Unauthorized
 from service.grammars import GrammarRegistry
-from service.limits import Admission
-from service.retrieval import Retriever
-from service.safety import SafetyChecker
-from service.security import DEVELOPER, KeyStore, Principal
+from service.security import Caller
 
-__all__ = ["EngineDep", "PrincipalDep", "Services", "ServicesDep", "SettingsDep"]
+__all__ = ["AdaptersDep", "CallerDep", "EngineSlotDep", "GrammarsDep", "ServingDep", "SettingsDep"]
 
 
-@dataclass
-class Services:
-    """Everything the request path needs, built once at start-up and kept on ``app.state.services``."""
-
-    settings: Settings
-    grammars: GrammarRegistry
-    adapters: AdapterRegistry
-    tokenizer: Any
-    model: str
-    retriever: Retriever
-    keys: KeyStore
-    admission: Admission
-    safety: SafetyChecker
-    engine: Engine | None = None
-    #: Why the engine is not there (start-up failed); None while loading or when running.
-    engine_error: str | None = None
-
-    def ready_engine(self) -> Engine:
-        """The engine if it can take requests now; EngineUnavailable (503) otherwise."""
-        if self.engine is None:
-            reason = self.engine_error or "the engine is still loading"
-            raise EngineUnavailable(f"not ready: {reason}")
-        if not self.engine.ready:
-            raise EngineUnavailable("not ready: the engine has stopped")
-        return self.engine
+def get_caller(request: Request) -> Caller:
+    caller = getattr(request.state, "caller", None)
+    if caller is None:
+        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return caller
 
 
-def get_services(request: Request) -> Services:
-    return request.app.state.services
+def _state(name: str):
+    def get(request: Request):
+        return getattr(request.app.state, name)
+
+    return get
 
 
-def get_principal(request: Request) -> Principal:
-    """The caller: from its API key (401 without a valid one), or the developer when auth is off."""
-    services = get_services(request)
-    if services.settings.auth == "off":
-        return DEVELOPER
-    return services.keys.authenticate(request)
-
-
-def get_engine(request: Request) -> Engine:
-    return get_services(request).ready_engine()
-
-
-def get_settings(request: Request) -> Settings:
-    return get_services(request).settings
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+GrammarsDep = Annotated[GrammarRegistry, Depends(_state("grammars"))]
+AdaptersDep = Annotated[AdapterRegistry, Depends(_state("adapters"))]
+EngineSlotDep = Annotated[EngineSlot, Depends(_state("engine_slot"))]
+ServingDep = Annotated[GenerateServing, Depends(_state("serving"))]

@@ -1,8 +1,9 @@
 """``/dsls``: the DSLs the service generates (shipped, and grammars tenants upload at run time).
 
-``GET /dsls`` lists the shipped DSLs the caller may use and its own uploads; ``POST /dsls`` registers a Lark
-grammar for the caller's tenant (an admin's upload is shared), bounded in size and compile time;
-``DELETE /dsls/{name}`` removes an upload.
+``GET /dsls`` lists the shipped DSLs the caller may use (as its tenant sees them) and the uploads it may use;
+``POST /dsls`` registers a Lark grammar for the caller's tenant (an admin's upload is shared), compiled in the
+grammar sandbox; ``DELETE /dsls/{name}`` removes an upload. Nothing here names another tenant: which tenants
+have private variants is listed to admins only.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service import grammar_sandbox
-from service.api.deps import PrincipalDep, ServicesDep
-from service.api.schemas import ERROR_RESPONSES
-from service.errors import Forbidden, RateLimited, RequestInvalid
+from service.api.deps import CallerDep, GrammarsDep, SettingsDep
+from service.api.schemas import error_responses
 from service.grammars import Example, Grammar
+from service.grammars.uploads import upload
+from service.security import Caller
 
 __all__ = ["DSLInfo", "router"]
 
@@ -27,11 +28,14 @@ class DSLInfo(BaseModel):
     grammar: str
     examples: list[dict[str, str | None]]
     operations: list[str] | None = None
+    #: The tenant whose private connectors this variant includes (the caller's own, or for admins any).
     tenant: str | None = None
-    #: Tenants with a private variant of this DSL (their own connectors): ``GET /dsls/{name}?tenant=...``.
+    #: Admins only: tenants with a private variant of this DSL (``GET /dsls/{name}?tenant=...``).
     tenants: list[str] = []
     #: "shipped", "tenant" or "upload".
     origin: str = "shipped"
+    #: What the engine's grammar check remarked without refusing the grammar.
+    warnings: list[str] = []
 
 
 class ExampleModel(BaseModel):
@@ -60,7 +64,7 @@ class DSLUpload(BaseModel):
     examples: list[ExampleModel] = Field(default=[], max_length=20, description="Few-shot examples for prompts.")
 
 
-def _info(grammar: Grammar, tenants: list[str]) -> DSLInfo:
+def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
     return DSLInfo(
         name=grammar.name,
         description=grammar.description,
@@ -68,59 +72,42 @@ def _info(grammar: Grammar, tenants: list[str]) -> DSLInfo:
         examples=[vars(ex) for ex in grammar.examples[:3]],
         operations=[op.full_name for op in grammar.catalog.operations] if grammar.catalog else None,
         tenant=grammar.tenant,
-        tenants=tenants,
+        tenants=grammars.variant_tenants(grammar.name) if caller.admin and grammar.origin != "upload" else [],
         origin=grammar.origin,
+        warnings=list(grammar.warnings),
     )
 
 
-@router.get("/dsls", response_model=list[DSLInfo], responses=ERROR_RESPONSES)
-async def list_dsls(services: ServicesDep, principal: PrincipalDep) -> list[DSLInfo]:
-    """List the DSLs the caller may use: shipped ones, shared uploads and its own uploads."""
-    shipped = [_info(g, services.grammars.tenants(g.name)) for g in services.grammars
-               if principal.admin or principal.dsls is None or g.name in principal.dsls]
-    uploads = services.grammars.uploaded(None)
-    if principal.tenant is not None:
-        uploads += services.grammars.uploaded(principal.tenant)
-    return shipped + [_info(g, []) for g in uploads]
+@router.get("/dsls", response_model=list[DSLInfo], responses=error_responses(401, 413))
+async def list_dsls(grammars: GrammarsDep, caller: CallerDep) -> list[DSLInfo]:
+    """List the DSLs the caller may use: shipped ones (its tenant's variant), shared uploads, its own uploads."""
+    shipped = [grammars.get(name, tenant=caller.tenant) for name in grammars.names() if caller.may_use_dsl(name)]
+    uploads = grammars.uploads(None) + (grammars.uploads(caller.tenant) if caller.tenant is not None else [])
+    return [_info(g, caller, grammars) for g in shipped + uploads]
 
 
-@router.get("/dsls/{name}", response_model=DSLInfo, responses=ERROR_RESPONSES)
-async def get_dsl(name: str, services: ServicesDep, principal: PrincipalDep, tenant: str | None = None) -> DSLInfo:
-    """One DSL with its full grammar (a tenant's variant with ``?tenant=``)."""
-    principal.check_dsl(name)
-    grammar = services.grammars.get(name, tenant=principal.tenant_for(tenant))
-    return _info(grammar, services.grammars.tenants(name))
+@router.get("/dsls/{name}", response_model=DSLInfo, responses=error_responses(401, 403, 404, 413))
+async def get_dsl(name: str, grammars: GrammarsDep, caller: CallerDep, tenant: str | None = None) -> DSLInfo:
+    """One DSL with its full grammar, as the caller's tenant sees it (an admin names one with ``?tenant=``)."""
+    caller.check_dsl(name)
+    return _info(grammars.get(name, tenant=caller.tenant_for(tenant)), caller, grammars)
 
 
-@router.post("/dsls", status_code=201, response_model=DSLInfo, responses=ERROR_RESPONSES)
-async def upload_dsl(body: DSLUpload, services: ServicesDep, principal: PrincipalDep) -> DSLInfo:
-    """Register a grammar for the caller's tenant (an admin's is shared). 400 with lark's line and column
-    when it does not compile, or when it is unbounded or does not compile in time."""
-    settings = services.settings
-    owner = principal.tenant
-    if body.name in services.grammars.names():
-        raise Forbidden(f"{body.name!r} is a shipped DSL; choose another name", detail={"name": body.name})
-    if len(body.grammar) > settings.max_grammar_chars:
-        raise RequestInvalid(f"the grammar has {len(body.grammar)} characters; the limit is "
-                             f"{settings.max_grammar_chars}", detail=[{"field": "grammar", "message": "too long"}])
-    existing = {g.name for g in services.grammars.uploaded(owner)}
-    if body.name not in existing and len(existing) >= settings.max_grammars_per_tenant:
-        raise RateLimited(f"at most {settings.max_grammars_per_tenant} uploaded grammars per tenant; delete one "
-                          "first", detail={"limit": "grammars", "max": settings.max_grammars_per_tenant})
-    grammar = await grammar_sandbox.compile_upload(
-        body.name, body.grammar, start=body.start, timeout_s=settings.grammar_compile_timeout_s,
-        description=body.description, examples=tuple(Example(e.text, e.code) for e in body.examples),
-    )
-    bad = [i for i, e in enumerate(body.examples) if not grammar.parse(e.code).valid]
-    if bad:
-        raise RequestInvalid(f"examples {bad} do not parse with the grammar",
-                             detail=[{"field": f"examples.{i}.code", "message": "does not parse"} for i in bad])
-    services.grammars.add_upload(grammar, owner=owner)
-    return _info(grammar, [])
+@router.post("/dsls", status_code=201, response_model=DSLInfo,
+             responses=error_responses(400, 401, 403, 413, 422, 429))
+async def upload_dsl(body: DSLUpload, grammars: GrammarsDep, settings: SettingsDep, caller: CallerDep) -> DSLInfo:
+    """Register a grammar for the caller's tenant (an admin's is shared). 400 with the line and column when it
+    does not compile (lark or the engine), is unbounded, or does not compile within the time and memory a
+    compile may use."""
+    grammar = await upload(grammars, settings, owner=caller.tenant, name=body.name, text=body.grammar,
+                           start=body.start, description=body.description,
+                           examples=[Example(e.text, e.code) for e in body.examples])
+    return _info(grammar, caller, grammars)
 
 
-@router.delete("/dsls/{name}", status_code=204, response_class=Response, responses=ERROR_RESPONSES)
-async def delete_dsl(name: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+@router.delete("/dsls/{name}", status_code=204, response_class=Response,
+               responses=error_responses(401, 404, 413))
+async def delete_dsl(name: str, grammars: GrammarsDep, caller: CallerDep) -> Response:
     """Remove one of the caller's uploaded grammars."""
-    services.grammars.remove_upload(name, owner=principal.tenant)
+    grammars.remove_upload(name, owner=caller.tenant)
     return Response(status_code=204)

@@ -12,16 +12,22 @@ from starlette.routing import Match
 
 from service.errors import NL2DSLError, error_body
 
-__all__ = ["install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers"]
 
 log = logging.getLogger("nl2dsl.errors")
 
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden",
+               413: "payload_too_large"}
+
+
+def error_response(exc: NL2DSLError) -> JSONResponse:
+    """The one error shape for ``exc`` (also what the middlewares answer before a route runs)."""
+    return JSONResponse(error_body(exc.type, exc.message, exc.detail), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _nl2dsl_error(request: Request, exc: NL2DSLError) -> JSONResponse:
-    return JSONResponse(error_body(exc.type, exc.message, exc.detail), status_code=exc.status_code,
-                        headers=exc.headers)
+    return error_response(exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,17 +1,24 @@
-"""Probes and metrics: ``/healthz`` (process alive), ``/readyz`` (engine loaded), ``/metrics`` (Prometheus)."""
+"""Probes and metrics: ``/healthz`` (process alive), ``/readyz`` (engine loaded), ``/metrics`` (Prometheus).
+
+``/metrics`` is served here only when ``NL2DSL_METRICS_PORT`` is not set; with it, Prometheus scrapes that
+port and the API port does not expose the metrics (their labels name adapters).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
-from service.api.deps import ServicesDep
-from service.api.schemas import ERROR_RESPONSES
+from service.api.deps import EngineSlotDep
+from service.api.schemas import error_responses
 
-__all__ = ["router"]
+__all__ = ["metrics_router", "router"]
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])
 
 
 class Health(BaseModel):
@@ -20,31 +27,22 @@ class Health(BaseModel):
     engine: str
 
 
-def _engine_state(services) -> str:
-    if services.engine_error:
-        return "failed"
-    if services.engine is None:
-        return "loading"
-    return "running" if services.engine.ready else "dead"
-
-
-@router.get("/healthz", response_model=Health, responses={503: ERROR_RESPONSES[503]})
-async def healthz(services: ServicesDep) -> Health:
+@router.get("/healthz", response_model=Health, responses=error_responses(503))
+async def healthz(engine: EngineSlotDep) -> Health:
     """Alive: answers while the model loads; fails only when the engine has failed or died."""
-    state = _engine_state(services)
-    if state in ("failed", "dead"):
-        services.ready_engine()  # raises the 503 with the reason
-    return Health(status="ok", model=services.model, engine=state)
+    if engine.state in ("failed", "dead"):
+        engine.ready()  # raises the 503 with the reason
+    return Health(status="ok", model=Path(engine.model).name, engine=engine.state)
 
 
-@router.get("/readyz", response_model=Health, responses={503: ERROR_RESPONSES[503]})
-async def readyz(services: ServicesDep) -> Health:
+@router.get("/readyz", response_model=Health, responses=error_responses(503))
+async def readyz(engine: EngineSlotDep) -> Health:
     """Ready: the engine is loaded and takes requests."""
-    services.ready_engine()
-    return Health(status="ready", model=services.model, engine="running")
+    engine.ready()
+    return Health(status="ready", model=Path(engine.model).name, engine="running")
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@metrics_router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def prometheus_metrics() -> Response:
     """Prometheus metrics: ``nl2dsl_*`` and the engine's ``vllm:*``."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ERROR_RESPONSES", "ErrorBody", "ErrorResponse", "ParseErrorModel"]
+__all__ = ["ErrorBody", "ErrorResponse", "ParseErrorModel", "error_responses"]
 
 
 class ErrorBody(BaseModel):
@@ -30,15 +30,23 @@ class ParseErrorModel(BaseModel):
     expected: list[str] = Field(default_factory=list)
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-#: Declared on every route so OpenAPI shows the error shape.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("The request cannot be served as asked."),
-    404: _error("Unknown DSL or adapter."),
-    409: _error("The adapter exists but cannot be served."),
-    422: _error("A field is missing or out of range."),
-    503: _error("The engine is not ready."),
+#: What each status means, wherever a route can answer it.
+_MEANINGS = {
+    400: "The request cannot be served as asked (a grammar that does not compile, a safety block, a parse "
+         "past its limits).",
+    401: "No API key, or an unknown one.",
+    403: "The key may not do this (act as another tenant, use this DSL, administer), or a request from another "
+         "web origin.",
+    404: "Unknown DSL or adapter (another tenant's are unknown too).",
+    409: "The adapter exists but cannot be served.",
+    413: "The body is larger than the service reads.",
+    422: "A field is missing or out of range.",
+    429: "The queue, the tenant's share or the grammar workers are full; retry after `Retry-After` seconds.",
+    503: "The engine is not ready.",
+    504: "Generation took longer than the request timeout and was aborted.",
 }
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can answer ``codes``: each in the one error shape, in OpenAPI."""
+    return {code: {"model": ErrorResponse, "description": _MEANINGS[code]} for code in codes}

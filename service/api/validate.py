@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import PrincipalDep, ServicesDep
-from service.api.schemas import ERROR_RESPONSES, ParseErrorModel
+from service.api.deps import CallerDep, GrammarsDep
+from service.api.schemas import ParseErrorModel, error_responses
 
 __all__ = ["ValidateRequest", "ValidateResponse", "router"]
 
@@ -29,11 +29,14 @@ class ValidateResponse(BaseModel):
     tree: str | None = Field(default=None, description="The lark parse tree, indented, when the code parses.")
 
 
-@router.post("/validate", response_model=ValidateResponse, responses=ERROR_RESPONSES)
-async def validate_code(body: ValidateRequest, services: ServicesDep, principal: PrincipalDep) -> ValidateResponse:
-    """Parse code with the DSL's grammar (the same parser that marks generated code valid)."""
-    principal.check_dsl(body.dsl)
-    result = services.grammars.get(body.dsl, tenant=principal.tenant_for(body.tenant)).parse(body.code)
+@router.post("/validate", response_model=ValidateResponse, responses=error_responses(400, 401, 403, 404, 413, 422,
+                                                                                       429))
+async def validate_code(body: ValidateRequest, grammars: GrammarsDep, caller: CallerDep) -> ValidateResponse:
+    """Parse code with the DSL's grammar (the same parser that marks generated code valid). 400 `parse_limit`
+    when the parse needs more time or memory than a parse may use."""
+    caller.check_dsl(body.dsl)
+    tenant = caller.tenant_for(body.tenant)
+    result = await grammars.parse(grammars.get(body.dsl, tenant=tenant), body.code, owner=tenant)
     error = ParseErrorModel(**vars(result.error)) if result.error else None
     tree = result.tree.pretty() if result.tree is not None else None
     return ValidateResponse(valid=result.valid, dsl=body.dsl, error=error, tree=tree)

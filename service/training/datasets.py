@@ -13,24 +13,20 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from service.grammars import Example, GrammarRegistry, load_examples
+from service.grammars import Example, GrammarRegistry, examples_path, load_examples
 from service.training.flow_data import TENANT_ACTIONS, TENANT_TRIGGERS, FlowGenerator, held_out_pairs
 from service.training.sql_data import SqlGenerator
 
-__all__ = ["SIZES", "build", "load_split", "split_path"]
+__all__ = ["SIZES", "build", "load_split"]
 
 SIZES = {"train": 20_000, "test": 500, "tenant_train": 400, "tenant_test": 100}
 _SEEDS = {"flow": 11, "sql": 22, "contoso": 33, "fabrikam": 44}
 
 
-def split_path(data_dir: Path, dsl: str, split: str, *, tenant: str | None = None) -> Path:
-    base = Path(data_dir) / dsl
-    return (base / "tenants" / tenant if tenant else base) / f"{split}.jsonl"
-
 
 def load_split(data_dir: Path, dsl: str, split: str, *, tenant: str | None = None,
                limit: int | None = None) -> list[Example]:
-    return load_examples(split_path(data_dir, dsl, split, tenant=tenant))[:limit]
+    return load_examples(examples_path(data_dir, dsl, split, tenant=tenant))[:limit]
 
 
 def build(data_dir: Path, grammars: GrammarRegistry, *, sizes: dict[str, int] = SIZES) -> dict[str, int]:
@@ -41,11 +37,11 @@ def build(data_dir: Path, grammars: GrammarRegistry, *, sizes: dict[str, int] = 
     for split in ("train", "test"):
         pairs = flow.generate(n=sizes[split], seed=_SEEDS["flow"] + (split == "test"), held_out=held_out,
                               test=split == "test")
-        counts[f"flow/{split}"] = _write(split_path(data_dir, "flow", split), pairs, grammars, "flow", None)
+        counts[f"flow/{split}"] = _write(examples_path(data_dir, "flow", split), pairs, grammars, "flow", None)
     sql = SqlGenerator()
     for split in ("train", "test"):
         pairs = sql.generate(n=sizes[split], seed=_SEEDS["sql"] + (split == "test"), test=split == "test")
-        counts[f"sql/{split}"] = _write(split_path(data_dir, "sql", split), pairs, grammars, "sql", None)
+        counts[f"sql/{split}"] = _write(examples_path(data_dir, "sql", split), pairs, grammars, "sql", None)
     for tenant in sorted(TENANT_TRIGGERS):
         gen = FlowGenerator(grammars.get("flow", tenant=tenant).catalog, tenant=tenant)
         own = set(TENANT_TRIGGERS[tenant]) | set(TENANT_ACTIONS[tenant])
@@ -54,7 +50,7 @@ def build(data_dir: Path, grammars: GrammarRegistry, *, sizes: dict[str, int] = 
         for split in ("train", "test"):
             pairs = gen.generate(n=sizes[f"tenant_{split}"], seed=_SEEDS[tenant] + (split == "test"),
                                  held_out=tenant_held_out, test=split == "test", require_tenant_op=True)
-            path = split_path(data_dir, "flow", split, tenant=tenant)
+            path = examples_path(data_dir, "flow", split, tenant=tenant)
             counts[f"flow/{tenant}/{split}"] = _write(path, pairs, grammars, "flow", tenant)
     return counts
 

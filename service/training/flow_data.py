@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from service.catalog import Catalog, Operation
+from service.grammars import Catalog, Operation
 
 __all__ = ["ACTIONS", "TENANT_ACTIONS", "TENANT_TRIGGERS", "TRIGGERS", "FlowGenerator", "FlowPair"]
 

@@ -62,7 +62,7 @@ def test_adapter_output_matches_peft_and_transformers(server, client, adapter):
 
 
 def test_base_request_batched_with_adapter_requests_is_not_changed_by_them(client):
-    """The CPU LoRA bug (ENVIRONMENT.md): a base request batched with adapter requests got the last slot's adapter."""
+    """The CPU LoRA bug (docs/PLATFORM.md): a base request batched with adapter requests got the last slot's adapter."""
     alone = _free(client, "base")["code"]
     with ThreadPoolExecutor(max_workers=6) as pool:
         for _ in range(2):

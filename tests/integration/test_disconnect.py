@@ -8,17 +8,14 @@ import time
 import httpx
 import pytest
 
+from tests.helpers import metric_value
+
 LONG = {"dsl": "flow", "adapter": "base", "text": "describe every connector you know in detail", "constrained": False,
         "max_tokens": 600, "examples": 0, "temperature": 1.0, "seed": 7}
 
 
 def _metric(client, name: str, **labels: str) -> float:
-    text = client.get("/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_value(client.get("/metrics").text, name, **labels)
 
 
 def _assert_generation_stopped(client) -> None:

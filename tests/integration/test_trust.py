@@ -15,12 +15,12 @@ def _engine_requests(client) -> float:
     return sum(float(v) for v in re.findall(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)$", text, re.M))
 
 
-def test_missing_key_401_and_another_tenants_adapter_403(server):
+def test_missing_key_401_and_another_tenants_adapter_is_unknown(server):
     with server.client(key=None) as anonymous, server.client(key="beta-key") as beta, \
             server.client(key="alpha-key") as alpha:
         assert anonymous.post("/generate", json=BODY).status_code == 401
         denied = beta.post("/generate", json={**BODY, "adapter": "alpha"})
-        assert denied.status_code == 403 and "another tenant" in denied.json()["error"]["message"]
+        assert denied.status_code == 404 and denied.json()["error"]["type"] == "unknown_adapter"
         assert beta.post("/generate", json={**BODY, "dsl": "sql", "text": "count orders"}).status_code == 403
         assert alpha.post("/generate", json={**BODY, "adapter": "alpha"}).status_code == 200
         assert "alpha" not in [a["name"] for a in beta.get("/adapters").json()]
@@ -58,3 +58,64 @@ def test_an_adapter_whose_files_vanished_fails_alone(server, client):
     assert client.post("/generate", json={**BODY, "adapter": "beta"}).status_code == 200
     assert client.get("/readyz").status_code == 200
     client.post("/adapters/reload")
+
+
+def test_every_protected_route_is_401_without_a_key(server, client):
+    from service.api.auth import PUBLIC_PATHS
+
+    spec = client.get("/openapi.json").json()
+    checked = 0
+    with server.client(key=None) as anonymous:
+        for path, operations in spec["paths"].items():
+            if path in PUBLIC_PATHS:
+                continue
+            for method in operations:
+                r = anonymous.request(method.upper(), path.replace("{name}", "flow"), json={})
+                assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized", (method, path)
+                assert "401" in operations[method]["responses"], (method, path)  # declared in OpenAPI too
+                checked += 1
+    assert checked >= 8
+
+
+def test_a_stream_that_fails_after_it_started_ends_with_an_error_event(client):
+    body = {**BODY, "max_tokens": 1000, "constrained": False, "timeout_s": 0.5, "stream": True}
+    with client.stream("POST", "/generate", json=body) as r:
+        assert r.status_code == 200  # the status line went out before the deadline passed
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    last = events[-1]
+    assert last.startswith("event: error"), events[-3:]
+    assert '"type": "timeout"' in last
+
+
+def test_a_tenant_may_upload_at_most_its_quota_of_grammars(server):
+    from service.config import Settings
+
+    quota = Settings().max_grammars_per_tenant
+    grammar = 'start: "k" DIGIT\nDIGIT: /[0-9]/\n'
+    with server.client(key="alpha-key") as alpha:
+        try:
+            for i in range(quota):
+                assert alpha.post("/dsls", json={"name": f"q{i}", "grammar": grammar}).status_code == 201
+            over = alpha.post("/dsls", json={"name": "one-too-many", "grammar": grammar})
+            assert over.status_code == 429 and over.json()["error"]["detail"]["limit"] == "grammars"
+            assert alpha.post("/dsls", json={"name": "q0", "grammar": grammar}).status_code == 201  # replacing
+        finally:
+            for i in range(quota):
+                alpha.delete(f"/dsls/q{i}")
+
+
+def test_adapter_loads_and_evictions_are_counted(client):
+    from tests.helpers import metric_value
+
+    def counts() -> tuple[float, float]:
+        text = client.get("/metrics").text
+        return metric_value(text, "nl2dsl_adapter_loads_total"), metric_value(text, "nl2dsl_adapter_evictions_total")
+
+    loads, evictions = counts()
+    # The test server caches two adapters in host memory (NL2DSL_MAX_CPU_LORAS=2): a third evicts one.
+    for adapter, dsl in (("alpha", "flow"), ("beta", "flow"), ("tiny-trained", "sql"), ("alpha", "flow")):
+        r = client.post("/generate", json={"dsl": dsl, "text": "count the orders", "adapter": adapter,
+                                           "max_tokens": 4, "context": "orders(id)"})
+        assert r.status_code == 200, r.text
+    after = counts()
+    assert after[0] - loads >= 2 and after[1] - evictions >= 1, (loads, evictions, after)

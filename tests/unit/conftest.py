@@ -21,7 +21,8 @@ def _fake_engine(pieces: list[str], finish_reason: str = "stop", delay: float = 
     engine.calls = []
 
     async def generate(prompt_token_ids, *, request_id, adapter=None, params=None, deadline=None):
-        engine.calls.append({"prompt_token_ids": prompt_token_ids, "adapter": adapter, "params": params})
+        engine.calls.append({"prompt_token_ids": prompt_token_ids, "adapter": adapter, "params": params,
+                             "request_id": request_id})
         for i, piece in enumerate(pieces):
             await asyncio.sleep(delay)
             last = i == len(pieces) - 1

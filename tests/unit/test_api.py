@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.helpers import metric_value
 from tests.unit.conftest import FLOW_CODE
 
 
@@ -155,17 +156,6 @@ def test_a_tenant_request_is_constrained_by_the_tenant_grammar(make_client):
     assert "erp__post_invoice" in fabrikam and "crm__" not in fabrikam
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text exposition (0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
-
-
 def test_metrics_count_requests_by_status_including_refusals(make_client):
     with make_client() as client:
         before = client.get("/metrics").text
@@ -176,7 +166,7 @@ def test_metrics_count_requests_by_status_including_refusals(make_client):
         after = client.get("/metrics").text
 
     def delta(name, **labels):
-        return _sample(after, name, **labels) - _sample(before, name, **labels)
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     assert delta("nl2dsl_requests_total", dsl="flow", adapter="base", status="200") == 1
     assert delta("nl2dsl_requests_total", dsl="unknown", status="404") == 1
@@ -184,6 +174,23 @@ def test_metrics_count_requests_by_status_including_refusals(make_client):
     assert delta("nl2dsl_requests_total", dsl="unknown", status="422") == 1
     assert delta("nl2dsl_request_duration_seconds_count", dsl="flow", adapter="base", status="ok") == 1
     assert delta("nl2dsl_time_per_output_token_seconds_count", dsl="flow", adapter="base") == 1
-    assert _sample(after, "nl2dsl_requests_in_flight") == 0 and _sample(after, "nl2dsl_requests_queued") == 0
-    assert _sample(after, "nl2dsl_grammar_compile_seconds_count", origin="shipped") >= 2  # flow and sql
+    assert metric_value(after, "nl2dsl_requests_in_flight") == 0 and metric_value(after, "nl2dsl_requests_queued") == 0
+    assert metric_value(after, "nl2dsl_grammar_compile_seconds_count", origin="shipped") >= 2  # flow and sql
     assert 'dsl="nope"' not in after  # raw input never becomes a label
+
+
+def test_every_route_declares_the_errors_it_can_return(make_client):
+    from service.api.auth import PUBLIC_PATHS
+
+    with make_client() as client:
+        spec = client.get("/openapi.json").json()
+    declared = {(method.upper(), path): set(op["responses"]) for path, ops in spec["paths"].items()
+                for method, op in ops.items()}
+    for (method, path), codes in declared.items():
+        if path not in PUBLIC_PATHS:
+            assert {"401", "413"} <= codes, (method, path, codes)
+    assert {"400", "401", "403", "404", "409", "413", "422", "429", "503", "504"} <= declared[("POST", "/generate")]
+    assert {"400", "403", "413", "422", "429"} <= declared[("POST", "/dsls")]
+    assert "400" in declared[("POST", "/validate")] and "503" in declared[("GET", "/readyz")]
+    error = spec["components"]["schemas"]["ErrorResponse"]
+    assert error["properties"]["error"]["$ref"].endswith("/ErrorBody")  # one shape for every error

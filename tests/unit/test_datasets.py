@@ -7,8 +7,8 @@ import json
 import pytest
 
 from service.config import Settings
-from service.grammars import GrammarRegistry
-from service.training.datasets import SIZES, build, split_path
+from service.grammars import GrammarRegistry, examples_path
+from service.training.datasets import SIZES, build
 from service.training.flow_data import FlowGenerator
 from service.training.sql_data import HELD_OUT_SHAPES, SqlGenerator
 
@@ -37,7 +37,7 @@ def test_generation_is_deterministic(small, tmp_path):
 @pytest.mark.parametrize("dsl, tenant", [("flow", None), ("sql", None), ("flow", "contoso"), ("flow", "fabrikam")])
 def test_every_generated_string_parses_and_no_test_pair_is_in_train(small, dsl, tenant):
     grammar = GRAMMARS.get(dsl, tenant=tenant)
-    train, test = (_rows(split_path(small, dsl, s, tenant=tenant)) for s in ("train", "test"))
+    train, test = (_rows(examples_path(small, dsl, s, tenant=tenant)) for s in ("train", "test"))
     for row in train + test:
         assert grammar.parse(row["code"]).valid, row
     assert not {r["text"] for r in test} & {r["text"] for r in train}
@@ -45,7 +45,7 @@ def test_every_generated_string_parses_and_no_test_pair_is_in_train(small, dsl, 
 
 
 def test_flow_test_split_holds_out_trigger_action_pairs(small):
-    train, test = (_rows(split_path(small, "flow", s)) for s in ("train", "test"))
+    train, test = (_rows(examples_path(small, "flow", s)) for s in ("train", "test"))
 
     def pairs(row):
         return {(row["ops"][0], a) for a in row["ops"][1:]}
@@ -55,7 +55,7 @@ def test_flow_test_split_holds_out_trigger_action_pairs(small):
 
 
 def test_sql_test_split_holds_out_query_shapes(small):
-    train, test = (_rows(split_path(small, "sql", s)) for s in ("train", "test"))
+    train, test = (_rows(examples_path(small, "sql", s)) for s in ("train", "test"))
     assert all(tuple(r["shape"]) not in HELD_OUT_SHAPES for r in train)
     assert all(tuple(r["shape"]) in HELD_OUT_SHAPES for r in test)
     assert len({r["context"] for r in train}) >= 5, "pairs carry several schemas"
@@ -63,22 +63,22 @@ def test_sql_test_split_holds_out_query_shapes(small):
 
 def test_tenant_rows_use_the_tenant_connector(small):
     for tenant, prefix in (("contoso", "crm."), ("fabrikam", "erp.")):
-        for row in _rows(split_path(small, "flow", "train", tenant=tenant)):
+        for row in _rows(examples_path(small, "flow", "train", tenant=tenant)):
             assert prefix in row["code"], row
 
 
 def test_phrasing_varies(small):
-    texts = [r["text"] for r in _rows(split_path(small, "flow", "train"))]
+    texts = [r["text"] for r in _rows(examples_path(small, "flow", "train"))]
     assert len(set(texts)) == len(texts)
     assert sum(t[0].isupper() for t in texts) not in (0, len(texts))
     assert any(t.lower().startswith(("please", "could you", "can you", "i want", "i'd like")) for t in texts)
-    assert any(r["code"].count("\nthen ") == 3 for r in _rows(split_path(small, "flow", "train")))  # 4 actions
+    assert any(r["code"].count("\nthen ") == 3 for r in _rows(examples_path(small, "flow", "train")))  # 4 actions
 
 
 def test_shipped_data_files_have_the_issue_sizes():
     assert SIZES["train"] >= 20_000
     for dsl in ("flow", "sql"):
-        with split_path(SETTINGS.data_dir, dsl, "train").open() as f:
+        with examples_path(SETTINGS.data_dir, dsl, "train").open() as f:
             assert sum(1 for _ in f) == SIZES["train"]
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.catalog import Catalog
 from service.config import Settings
 from service.errors import GrammarInvalid
-from service.grammars import GrammarRegistry, compile_grammar, to_engine_dialect, unbounded_constructs
+from service.grammars import Catalog, GrammarRegistry, compile_grammar, to_engine_dialect, unbounded_constructs
 
 REGISTRY = GrammarRegistry(Settings().grammars_dir).load()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from service.adapters import AdapterRegistry
 from service.config import Settings
 from service.model import base_fingerprint, resolve_model
+from service.security import Caller
 
+ADMIN = Caller("admin", admin=True)
 SHIPPED = {"flow-general": ("flow", ["*"]), "sql-general": ("sql", ["*"]), "contoso": ("flow", ["contoso"]),
            "fabrikam": ("flow", ["fabrikam"])}
 
@@ -24,7 +26,7 @@ def test_the_four_adapters_ship_for_the_embedded_base_and_each_tenant_gets_its_o
         assert (adapter.path / "adapter_model.safetensors").stat().st_size < 25 * 2**20
         training = adapter.manifest["training"]
         assert training["last_loss"] < training["first_loss"] and training["wall_time_s"] > 0
-    assert registry.resolve(dsl="flow", tenant="contoso").name == "contoso"
-    assert registry.resolve(dsl="flow", tenant="fabrikam").name == "fabrikam"
-    assert registry.resolve(dsl="flow", tenant="acme").name == "flow-general"
-    assert registry.resolve(dsl="sql", tenant="contoso").name == "sql-general"
+    assert registry.resolve(ADMIN, dsl="flow", tenant="contoso").name == "contoso"
+    assert registry.resolve(ADMIN, dsl="flow", tenant="fabrikam").name == "fabrikam"
+    assert registry.resolve(ADMIN, dsl="flow", tenant="acme").name == "flow-general"
+    assert registry.resolve(ADMIN, dsl="sql", tenant="contoso").name == "sql-general"

@@ -1,181 +1,228 @@
 """The request path of ``POST /generate``, one step per call, top to bottom.
 
-    prepare:  security (which tenant, may it use this DSL) -> grammars (which DSL) -> limits -> safety (request)
-              -> adapters (which LoRA; may the tenant use it) -> retrieval (examples, catalog hints)
-              -> prompts (chat template) -> token budget
-    run:      engine (stream deltas, until the deadline) -> grammars (parse the code) -> safety (output)
-              -> metrics + one log line; the admission ticket is released however it ends
+    start:  limits     field ranges (422), then admission: a queue slot and the tenant's share (429 costs nothing)
+            safety     the request text and its context
+            grammars   the caller's DSL (its key may be limited to some)
+            adapters   which LoRA, by the one access rule
+            retrieval  k similar examples of this DSL, the tenant's first          (worker thread)
+            prompts    chat template -> token ids, within the model's length       (worker thread)
+    run:    engine     stream deltas until the deadline; the engine request id is made here, unique
+            grammars   parse the code, bounded in time                            (thread or sandbox)
+            safety     the tenant's policy on the code
+            metrics    histograms, counters and one log line
 
-``prepare`` raises the request's errors before anything is streamed, so even a streaming request gets
-its 4xx as a normal JSON response.
+The caller comes resolved from its API key (:mod:`service.api.auth`). ``start`` raises the request's errors
+before anything is streamed, so even a streaming request gets its 4xx as a plain JSON response; it returns
+a :class:`Job` holding the admission ticket, which the router releases however the request ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from service import metrics
-from service.adapters import BASE, Adapter
-from service.api.deps import Services
+from service.adapters import BASE, Adapter, AdapterRegistry
 from service.api.generate.schemas import GenerateRequest, GenerateResponse, Timings, Usage
 from service.api.schemas import ParseErrorModel
-from service.engine import GenerationParams
-from service.errors import NL2DSLError, RequestInvalid
-from service.grammars import Grammar
-from service.limits import Ticket
-from service.prompts import build_prompt
-from service.retrieval import catalog_hints
-from service.security import DEVELOPER, Principal
+from service.config import Settings
+from service.engine import EngineSlot, GenerationParams
+from service.errors import NL2DSLError, ParseLimit, RateLimited, RequestInvalid
+from service.grammars import Grammar, GrammarRegistry, ParseError, ParseResult
+from service.limits import Admission, Ticket
+from service.prompts import prompt_token_ids
+from service.retrieval import Retriever, catalog_hints
+from service.safety import SafetyChecker
+from service.security import Caller
 
-__all__ = ["Prepared", "prepare", "run"]
+__all__ = ["GenerateServing", "Job", "last_event"]
 
 log = logging.getLogger("nl2dsl.requests")
 
+# A client's X-Request-Id is echoed and logged, never used: kept only if it is short and printable.
+_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
 
 @dataclass(frozen=True)
-class Prepared:
-    """A request checked and turned into what the engine needs."""
+class Job:
+    """A request admitted, checked and turned into what the engine needs."""
 
     request: GenerateRequest
+    #: Made by the server, unique: the engine's request id (vLLM aborts every request sharing an id).
     request_id: str
+    client_request_id: str | None
     tenant: str | None
     grammar: Grammar
     adapter: Adapter | None
     prompt_token_ids: list[int]
     params: GenerationParams
     timeout_s: float
+    ticket: Ticket
 
     @property
     def adapter_name(self) -> str:
         return self.adapter.name if self.adapter else BASE
 
-
-def prepare(services: Services, req: GenerateRequest, *, request_id: str, principal: Principal = DEVELOPER) -> Prepared:
-    """Check the request against the caller's rights, the registries and limits, and build its prompt.
-
-    Raises the request's 4xx.
-    """
-    settings = services.settings
-    tenant = principal.tenant_for(req.tenant)
-    principal.check_dsl(req.dsl)
-    grammar = services.grammars.get(req.dsl, tenant=tenant)
-    _check_limits(req, services)
-    services.safety.check_request(req.text)
-    adapter = services.adapters.resolve(dsl=grammar.name, tenant=tenant, adapter=req.adapter)
-    principal.check_adapter(adapter)
-    # The prompt shape an adapter was trained on wins over the service default, unless the request says.
-    k = req.examples
-    if k is None:
-        trained = adapter.prompt_examples if adapter else None
-        k = settings.default_examples if trained is None else trained
-    examples = services.retriever.select(grammar.name, req.text, k=k, tenant=tenant)
-    use_hints = adapter.prompt_catalog_hints if adapter else settings.catalog_hints
-    hints = catalog_hints(grammar.catalog, req.text) if use_hints and grammar.catalog else ()
-    prompt = build_prompt(services.tokenizer, grammar, req.text, context=req.context, examples=examples, hints=hints)
-    ids = services.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    max_tokens = req.max_tokens or settings.default_max_tokens
-    if len(ids) + max_tokens > settings.max_model_len:
-        raise RequestInvalid(
-            f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
-            f"{settings.max_model_len} tokens; shorten text, context or examples",
-            detail={"prompt_tokens": len(ids), "max_tokens": max_tokens, "max_model_len": settings.max_model_len},
-        )
-    params = GenerationParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        seed=req.seed,
-        grammar=grammar.engine_text if req.constrained else None,
-    )
-    timeout = req.timeout_s or settings.request_timeout_s
-    return Prepared(req, request_id, tenant, grammar, adapter, ids, params, timeout)
+    def release(self) -> None:
+        """Give the admission slot back (idempotent)."""
+        self.ticket.release()
 
 
-async def run(services: Services, prepared: Prepared, ticket: Ticket) -> AsyncIterator[str | GenerateResponse]:
-    """Yield text deltas as they come, then the final :class:`GenerateResponse`; release ``ticket`` at the end."""
-    dsl, adapter = prepared.grammar.name, prepared.adapter_name
-    started = time.perf_counter()
-    deadline = time.monotonic() + prepared.timeout_s
-    ttft: float | None = None
-    parts: list[str] = []
-    last = None
-    status = "error"
-    metrics.IN_FLIGHT.inc()
-    metrics.QUEUED.inc()
-    try:
-        engine = services.ready_engine()
-        async for delta in engine.generate(
-            prepared.prompt_token_ids,
-            request_id=prepared.request_id,
-            adapter=prepared.adapter.ref if prepared.adapter else None,
-            params=prepared.params,
-            deadline=deadline,
-        ):
-            if ttft is None and delta.completion_tokens:
-                ttft = time.perf_counter() - started
-                metrics.QUEUED.dec()
-            if delta.text:
-                parts.append(delta.text)
-                yield delta.text
-            last = delta
-        code = "".join(parts)
-        parsed = prepared.grammar.parse(code)
-        if parsed.valid:
-            status = "blocked"
-            services.safety.check_output(parsed.tree, dsl=dsl, tenant=prepared.tenant)
-        finish_reason = last.finish_reason if last else "abort"
-        response = GenerateResponse(
-            request_id=prepared.request_id,
-            code=code,
-            valid=parsed.valid,
-            dsl=dsl,
-            adapter=adapter,
-            finish_reason=finish_reason,
-            error=ParseErrorModel(**vars(parsed.error)) if parsed.error else None,
-            usage=Usage(
-                prompt_tokens=len(prepared.prompt_token_ids),
-                completion_tokens=last.completion_tokens if last else 0,
-            ),
-            timings=Timings(queue=last.queue_s if last else None, ttft=ttft, total=time.perf_counter() - started),
-        )
-        status = "ok" if parsed.valid else "invalid"
-        _observe(response, dsl_label=prepared.grammar.metric_label)
-        yield response
-    except NL2DSLError as exc:
-        status = "blocked" if status == "blocked" else exc.type
-        raise
-    except BaseException:
-        status = "aborted"
-        raise
-    finally:
-        ticket.release()
-        metrics.IN_FLIGHT.dec()
-        if ttft is None:
-            metrics.QUEUED.dec()
-        total = time.perf_counter() - started
-        metrics.REQUEST_DURATION.labels(prepared.grammar.metric_label, adapter, status).observe(total)
-        log.info(
-            json.dumps(
-                {
-                    "request_id": prepared.request_id,
-                    "tenant": prepared.tenant,
-                    "dsl": dsl,
-                    "adapter": adapter,
-                    "status": status,
-                    "prompt_tokens": len(prepared.prompt_token_ids),
-                    "completion_tokens": last.completion_tokens if last else 0,
-                    "ttft_s": round(ttft, 4) if ttft is not None else None,
-                    "total_s": round(total, 4),
-                }
+class GenerateServing:
+    """Everything ``POST /generate`` needs, built once at start-up."""
+
+    def __init__(self, *, settings: Settings, grammars: GrammarRegistry, adapters: AdapterRegistry,
+                 retriever: Retriever, tokenizer: Any, safety: SafetyChecker, admission: Admission,
+                 engine: EngineSlot) -> None:
+        self.settings = settings
+        self.grammars = grammars
+        self.adapters = adapters
+        self.retriever = retriever
+        self.tokenizer = tokenizer
+        self.safety = safety
+        self.admission = admission
+        self.engine = engine
+
+    async def start(self, caller: Caller, req: GenerateRequest, *, client_request_id: str | None = None) -> Job:
+        """Admit the request and prepare it; raises its 4xx."""
+        tenant = caller.tenant_for(req.tenant)
+        _check_ranges(req, self.settings)
+        ticket = self.admission.admit(tenant)
+        try:
+            return await self._prepare(caller, tenant, req, ticket, client_request_id)
+        except BaseException:
+            ticket.release()
+            raise
+
+    async def _prepare(self, caller: Caller, tenant: str | None, req: GenerateRequest, ticket: Ticket,
+                       client_request_id: str | None) -> Job:
+        settings = self.settings
+        self.safety.check_request(req.text, req.context)
+        caller.check_dsl(req.dsl)
+        grammar = self.grammars.get(req.dsl, tenant=tenant)
+        adapter = self.adapters.resolve(caller, dsl=grammar.name, tenant=tenant, name=req.adapter)
+        # The prompt shape an adapter was trained on wins over the service default, unless the request says.
+        k = req.examples
+        if k is None:
+            trained = adapter.prompt_examples if adapter else None
+            k = settings.default_examples if trained is None else trained
+        examples = await asyncio.to_thread(self.retriever.select, grammar.name, req.text, k=k, tenant=tenant)
+        use_hints = adapter.prompt_catalog_hints if adapter else settings.catalog_hints
+        hints = catalog_hints(grammar.catalog, req.text) if use_hints and grammar.catalog else ()
+        ids = await asyncio.to_thread(prompt_token_ids, self.tokenizer, grammar, req.text, context=req.context,
+                                      examples=examples, hints=hints)
+        max_tokens = req.max_tokens or settings.default_max_tokens
+        if len(ids) + max_tokens > settings.max_model_len:
+            raise RequestInvalid(
+                f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+                f"{settings.max_model_len} tokens; shorten text, context or examples",
+                detail={"prompt_tokens": len(ids), "max_tokens": max_tokens, "max_model_len": settings.max_model_len},
             )
-        )
+        params = GenerationParams(max_tokens=max_tokens, temperature=req.temperature, seed=req.seed,
+                                  grammar=grammar.engine_text if req.constrained else None)
+        client_id = client_request_id if client_request_id and _CLIENT_ID.match(client_request_id) else None
+        return Job(req, uuid.uuid4().hex, client_id, tenant, grammar, adapter, ids, params,
+                   req.timeout_s or settings.request_timeout_s, ticket)
+
+    async def run(self, job: Job) -> AsyncIterator[str | GenerateResponse]:
+        """Yield text deltas as they come, then the final :class:`GenerateResponse`.
+
+        Closing the iterator early aborts the engine request. The admission ticket is the caller's to release.
+        """
+        dsl, adapter = job.grammar.name, job.adapter_name
+        started = time.perf_counter()
+        ttft: float | None = None
+        parts: list[str] = []
+        last = None
+        status = "error"
+        metrics.IN_FLIGHT.inc()
+        metrics.QUEUED.inc()
+        try:
+            async for delta in self.engine.ready().generate(
+                job.prompt_token_ids,
+                request_id=job.request_id,
+                adapter=job.adapter.ref if job.adapter else None,
+                params=job.params,
+                deadline=time.monotonic() + job.timeout_s,
+            ):
+                if ttft is None and delta.completion_tokens:
+                    ttft = time.perf_counter() - started
+                    metrics.QUEUED.dec()
+                if delta.text:
+                    parts.append(delta.text)
+                    yield delta.text
+                last = delta
+            code = "".join(parts)
+            parsed = await self._parse(job, code)
+            status = "blocked"
+            self.safety.check_output(code, parsed.tree, tenant=job.tenant)
+            response = GenerateResponse(
+                request_id=job.request_id,
+                code=code,
+                valid=parsed.valid,
+                dsl=dsl,
+                adapter=adapter,
+                finish_reason=last.finish_reason if last else "abort",
+                error=ParseErrorModel(**vars(parsed.error)) if parsed.error else None,
+                usage=Usage(prompt_tokens=len(job.prompt_token_ids),
+                            completion_tokens=last.completion_tokens if last else 0),
+                timings=Timings(queue=last.queue_s if last else None, ttft=ttft, total=time.perf_counter() - started),
+            )
+            status = "ok" if parsed.valid else "invalid"
+            _observe(response, dsl_label=job.grammar.metric_label)
+            yield response
+        except NL2DSLError as exc:
+            status = "blocked" if status == "blocked" else exc.type
+            raise
+        except BaseException:
+            status = "aborted"
+            raise
+        finally:
+            metrics.IN_FLIGHT.dec()
+            if ttft is None:
+                metrics.QUEUED.dec()
+            total = time.perf_counter() - started
+            metrics.REQUEST_DURATION.labels(job.grammar.metric_label, adapter, status).observe(total)
+            log.info(json.dumps({
+                "request_id": job.request_id,
+                "client_request_id": job.client_request_id,
+                "tenant": job.tenant,
+                "dsl": dsl,
+                "adapter": adapter,
+                "status": status,
+                "prompt_tokens": len(job.prompt_token_ids),
+                "completion_tokens": last.completion_tokens if last else 0,
+                "ttft_s": round(ttft, 4) if ttft is not None else None,
+                "total_s": round(total, 4),
+            }))
+
+    async def _parse(self, job: Job, code: str) -> ParseResult:
+        """The parse of the generated code; one that cannot finish within its bounds is invalid, saying why."""
+        try:
+            return await self.grammars.parse(job.grammar, code, owner=job.tenant)
+        except (ParseLimit, RateLimited) as exc:
+            return ParseResult(valid=False, error=ParseError(f"not checked: {exc.message}"))
 
 
-def _check_limits(req: GenerateRequest, services: Services) -> None:
-    settings = services.settings
+async def last_event(events: AsyncIterator[str | GenerateResponse]) -> GenerateResponse:
+    """Run ``events`` to the end (closing it however that goes) and return the final response."""
+    result = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            result = event
+    assert isinstance(result, GenerateResponse)
+    return result
+
+
+def _check_ranges(req: GenerateRequest, settings: Settings) -> None:
     problems = []
     if not req.text.strip():
         problems.append(("text", "text is empty"))

@@ -1,0 +1,159 @@
+"""The DSLs the service knows: shipped grammars, tenants' variants of them, and tenants' uploads.
+
+A shipped DSL is ``grammars/<name>.lark`` plus ``grammars/<name>.yaml`` (description, start rule, examples file
+and, for catalog DSLs such as ``flow``, the catalog compiled into the grammar). A tenant with private
+connectors (``grammars/tenants/<tenant>.yaml``) gets its own variant. Uploads (``POST /dsls``) belong to their
+owner (a tenant, or None for an admin's shared upload) and are looked up by owner: another tenant's upload
+is as unknown as one that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.errors import UnknownDSL
+from service.grammars.catalog import Catalog
+from service.grammars.compile import compile_grammar
+from service.grammars.examples import Example, load_examples
+from service.grammars.grammar import Grammar, ParseResult
+from service.grammars.sandbox import GrammarSandbox
+from service.grammars.tenants import TenantConfig, TenantConfigs
+from service.policy import Policy
+
+__all__ = ["GrammarRegistry", "load_grammar_file"]
+
+
+class GrammarRegistry:
+    """Shipped DSLs and tenant variants (``load``, at start-up) and uploads, looked up per request.
+
+    With ``narrow_to_policies`` (the service, when safety is on) every grammar's decoding is narrowed to its
+    tenant's policy (the shared ones to the default policy), so constrained output cannot break it.
+    ``sandbox`` compiles and parses uploads (the service; tools that only read shipped grammars need none).
+    """
+
+    def __init__(self, directory: Path, *, tenants: TenantConfigs | None = None, narrow_to_policies: bool = False,
+                 sandbox: GrammarSandbox | None = None) -> None:
+        self.directory = Path(directory)
+        self.tenants = tenants if tenants is not None else TenantConfigs.load(self.directory)
+        self.narrow_to_policies = narrow_to_policies
+        self.sandbox = sandbox
+        self._grammars: dict[str, Grammar] = {}
+        self._variants: dict[tuple[str, str], Grammar] = {}
+        self._uploads: dict[tuple[str | None, str], Grammar] = {}
+
+    def load(self) -> GrammarRegistry:
+        """Compile every ``*.lark`` in the directory, then each tenant's variant; the first failure stops it."""
+        for path in sorted(self.directory.glob("*.lark")):
+            grammar = load_grammar_file(path, policy=self._policy(None))
+            self._grammars[grammar.name] = grammar
+        for name, base in self._grammars.items():
+            for config in self.tenants.with_catalogs(name):
+                self._variants[(config.tenant, name)] = _variant(base, config, policy=self._policy(config.tenant))
+        return self
+
+    def _policy(self, tenant: str | None) -> Policy | None:
+        return self.tenants.policy(tenant) if self.narrow_to_policies else None
+
+    def get(self, name: str, *, tenant: str | None = None) -> Grammar:
+        """The DSL as ``tenant`` sees it: its own upload, a shared upload, its variant, or the shipped one."""
+        for owner in (tenant, None) if tenant is not None else (None,):
+            if (owner, name) in self._uploads:
+                return self._uploads[(owner, name)]
+        if tenant is not None and (tenant, name) in self._variants:
+            return self._variants[(tenant, name)]
+        try:
+            return self._grammars[name]
+        except KeyError:
+            raise UnknownDSL(f"unknown dsl {name!r}", detail={"available": self.names()}) from None
+
+    async def parse(self, grammar: Grammar, code: str, *, owner: str | None) -> ParseResult:
+        """Parse ``code`` beside the event loop: ours in a thread (bounded by construction), an upload in the
+        sandbox (bounded in time and memory; ParseLimit past either)."""
+        if grammar.parser is not None:
+            return await asyncio.to_thread(grammar.parse, code)
+        if self.sandbox is None:
+            raise RuntimeError("uploaded grammars need the sandbox")
+        return await self.sandbox.parse(grammar.text, code, start=grammar.start, source=f"<{grammar.name}>",
+                                        owner=owner)
+
+    def names(self) -> list[str]:
+        """The shipped DSLs."""
+        return sorted(self._grammars)
+
+    def variant_tenants(self, name: str) -> list[str]:
+        """Tenants with a private variant of DSL ``name`` (for admins: which ``?tenant=`` to ask for)."""
+        return sorted(t for t, dsl in self._variants if dsl == name)
+
+    def uploads(self, owner: str | None) -> list[Grammar]:
+        """Grammars uploaded by ``owner`` (a tenant; None: the shared ones), by name."""
+        return [g for (o, name), g in sorted(self._uploads.items(), key=lambda kv: kv[0][1]) if o == owner]
+
+    def add_upload(self, grammar: Grammar, *, owner: str | None) -> None:
+        self._uploads[(owner, grammar.name)] = grammar
+
+    def remove_upload(self, name: str, *, owner: str | None) -> None:
+        if self._uploads.pop((owner, name), None) is None:
+            raise UnknownDSL(f"no uploaded dsl {name!r} of yours", detail={"name": name})
+
+    def __iter__(self) -> Iterator[Grammar]:
+        return iter(self._grammars[name] for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self._grammars)
+
+
+def load_grammar_file(path: Path, *, policy: Policy | None = None) -> Grammar:
+    """Load ``<dsl>.lark`` with its ``<dsl>.yaml`` (optional) and compile it, decoding narrowed to ``policy``."""
+    meta: dict[str, Any] = {}
+    meta_path = path.with_suffix(".yaml")
+    if meta_path.exists():
+        meta = yaml.safe_load(meta_path.read_text()) or {}
+    catalog = Catalog.from_dict(meta["catalog"], source=meta_path.name) if meta.get("catalog") else None
+    structure = path.read_text()
+    examples: tuple[Example, ...] = ()
+    if meta.get("examples"):
+        examples = tuple(load_examples(path.parent / meta["examples"]))
+    return compile_grammar(
+        meta.get("name", path.stem),
+        _with_catalog(structure, catalog),
+        source=path.name,
+        start=meta.get("start", "start"),
+        description=meta.get("description", ""),
+        examples=examples,
+        catalog=catalog,
+        structure=structure,
+        decoding_text=_with_catalog(structure, catalog, policy) if policy else None,
+    )
+
+
+def _variant(base: Grammar, config: TenantConfig, *, policy: Policy | None) -> Grammar:
+    """``base`` with a tenant's private connectors added to its catalog, decoding narrowed to ``policy``."""
+    types = base.catalog.types if base.catalog else {}
+    extra = Catalog.from_dict({"types": types, **config.catalog}, source=config.source)
+    catalog = base.catalog.merged(extra) if base.catalog else extra
+    return compile_grammar(
+        base.name,
+        _with_catalog(base.structure, catalog),
+        decoding_text=_with_catalog(base.structure, catalog, policy) if policy else None,
+        source=config.source,
+        start=base.start,
+        description=base.description,
+        examples=base.examples,
+        catalog=catalog,
+        tenant=config.tenant,
+        structure=base.structure,
+    )
+
+
+def _with_catalog(structure: str, catalog: Catalog | None, policy: Policy | None = None) -> str:
+    """The grammar text: the structure, the catalog's rules (less denied operations), narrowed to ``policy``."""
+    if catalog is not None:
+        if policy is not None:
+            catalog = catalog.without(policy.denied_operations)
+        structure = structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()
+    return policy.narrow(structure) if policy is not None else structure

@@ -1,0 +1,93 @@
+"""The grammar worker: a child process that compiles tenants' grammars and parses code with them.
+
+Started by :class:`service.grammars.sandbox.GrammarSandbox`, one pipe each way::
+
+    -> ("ready",)                                once imported and limited, before any job
+    <- (key, source, text, start, codes)         a job: the grammar (cached by key) and the codes to parse
+    -> ("compiled", problem | None, report)      the grammar compiled (report: engine text, warnings, seconds)
+    -> ("parsed", ParseResult)                   once per code, in order
+    -> ("failed", "memory")                      out of memory: the worker says so and exits
+
+Its address space is capped at what it uses at rest plus ``memory_mb`` (RLIMIT_AS), so a grammar that
+wants more fails here with MemoryError instead of inviting the kernel's OOM killer to pick the server or
+the engine (the sandbox kills a worker at half that, by its resident memory; this is the backstop).
+It runs in an empty working directory: lark reads ``%import`` files relative to it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import tempfile
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+
+import lark
+
+from service.errors import GrammarInvalid
+from service.grammars.compile import check_grammar
+from service.grammars.grammar import ParseError, ParseResult, parse_with
+
+__all__ = ["main"]
+
+#: Compiled parsers a worker keeps (by grammar digest), least recently used out first.
+_CACHED = 64
+
+
+def main(conn: Connection, memory_mb: int) -> None:
+    """The worker's loop: one job at a time until the pipe closes."""
+    _limit_memory(memory_mb)
+    os.chdir(tempfile.mkdtemp(prefix="nl2dsl-grammar-"))
+    parsers: OrderedDict[str, tuple[lark.Lark, dict]] = OrderedDict()
+    conn.send(("ready",))
+    while True:
+        try:
+            key, source, text, start, codes = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            _run(conn, parsers, key, source, text, start, codes)
+            continue
+        except MemoryError:
+            pass
+        # Outside the handler, the exception's frames (and what they held) are gone: room to say so.
+        parsers.clear()
+        gc.collect()
+        conn.send(("failed", "memory"))
+        return
+
+
+def _run(conn: Connection, parsers: OrderedDict[str, tuple[lark.Lark, dict]], key: str, source: str, text: str,
+         start: str, codes: list[str]) -> None:
+    if key not in parsers:
+        try:
+            checked = check_grammar(text, start=start, source=source)
+        except GrammarInvalid as exc:
+            conn.send(("compiled", {"message": exc.message, "detail": exc.detail}, None))
+            return
+        report = {"engine_text": checked.engine_text, "warnings": checked.warnings, "seconds": checked.seconds}
+        parsers[key] = (checked.parser, report)
+        while len(parsers) > _CACHED:
+            parsers.popitem(last=False)
+    parsers.move_to_end(key)
+    parser, report = parsers[key]
+    conn.send(("compiled", None, report))
+    for code in codes:
+        try:
+            result = parse_with(parser, code)
+        except RecursionError:
+            result = ParseResult(valid=False, error=ParseError("the code nests too deeply to parse"))
+        conn.send(("parsed", result))
+
+
+def _limit_memory(memory_mb: int) -> None:
+    """Cap the address space at what the worker uses now plus ``memory_mb`` (Linux; elsewhere no cap)."""
+    try:
+        with open("/proc/self/statm") as f:
+            in_use = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = in_use + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
