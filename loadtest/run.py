@@ -2,7 +2,9 @@
 
 Without ``--url`` it starts the embedded service (``max_loras`` 2, so the adapter-churn users force swaps)
 and stops it afterwards. Writes Locust's HTML report and CSVs plus ``summary.md`` (users, requests/s,
-p50/p95 per request name, failures, the gate's verdict) to ``--out`` and exits non-zero on a breach.
+p50/p95 per request name, failures, the gate's verdict) to ``--out`` and exits 1 on a breach.
+``--from-run DIR`` judges a finished run (its ``locust_stats.csv``) against ``--thresholds`` again, e.g. the
+production gate, without running Locust.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", type=Path, default=HERE / "thresholds.yaml")
     parser.add_argument("--api-key", default=None, help="API key for --url (an admin's: the users act as tenants)")
     parser.add_argument("--out", type=Path, default=None, help="default: reports/loadtest-<profile>-<time>/")
+    parser.add_argument("--from-run", type=Path, default=None,
+                        help="a finished run's folder: write its summary against --thresholds, run nothing")
     args = parser.parse_args(argv)
+    if args.from_run:
+        return _judge(args.profile, profiles[args.profile], "(a finished run)", args.from_run, args.thresholds, 0)
     out = args.out or ROOT / "reports" / f"loadtest-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     profile = profiles[args.profile]
@@ -41,12 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load profile {args.profile!r} against {url}; report in {out}", flush=True)
         env = {**os.environ, **({"NL2DSL_LOADTEST_API_KEY": args.api_key} if args.api_key else {})}
         code = subprocess.call(_locust_command(profile, url, args.thresholds, out), cwd=ROOT, env=env)
+    return _judge(args.profile, profile, url, out, args.thresholds, code)
+
+
+def _judge(name: str, profile: dict, url: str, out: Path, thresholds: Path, locust_code: int) -> int:
+    """Gate the run's statistics, write ``summary.md``; 1 on a breach (or when Locust itself failed)."""
     rows = rows_from_csv(out / "locust_stats.csv")
-    breaches = check(rows, load_thresholds(args.thresholds))
-    summary = _summary(args.profile, profile, url, rows, breaches, args.thresholds)
+    breaches = check(rows, load_thresholds(thresholds))
+    summary = _summary(name, profile, url, rows, breaches, thresholds)
     (out / "summary.md").write_text(summary)
     print(summary)
-    return 1 if breaches or code != 0 else 0
+    return 1 if breaches or locust_code != 0 else 0
 
 
 @contextlib.contextmanager
