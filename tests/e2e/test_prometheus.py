@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.local_server import free_port
 
@@ -58,15 +59,38 @@ def _wait(condition, what: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """PromQL's histogram_quantile over cumulative ``(le, count)`` buckets, computed here."""
+    buckets = sorted(buckets)
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):  # PromQL answers the highest finite bound
+                return lower
+            return lower + (le - lower) * (rank - below) / (count - below)
+        lower, below = le, count
+    raise AssertionError("no bucket holds the rank")
+
+
 def test_p95_of_generate_latency_comes_back_from_prometheus(prometheus, client):
     for text in ("email ops@example.com every monday", "when a form is submitted, post to #sales"):
         r = client.post("/generate", json={"dsl": "flow", "text": text, "max_tokens": 48})
         assert r.status_code == 200
-    time.sleep(3 * SCRAPE_S)
-    promql = "histogram_quantile(0.95, sum by (le) (rate(nl2dsl_request_duration_seconds_bucket[1m])))"
+    time.sleep(3 * SCRAPE_S)  # scraped after the requests; nothing else runs until the comparison
+    exposition = client.get("/metrics").text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "nl2dsl_request_duration_seconds_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    expected = _quantile(0.95, list(buckets.items()))
+    promql = "histogram_quantile(0.95, sum by (le) (nl2dsl_request_duration_seconds_bucket))"
     _wait(lambda: [v for v in _query(prometheus, promql) if not math.isnan(v)], "the p95 is a number", 30)
-    p95 = _query(prometheus, promql)[0]
-    assert 0 < p95 <= 60
+    # Prometheus holds exactly what the service exposes: the same histogram, so the same p95.
+    assert _query(prometheus, promql)[0] == pytest.approx(expected, rel=1e-9)
+    assert _query(prometheus, "sum(nl2dsl_request_duration_seconds_count)") == [buckets[math.inf]]
     requests = _query(prometheus, 'sum(nl2dsl_requests_total{status="200"})')
     assert requests and requests[0] >= 2
 
