@@ -70,6 +70,18 @@ def _wait_ready(spawned: Spawned, observed: list | None = None, timeout: float =
         time.sleep(0.5)
 
 
+def _wait_in_flight(spawned: Spawned, count: int, timeout: float = 60) -> None:
+    """Poll /metrics until ``nl2dsl_requests_in_flight`` reaches ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(f"{spawned.url}/metrics", timeout=5).text
+        line = next(line for line in text.splitlines() if line.startswith("nl2dsl_requests_in_flight "))
+        if float(line.split()[1]) >= count:
+            return
+        assert time.monotonic() < deadline, f"never {count} requests in flight: {line}"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     """A server allowing one request per tenant and a short drain, with the probes it answered while loading.
@@ -95,7 +107,7 @@ def test_a_tenant_over_its_concurrency_gets_429_with_retry_after(limited):
     with httpx.Client(base_url=spawned.url, timeout=300) as client:
         first = threading.Thread(target=lambda: client.post("/generate", json={**BODY, "tenant": "t1"}))
         first.start()
-        time.sleep(1.0)  # t1's request is being served
+        _wait_in_flight(spawned, 1)  # t1's request is being served
         refused = client.post("/generate", json={**BODY, "tenant": "t1"})
         other = client.post("/generate", json={**BODY, "tenant": "t2", "max_tokens": 8})
         first.join(timeout=300)
@@ -119,7 +131,7 @@ def test_sigterm_stops_accepting_and_drains_within_the_drain_timeout(limited):
                threading.Thread(target=send, args=("long", {**LONG, "tenant": "b"}))]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)  # both are in the engine
+    _wait_in_flight(spawned, 2)  # both are being served (a fixed sleep was once too short on a busy CI machine)
     spawned.process.send_signal(signal.SIGTERM)
     time.sleep(1.0)
     with pytest.raises(httpx.TransportError):  # no new connections once draining
