@@ -54,6 +54,14 @@ class Adapter:
     manifest: dict[str, Any] = field(default_factory=dict)
     #: Why this adapter cannot be served; None when it can.
     error: str | None = None
+    #: Published at run time by this tenant (its own namespace: another tenant's adapter of the same name is
+    #: another adapter); None: shipped in the adapters folder, or published by an admin.
+    owner: str | None = None
+    version: int | None = None
+
+    @property
+    def key(self) -> tuple[str | None, str]:
+        return self.owner, self.name
 
     @property
     def shared(self) -> bool:
@@ -72,7 +80,8 @@ class Adapter:
 
     @property
     def ref(self) -> AdapterRef:
-        return AdapterRef(name=self.name, lora_id=self.lora_id, path=str(self.path))
+        label = self.name if self.owner is None else f"{self.owner}/{self.name}"
+        return AdapterRef(name=label, lora_id=self.lora_id, path=str(self.path))
 
     def usable_by(self, caller: Caller, *, tenant: str | None = None) -> bool:
         """The one access rule: shared adapters serve everyone, a tenant's its own tenants, admins everything.
@@ -84,33 +93,46 @@ class Adapter:
 
 
 class AdapterRegistry:
-    """All known adapters by name; ``resolve`` picks the one a request gets, ``usable`` lists a caller's."""
+    """The shipped adapters (a folder) and those published at run time; ``resolve`` picks the one a request
+    gets, ``usable`` lists a caller's."""
 
     def __init__(self, directory: Path | None, *, base_fingerprint: str, max_rank: int) -> None:
         self.directory = Path(directory) if directory else None
         self.base_fingerprint = base_fingerprint
         self.max_rank = max_rank
-        self._adapters: dict[str, Adapter] = {}
+        self._shipped: dict[tuple[str | None, str], Adapter] = {}
+        self._published: dict[tuple[str | None, str], Adapter] = {}
 
     def load(self) -> AdapterRegistry:
         """Register every adapter folder under the directory (a bad one is kept with its error)."""
-        self._adapters = self._scan()
+        self._shipped = self._scan()
         return self
 
     async def reload(self) -> None:
-        """Rescan the directory (hashing the weights beside the event loop) and swap in what it holds."""
-        self._adapters = await asyncio.to_thread(self._scan)
+        """Rescan the folder (hashing the weights beside the event loop); published adapters stay."""
+        self._shipped = await asyncio.to_thread(self._scan)
 
-    def _scan(self) -> dict[str, Adapter]:
-        found: dict[str, Adapter] = {}
+    def _scan(self) -> dict[tuple[str | None, str], Adapter]:
+        found: dict[tuple[str | None, str], Adapter] = {}
         if self.directory and self.directory.is_dir():
             for folder in sorted(p for p in self.directory.iterdir() if p.is_dir()):
                 adapter = read_adapter(folder, base_fingerprint=self.base_fingerprint, max_rank=self.max_rank)
-                found[adapter.name] = adapter
+                found[adapter.key] = adapter
         return found
 
+    def publish(self, adapter: Adapter) -> None:
+        """Serve a published adapter (a later version replaces the earlier)."""
+        self._published[adapter.key] = adapter
+
+    def withdraw(self, owner: str | None, name: str) -> None:
+        self._published.pop((owner, name), None)
+
+    def shipped_names(self) -> set[str]:
+        return {name for _, name in self._shipped}
+
     def all(self) -> list[Adapter]:
-        return [self._adapters[name] for name in sorted(self._adapters)]
+        adapters = {**self._shipped, **self._published}
+        return [adapters[key] for key in sorted(adapters, key=lambda k: (k[1], k[0] or ""))]
 
     def usable(self, caller: Caller) -> list[Adapter]:
         """The adapters ``caller`` may use (also those that cannot be served, with the reason)."""
@@ -127,8 +149,10 @@ class AdapterRegistry:
         if name == BASE:
             return None
         if name is not None:
-            found = self._adapters.get(name)
-            if found is None or not found.usable_by(caller, tenant=tenant):
+            acting = tenant if tenant is not None else caller.tenant
+            found = next((a for key in ((acting, name), (None, name)) if (a := self._get(key)) is not None
+                          and a.usable_by(caller, tenant=tenant)), None)
+            if found is None:
                 raise UnknownAdapter(f"unknown adapter {name!r}; GET /adapters lists yours", detail={"adapter": name})
             if found.dsl and found.dsl != dsl:
                 raise BadRequest(
@@ -149,6 +173,9 @@ class AdapterRegistry:
             # A broken shared adapter must not take every tenant down: the next candidate serves.
         return None
 
+    def _get(self, key: tuple[str | None, str]) -> Adapter | None:
+        return self._published.get(key) or self._shipped.get(key)
+
 
 def _servable(adapter: Adapter) -> Adapter:
     if adapter.error:
@@ -157,7 +184,8 @@ def _servable(adapter: Adapter) -> Adapter:
     return adapter
 
 
-def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapter:
+def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int, owner: str | None = None,
+                 version: int | None = None) -> Adapter:
     """Read one adapter folder; problems become ``Adapter.error`` rather than exceptions."""
     manifest: dict[str, Any] = {}
     errors: list[str] = []
@@ -194,13 +222,15 @@ def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int) -> Adapt
     return Adapter(
         name=name,
         path=folder.resolve(),
-        lora_id=_lora_id(name, weights),
+        lora_id=_lora_id(f"{owner}/{name}" if owner is not None else name, weights),
         dsl=manifest.get("dsl"),
         tenants=tuple(str(t) for t in tenants),
         rank=int(rank) if rank is not None else None,
         base_model=dict(base),
         manifest=manifest,
         error="; ".join(errors) or None,
+        owner=owner,
+        version=version,
     )
 
 

@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.adapter_uploads import AdapterPublisher
 from service.adapters import AdapterRegistry
 from service.api import adapters, dsls, health, playground, validate
 from service.api.auth import AuthMiddleware
@@ -35,12 +36,15 @@ from service.config import Settings
 from service.engine import Engine, EngineSlot, GenerationParams, open_engine
 from service.errors import NL2DSLError
 from service.grammars import GrammarRegistry, GrammarSandbox, TenantConfigs
+from service.grammars.uploads import DSLPublisher
 from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
 from service.prompts import prompt_token_ids
 from service.retrieval import Retriever
 from service.safety import SafetyChecker
 from service.security import Caller, KeyStore
+from service.store import Versions, open_store
+from service.sync import StoreFollower
 
 __all__ = ["build_serving", "create_app"]
 
@@ -58,12 +62,19 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
             app.state.engine_slot = serving.engine
             stack.push_async_callback(serving.grammars.sandbox.close)
+            versions = Versions(open_store(settings.store or str(settings.cache_dir / "store"),
+                                           endpoint_url=settings.s3_endpoint_url))
+            app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings)
+            app.state.adapter_publisher = AdapterPublisher(serving.adapters, versions, settings, serving.engine)
+            follower = StoreFollower(versions, [app.state.dsl_publisher, app.state.adapter_publisher],
+                                     poll_s=settings.store_poll_s)
+            stack.push_async_callback(_cancel, asyncio.create_task(follower.follow()))
             if settings.metrics_port is not None:
                 stack.callback(_serve_metrics(settings.host, settings.metrics_port))
             if engine is not None:
                 serving.engine.engine = engine
             else:
-                loading = asyncio.create_task(_start_engine(serving, settings, stack))
+                loading = asyncio.create_task(_start_engine(serving, settings, stack, follower))
                 stack.push_async_callback(_cancel, loading)
             yield
 
@@ -82,7 +93,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         log.warning("no API keys configured (NL2DSL_API_KEYS_FILE): every API call will be refused with 401")
     # Added innermost first: the last one added sees the request first.
     app.add_middleware(FormAsJSONMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       larger={("POST", "/adapters"): settings.max_adapter_bytes,
+                               ("POST", "/dsls/[^/]+/examples"): settings.max_adapter_bytes})
     app.add_middleware(AuthMiddleware, keys=keys)
     app.add_middleware(SameOriginMiddleware)
     app.add_middleware(GenerateMetricsMiddleware)
@@ -125,11 +138,16 @@ def build_serving(settings: Settings) -> GenerateServing:
     return serving
 
 
-async def _start_engine(serving: GenerateServing, settings: Settings, stack: AsyncExitStack) -> None:
+async def _start_engine(serving: GenerateServing, settings: Settings, stack: AsyncExitStack,
+                        follower: StoreFollower) -> None:
     try:
         engine = await stack.enter_async_context(open_engine(settings, model=serving.engine.model))
         started = time.monotonic()
         await _warm_up(serving, engine)
+        # Ready serves what the store holds too: wait for the first pass over it (not forever: a store that is
+        # down must not keep the shipped DSLs from being served).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower.synced.wait(), timeout=10 * settings.store_poll_s + 30)
         serving.engine.engine = engine  # only now does /readyz answer 200
         log.info("engine ready in %.1f s (warm-up %.1f s)", engine.startup_s, time.monotonic() - started)
     except asyncio.CancelledError:

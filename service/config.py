@@ -77,8 +77,21 @@ class Settings(BaseSettings):
     grammar_worker_memory_mb: int = 512
     parse_timeout_s: float = 2.0
 
-    # Bodies larger than this are refused with 413 before they are read (a grammar upload is at most ~30 kB).
+    # Bodies larger than this are refused with 413 before they are read (a grammar upload is at most ~30 kB;
+    # POST /adapters and POST /dsls/{name}/examples may send up to max_adapter_bytes).
     max_body_bytes: int = 1_048_576
+
+    # The store of what tenants publish (service/store.py), shared by every replica: a folder (default:
+    # <cache_dir>/store) or s3://bucket/prefix (credentials from the usual AWS variables; s3_endpoint_url for
+    # an S3-protocol server that is not AWS). Replicas look for new versions every store_poll_s seconds.
+    store: str | None = None
+    s3_endpoint_url: str | None = None
+    store_poll_s: float = 2.0
+    # What one tenant may keep there.
+    max_examples_per_dsl: int = 2000
+    max_adapters_per_tenant: int = 10
+    max_adapter_bytes: int = 64 * 2**20
+    max_store_bytes_per_tenant: int = 512 * 2**20
 
     # Responsible-AI checks on requests and parsed outputs (service/safety.py).
     safety: bool = True

@@ -97,7 +97,7 @@ class Engine:
         sampling = _sampling_params(params)
         lora = _lora_request(adapter)
         if adapter is not None:
-            await self._load(adapter, lora)
+            await self.load(adapter)
         tokens, finished = 0, False
         try:
             stream = self._llm.generate(
@@ -125,7 +125,7 @@ class Engine:
             if not finished and not self._llm.errored:
                 await self._llm.abort(request_id)
 
-    async def _load(self, adapter: AdapterRef, lora) -> None:
+    async def load(self, adapter: AdapterRef) -> None:
         """Load an adapter the engine has not cached yet through ``add_lora`` before it meets a batch.
 
         A LoRA that fails to load inside a scheduled batch takes the whole engine down; loaded here, the
@@ -133,7 +133,7 @@ class Engine:
         """
         if adapter.lora_id not in self._host_loras:
             try:
-                await self._llm.add_lora(lora)
+                await self._llm.add_lora(_lora_request(adapter))
             except Exception as exc:  # the reason names server paths: it goes to the log, not the caller
                 log.warning("adapter %s could not be loaded: %s", adapter.name, exc)
                 raise AdapterUnavailable(

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from service.grammars import Catalog, Example, GrammarRegistry, Operation, examples_path, load_examples
+from service.grammars import Catalog, Example, Grammar, GrammarRegistry, Operation, examples_path, load_examples
 
 __all__ = ["ExampleIndex", "Retriever", "catalog_hints"]
 
@@ -46,10 +46,10 @@ class ExampleIndex:
 
 
 class Retriever:
-    """One index per DSL and per (tenant, DSL), built once at start-up."""
+    """One index per shipped DSL and per (tenant, DSL), built at start-up; one per upload, set as it comes."""
 
     def __init__(self, grammars: GrammarRegistry, data_dir: Path | None) -> None:
-        self._indexes: dict[tuple[str | None, str], ExampleIndex] = {}
+        self._indexes: dict[tuple, ExampleIndex] = {}
         for grammar in grammars:
             self._indexes[(None, grammar.name)] = ExampleIndex(
                 [*grammar.examples, *_read(data_dir, grammar.name, None)]
@@ -59,10 +59,27 @@ class Retriever:
                 if own:
                     self._indexes[(tenant, grammar.name)] = ExampleIndex(own)
 
-    def select(self, dsl: str, text: str, *, k: int, tenant: str | None = None) -> list[Example]:
-        """``k`` examples for a request, the tenant's first; the most similar comes last (next to the request)."""
+    def set_upload(self, owner: str | None, name: str, examples: Sequence[Example]) -> None:
+        """The examples of an uploaded DSL (none: forget it); indexing costs CPU, call it beside the loop."""
+        key = ("upload", owner, name)
+        if examples:
+            self._indexes[key] = ExampleIndex(examples)
+        else:
+            self._indexes.pop(key, None)
+
+    def select(self, grammar: Grammar, text: str, *, k: int, tenant: str | None = None) -> list[Example]:
+        """``k`` examples for a request, the tenant's first; the most similar comes last (next to the request).
+
+        An uploaded DSL's examples are its own (those published with it); a shipped DSL's are its training
+        pairs, a tenant's own pairs first.
+        """
+        dsl = grammar.name
+        if grammar.origin == "upload":
+            keys: tuple = (("upload", grammar.owner, dsl),)
+        else:
+            keys = ((tenant, dsl), (None, dsl)) if tenant else ((None, dsl),)
         chosen: list[Example] = []
-        for key in ((tenant, dsl), (None, dsl)) if tenant else ((None, dsl),):
+        for key in keys:
             index = self._indexes.get(key)
             if index is not None and len(chosen) < k:
                 chosen += [ex for ex in index.search(text, k=k - len(chosen)) if ex not in chosen]

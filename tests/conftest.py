@@ -40,6 +40,8 @@ class Server:
     model_dir: str
     adapters_dir: Path
     log: Path
+    #: The NL2DSL_* settings it runs with (its store included): another replica starts with the same.
+    env: dict[str, str]
 
     def client(self, key: str | None = ADMIN_KEY, **kwargs) -> httpx.Client:
         """A client of the test server, with ``key`` (default: the admin's; None: no key)."""
@@ -77,11 +79,13 @@ def server(tmp_path_factory) -> Server:
         "NL2DSL_API_KEYS_FILE": str(keys),
         # A 2-core CI machine under the Locust smoke takes up to ~2 min a request: no 504 for slowness.
         "NL2DSL_REQUEST_TIMEOUT_S": "600",
+        "NL2DSL_STORE": str(tmp_path_factory.mktemp("store")),
+        "NL2DSL_STORE_POLL_S": "1",
     }
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:
         with local_server(env=env, log=log, timeout=STARTUP_TIMEOUT_S) as url:
-            yield Server(url=url, model_dir=model_dir, adapters_dir=adapters, log=log)
+            yield Server(url=url, model_dir=model_dir, adapters_dir=adapters, log=log, env=env)
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(str(exc))
 

@@ -75,3 +75,25 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def adapter_archive(folder: Path) -> bytes:
+    """An adapter folder as the .tar.gz ``POST /adapters`` takes."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in folder.iterdir():
+            archive.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def eventually(condition, what: str, *, timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` (replicas follow the store by polling it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)

@@ -1,10 +1,13 @@
-"""ASGI middleware: refuse request bodies over ``max_bytes`` with 413, without reading them.
+"""ASGI middleware: refuse request bodies over their limit with 413, without reading them.
 
 A declared ``Content-Length`` over the limit is answered at once; a body sent without one (chunked) is
-counted as it arrives and refused as soon as it passes the limit.
+counted as it arrives and refused as soon as it passes the limit. Routes that take files (an adapter archive,
+a JSONL of examples) have a larger limit of their own.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -17,17 +20,22 @@ __all__ = ["BodyLimitMiddleware"]
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    """``larger``: ``(method, path regex) -> bytes`` for routes with a limit of their own."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, larger: dict[tuple[str, str], int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = [(method, re.compile(path), limit) for (method, path), limit in (larger or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((n for method, path, n in self.larger if scope["method"] == method
+                      and path.fullmatch(scope["path"])), self.max_bytes)
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._too_large())(scope, receive, send)
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(_too_large(limit))(scope, receive, send)
             return
         received = 0
 
@@ -36,12 +44,12 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:  # raised inside the route: rendered by the error handlers
-                    raise HTTPException(413, self._too_large().message)
+                if received > limit:  # raised inside the route: rendered by the error handlers
+                    raise HTTPException(413, _too_large(limit).message)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes",
-                               detail={"max_bytes": self.max_bytes})
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than {limit} bytes", detail={"max_bytes": limit})

@@ -11,15 +11,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.adapter_uploads import AdapterPublisher
 from service.adapters import AdapterRegistry
 from service.api.generate.serving import GenerateServing
 from service.config import Settings
 from service.engine import EngineSlot
 from service.errors import Unauthorized
 from service.grammars import GrammarRegistry
+from service.grammars.uploads import DSLPublisher
 from service.security import Caller
 
-__all__ = ["AdaptersDep", "CallerDep", "EngineSlotDep", "GrammarsDep", "ServingDep", "SettingsDep"]
+__all__ = ["AdapterPublisherDep", "AdaptersDep", "CallerDep", "DSLPublisherDep", "EngineSlotDep", "GrammarsDep",
+           "ServingDep", "SettingsDep"]
 
 
 def get_caller(request: Request) -> Caller:
@@ -43,3 +46,5 @@ GrammarsDep = Annotated[GrammarRegistry, Depends(_state("grammars"))]
 AdaptersDep = Annotated[AdapterRegistry, Depends(_state("adapters"))]
 EngineSlotDep = Annotated[EngineSlot, Depends(_state("engine_slot"))]
 ServingDep = Annotated[GenerateServing, Depends(_state("serving"))]
+DSLPublisherDep = Annotated[DSLPublisher, Depends(_state("dsl_publisher"))]
+AdapterPublisherDep = Annotated[AdapterPublisher, Depends(_state("adapter_publisher"))]

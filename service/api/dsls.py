@@ -1,20 +1,22 @@
-"""``/dsls``: the DSLs the service generates (shipped, and grammars tenants upload at run time).
+"""``/dsls``: the DSLs the service generates (shipped, and grammars tenants publish at run time).
 
 ``GET /dsls`` lists the shipped DSLs the caller may use (as its tenant sees them) and the uploads it may use;
-``POST /dsls`` registers a Lark grammar for the caller's tenant (an admin's upload is shared), compiled in the
-grammar sandbox; ``DELETE /dsls/{name}`` removes an upload. Nothing here names another tenant: which tenants
-have private variants is listed to admins only.
+``POST /dsls`` publishes a Lark grammar for the caller's tenant (an admin's is shared), compiled in the grammar
+sandbox and versioned in the store every replica reads; ``/dsls/{name}/examples`` adds examples,
+``/versions`` and ``/rollback`` go through its history; ``DELETE /dsls/{name}`` withdraws it. Nothing here
+names another tenant: which tenants have private variants is listed to admins only.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import CallerDep, GrammarsDep, SettingsDep
-from service.api.schemas import error_responses
-from service.grammars import Example, Grammar
-from service.grammars.uploads import upload
+from service.api.deps import CallerDep, DSLPublisherDep, GrammarsDep
+from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
+from service.grammars import DecodingLimits, Example, Grammar
 from service.security import Caller
 
 __all__ = ["DSLInfo", "router"]
@@ -34,8 +36,16 @@ class DSLInfo(BaseModel):
     tenants: list[str] = []
     #: "shipped", "tenant" or "upload".
     origin: str = "shipped"
+    #: How far the engine's grammar lets repetitions, terminals, ignored text and nesting go.
+    limits: dict[str, int] = {}
+    #: What the engine's grammar bounds, compared with the grammar as written (for a person).
+    bounded: list[str] = []
     #: What the engine's grammar check remarked without refusing the grammar.
     warnings: list[str] = []
+    #: Uploads: the version served (the store keeps every one).
+    version: int | None = None
+    #: How many examples retrieval draws from (the first three are listed in ``examples``).
+    example_count: int = 0
 
 
 class ExampleModel(BaseModel):
@@ -45,8 +55,24 @@ class ExampleModel(BaseModel):
     code: str = Field(min_length=1, max_length=4000)
 
 
+class LimitsModel(BaseModel):
+    """How far the grammar the engine decodes with lets what can run away go (the grammar itself parses as
+    written)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repeat: int = Field(default=DecodingLimits.repeat, ge=1, le=256,
+                        description="x* and x+ of rules: at most this many times.")
+    terminal_repeat: int = Field(default=DecodingLimits.terminal_repeat, ge=1, le=1024,
+                                 description="Repetition inside terminals (X+, regex *, +, {n,}).")
+    ignored_chars: int = Field(default=DecodingLimits.ignored_chars, ge=1, le=256,
+                               description="%ignore: one ignored piece of at most this many characters per token.")
+    depth: int = Field(default=DecodingLimits.depth, ge=1, le=64,
+                       description="Rules that recurse: passed through at most this many times.")
+
+
 class DSLUpload(BaseModel):
-    """A Lark grammar to generate against. Bounded: no ``*``/``+``/``%ignore`` (see README)."""
+    """A Lark grammar to generate against, written as for lark (``*``, ``+``, ``%ignore``, ``%import common``)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -62,6 +88,7 @@ class DSLUpload(BaseModel):
     start: str = Field(default="start", pattern=r"^[a-z_][a-z0-9_]{0,31}$")
     description: str = Field(default="", max_length=500)
     examples: list[ExampleModel] = Field(default=[], max_length=20, description="Few-shot examples for prompts.")
+    limits: LimitsModel = Field(default_factory=LimitsModel)
 
 
 def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
@@ -74,7 +101,11 @@ def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
         tenant=grammar.tenant,
         tenants=grammars.variant_tenants(grammar.name) if caller.admin and grammar.origin != "upload" else [],
         origin=grammar.origin,
+        limits=vars(grammar.limits),
+        bounded=list(grammar.bounded),
         warnings=list(grammar.warnings),
+        version=grammar.version,
+        example_count=len(grammar.examples),
     )
 
 
@@ -94,20 +125,58 @@ async def get_dsl(name: str, grammars: GrammarsDep, caller: CallerDep, tenant: s
 
 
 @router.post("/dsls", status_code=201, response_model=DSLInfo,
-             responses=error_responses(400, 401, 403, 413, 422, 429))
-async def upload_dsl(body: DSLUpload, grammars: GrammarsDep, settings: SettingsDep, caller: CallerDep) -> DSLInfo:
-    """Register a grammar for the caller's tenant (an admin's is shared). 400 with the line and column when it
-    does not compile (lark or the engine), is unbounded, or does not compile within the time and memory a
-    compile may use."""
-    grammar = await upload(grammars, settings, owner=caller.tenant, name=body.name, text=body.grammar,
-                           start=body.start, description=body.description,
-                           examples=[Example(e.text, e.code) for e in body.examples])
+             responses=error_responses(400, 401, 403, 413, 422, 429, 503))
+async def upload_dsl(body: DSLUpload, grammars: GrammarsDep, publisher: DSLPublisherDep,
+                     caller: CallerDep) -> DSLInfo:
+    """Publish a grammar for the caller's tenant (an admin's is shared), as the next version of ``name``. The
+    answer says what the engine's grammar bounds. 400 with the construct, line and column when lark or the
+    engine cannot compile it, or when it does not compile within the time and memory a compile may use."""
+    grammar = await publisher.upload(owner=caller.tenant, name=body.name, text=body.grammar, start=body.start,
+                                     description=body.description,
+                                     examples=[Example(e.text, e.code) for e in body.examples],
+                                     limits=DecodingLimits(**body.limits.model_dump()))
+    return _info(grammar, caller, grammars)
+
+
+class ExamplesAdded(BaseModel):
+    dsl: DSLInfo
+    added: int
+    #: Lines that were not added: not JSON with "text" and "code", or code that does not parse (with where).
+    rejected: list[dict[str, Any]]
+
+
+@router.post("/dsls/{name}/examples", response_model=ExamplesAdded,
+             responses=error_responses(400, 401, 404, 413, 422, 429, 503),
+             openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {
+                 "schema": {"type": "string"}, "example": '{"text": "set the port to 80", "code": "port=80"}'}}}})
+async def add_examples(name: str, request: Request, grammars: GrammarsDep, publisher: DSLPublisherDep,
+                       caller: CallerDep) -> ExamplesAdded:
+    """Add examples to one of the caller's DSLs: JSONL, one ``{"text", "code", "context"?}`` a line, each
+    parsed with the grammar; those that do not are reported by line. Retrieval uses the rest at once."""
+    grammar, added, rejected = await publisher.add_examples(
+        owner=caller.tenant, name=name, jsonl=(await request.body()).decode("utf-8", "replace"))
+    return ExamplesAdded(dsl=_info(grammar, caller, grammars), added=added, rejected=rejected)
+
+
+@router.get("/dsls/{name}/versions", response_model=list[VersionInfo], responses=error_responses(401, 404, 413, 503))
+async def list_dsl_versions(name: str, publisher: DSLPublisherDep, caller: CallerDep) -> list[VersionInfo]:
+    """The versions of one of the caller's DSLs in the store, oldest first (the newest is served)."""
+    return [version_info(v) for v in await publisher.history(owner=caller.tenant, name=name)]
+
+
+@router.post("/dsls/{name}/rollback", response_model=DSLInfo, responses=error_responses(400, 401, 404, 413, 422,
+                                                                                          429, 503))
+async def rollback_dsl(name: str, body: Rollback, grammars: GrammarsDep, publisher: DSLPublisherDep,
+                       caller: CallerDep) -> DSLInfo:
+    """Serve an earlier version again: its content is published as the newest version, on every replica."""
+    grammar = await publisher.rollback(owner=caller.tenant, name=name, version=body.version)
     return _info(grammar, caller, grammars)
 
 
 @router.delete("/dsls/{name}", status_code=204, response_class=Response,
-               responses=error_responses(401, 404, 413))
-async def delete_dsl(name: str, grammars: GrammarsDep, caller: CallerDep) -> Response:
-    """Remove one of the caller's uploaded grammars."""
-    grammars.remove_upload(name, owner=caller.tenant)
+               responses=error_responses(401, 404, 413, 503))
+async def delete_dsl(name: str, publisher: DSLPublisherDep, caller: CallerDep) -> Response:
+    """Withdraw one of the caller's DSLs on every replica (its versions stay in the store for a rollback)."""
+    await publisher.delete(owner=caller.tenant, name=name)
     return Response(status_code=204)
+

@@ -48,13 +48,16 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
-    methods: set[str] = set()
+    """The methods of the path's most specific route template (Starlette's own 405 names only the first
+    route's): ``/adapters/reload`` is that path, not ``/adapters/{name}`` with the name "reload"."""
+    by_template: dict[str, set[str]] = {}
     for route in request.app.router.routes:
         match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+        if match != Match.NONE and getattr(route, "methods", None):
+            by_template.setdefault(route.path, set()).update(route.methods)
+    if not by_template:
+        return []
+    return sorted(by_template[min(by_template, key=lambda template: template.count("{"))])
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ErrorBody", "ErrorResponse", "ParseErrorModel", "error_responses"]
+from service.store import Version
+
+__all__ = ["ErrorBody", "ErrorResponse", "ParseErrorModel", "Rollback", "VersionInfo", "error_responses",
+           "version_info"]
 
 
 class ErrorBody(BaseModel):
@@ -30,6 +33,24 @@ class ParseErrorModel(BaseModel):
     expected: list[str] = Field(default_factory=list)
 
 
+class VersionInfo(BaseModel):
+    """One version of a published DSL or adapter in the store (the highest is served)."""
+
+    version: int
+    deleted: bool = Field(description="A deletion: the item was not served from this version on.")
+    bytes: int
+
+
+def version_info(version: Version) -> VersionInfo:
+    return VersionInfo(version=version.number, deleted=version.deleted, bytes=version.size)
+
+
+class Rollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The version whose content becomes the newest version.")
+
+
 #: What each status means, wherever a route can answer it.
 _MEANINGS = {
     400: "The request cannot be served as asked (a grammar that does not compile, a safety block, a parse "
@@ -41,8 +62,9 @@ _MEANINGS = {
     409: "The adapter exists but cannot be served.",
     413: "The body is larger than the service reads.",
     422: "A field is missing or out of range.",
-    429: "The queue, the tenant's share or the grammar workers are full; retry after `Retry-After` seconds.",
-    503: "The engine is not ready.",
+    429: "The queue, the tenant's share or the grammar workers are full, or a publishing quota is used up; "
+         "retry after `Retry-After` seconds where given.",
+    503: "The engine is not ready, or the store cannot be reached.",
     504: "Generation took longer than the request timeout and was aborted.",
 }
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 import lark
 
+from service.grammars.bounds import DecodingLimits
 from service.grammars.catalog import Catalog
 from service.grammars.examples import Example
 
@@ -43,9 +44,10 @@ class ParseResult:
 class Grammar:
     """A DSL: the lark text it is parsed with, the grammar the engine decodes with, and its metadata.
 
-    ``engine_text`` is ``text`` in the engine's dialect, narrowed to the tenant's safety policy where it has
-    one: output is parsed with the full grammar, so an unconstrained output that breaks the policy parses and
-    is refused by name by the safety check, while constrained decoding cannot produce it at all.
+    ``engine_text`` is derived from ``text`` for the engine (what can run away bounded, service.grammars.bounds),
+    narrowed to the tenant's safety policy where it has one: output is parsed with the full grammar, so an
+    unconstrained output that breaks the policy parses and is refused by name by the safety check, while
+    constrained decoding cannot produce it at all.
     """
 
     name: str
@@ -62,8 +64,14 @@ class Grammar:
     structure: str = ""
     start: str = "start"
     origin: Origin = "shipped"
+    #: How far the engine's grammar lets what can run away go, and what it bounded (for a person).
+    limits: DecodingLimits = DecodingLimits()
+    bounded: tuple[str, ...] = ()
     #: Warnings of the engine's grammar check (the grammar is served; the uploader sees them).
     warnings: tuple[str, ...] = ()
+    #: Uploads: the tenant who published it (None: an admin's, shared) and its version in the store.
+    owner: str | None = None
+    version: int | None = None
 
     @property
     def metric_label(self) -> str:
@@ -80,9 +88,12 @@ class Grammar:
 def parse_with(parser: lark.Lark, code: str) -> ParseResult:
     """Parse ``code``; a syntax error becomes a :class:`ParseError` with the position and what was expected."""
     try:
-        return ParseResult(valid=True, tree=parser.parse(code))
+        tree = parser.parse(code)
     except lark.UnexpectedInput as exc:
         return ParseResult(valid=False, error=describe_parse_error(exc, code, parser))
+    if isinstance(tree, lark.Token):  # `?start` inlined down to one token: still a tree, named for its rule
+        tree = lark.Tree(parser.options.start[0], [tree])
+    return ParseResult(valid=True, tree=tree)
 
 
 def describe_parse_error(exc: lark.UnexpectedInput, code: str, parser: lark.Lark) -> ParseError:

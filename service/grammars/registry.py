@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from service.errors import UnknownDSL
+from service.grammars.bounds import DecodingLimits
 from service.grammars.catalog import Catalog
 from service.grammars.compile import compile_grammar
 from service.grammars.examples import Example, load_examples
@@ -79,7 +80,7 @@ class GrammarRegistry:
         if self.sandbox is None:
             raise RuntimeError("uploaded grammars need the sandbox")
         return await self.sandbox.parse(grammar.text, code, start=grammar.start, source=f"<{grammar.name}>",
-                                        owner=owner)
+                                        limits=grammar.limits, owner=owner)
 
     def names(self) -> list[str]:
         """The shipped DSLs."""
@@ -108,7 +109,10 @@ class GrammarRegistry:
 
 
 def load_grammar_file(path: Path, *, policy: Policy | None = None) -> Grammar:
-    """Load ``<dsl>.lark`` with its ``<dsl>.yaml`` (optional) and compile it, decoding narrowed to ``policy``."""
+    """Load ``<dsl>.lark`` with its ``<dsl>.yaml`` (optional) and compile it, decoding narrowed to ``policy``.
+
+    The yaml may set ``limits`` (service.grammars.bounds.DecodingLimits) for what the engine's grammar bounds.
+    """
     meta: dict[str, Any] = {}
     meta_path = path.with_suffix(".yaml")
     if meta_path.exists():
@@ -118,17 +122,9 @@ def load_grammar_file(path: Path, *, policy: Policy | None = None) -> Grammar:
     examples: tuple[Example, ...] = ()
     if meta.get("examples"):
         examples = tuple(load_examples(path.parent / meta["examples"]))
-    return compile_grammar(
-        meta.get("name", path.stem),
-        _with_catalog(structure, catalog),
-        source=path.name,
-        start=meta.get("start", "start"),
-        description=meta.get("description", ""),
-        examples=examples,
-        catalog=catalog,
-        structure=structure,
-        decoding_text=_with_catalog(structure, catalog, policy) if policy else None,
-    )
+    return _compile(meta.get("name", path.stem), structure, catalog, policy, source=path.name,
+                    start=meta.get("start", "start"), description=meta.get("description", ""), examples=examples,
+                    limits=DecodingLimits(**meta.get("limits", {})))
 
 
 def _variant(base: Grammar, config: TenantConfig, *, policy: Policy | None) -> Grammar:
@@ -136,24 +132,19 @@ def _variant(base: Grammar, config: TenantConfig, *, policy: Policy | None) -> G
     types = base.catalog.types if base.catalog else {}
     extra = Catalog.from_dict({"types": types, **config.catalog}, source=config.source)
     catalog = base.catalog.merged(extra) if base.catalog else extra
-    return compile_grammar(
-        base.name,
-        _with_catalog(base.structure, catalog),
-        decoding_text=_with_catalog(base.structure, catalog, policy) if policy else None,
-        source=config.source,
-        start=base.start,
-        description=base.description,
-        examples=base.examples,
-        catalog=catalog,
-        tenant=config.tenant,
-        structure=base.structure,
-    )
+    return _compile(base.name, base.structure, catalog, policy, source=config.source, start=base.start,
+                    description=base.description, examples=base.examples, limits=base.limits, tenant=config.tenant)
 
 
-def _with_catalog(structure: str, catalog: Catalog | None, policy: Policy | None = None) -> str:
-    """The grammar text: the structure, the catalog's rules (less denied operations), narrowed to ``policy``."""
-    if catalog is not None:
-        if policy is not None:
-            catalog = catalog.without(policy.denied_operations)
-        structure = structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()
-    return policy.narrow(structure) if policy is not None else structure
+def _compile(name: str, structure: str, catalog: Catalog | None, policy: Policy | None, **options: Any) -> Grammar:
+    """The structure plus the catalog's rules, parsed as is; decoded without the policy's denied operations."""
+    decoding = catalog.without(policy.denied_operations) if catalog is not None and policy is not None else catalog
+    return compile_grammar(name, _with_catalog(structure, catalog), structure=structure, catalog=catalog,
+                           decoding_text=_with_catalog(structure, decoding), policy=policy, **options)
+
+
+def _with_catalog(structure: str, catalog: Catalog | None) -> str:
+    """The grammar text: the structure and, for a catalog DSL, the catalog's rules."""
+    if catalog is None:
+        return structure
+    return structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()

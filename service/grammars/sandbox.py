@@ -32,6 +32,7 @@ from typing import Any
 
 from service import metrics
 from service.errors import GrammarInvalid, ParseLimit, RateLimited
+from service.grammars.bounds import DecodingLimits
 from service.grammars.grammar import ParseResult
 
 __all__ = ["Compiled", "GrammarSandbox"]
@@ -53,6 +54,7 @@ class Compiled:
     """What a worker reports of a grammar it compiled, and its parse of each code it was given."""
 
     engine_text: str
+    bounded: tuple[str, ...]
     warnings: tuple[str, ...]
     results: tuple[ParseResult, ...]
 
@@ -131,17 +133,18 @@ class GrammarSandbox:
         self._changed = asyncio.Condition()
         self._closed = False
 
-    async def compile(self, text: str, *, start: str, source: str, codes: Sequence[str] = (),
-                      owner: str | None) -> Compiled:
+    async def compile(self, text: str, *, start: str, source: str, limits: DecodingLimits,
+                      codes: Sequence[str] = (), owner: str | None) -> Compiled:
         """Compile ``text`` and parse each of ``codes`` with it; GrammarInvalid (400) if it does not compile,
         or not within the time or memory a compile may use."""
-        report, results = await self._run(text, start=start, source=source, codes=codes, owner=owner)
+        report, results = await self._run(text, start=start, source=source, limits=limits, codes=codes, owner=owner)
         metrics.GRAMMAR_COMPILE.labels("upload").observe(report["seconds"])
-        return Compiled(report["engine_text"], tuple(report["warnings"]), tuple(results))
+        return Compiled(report["engine_text"], tuple(report["bounded"]), tuple(report["warnings"]), tuple(results))
 
-    async def parse(self, text: str, code: str, *, start: str, source: str, owner: str | None) -> ParseResult:
+    async def parse(self, text: str, code: str, *, start: str, source: str, limits: DecodingLimits,
+                    owner: str | None) -> ParseResult:
         """Parse ``code`` with the grammar ``text``; ParseLimit (400) past the time or memory a parse may use."""
-        _, results = await self._run(text, start=start, source=source, codes=[code], owner=owner)
+        _, results = await self._run(text, start=start, source=source, limits=limits, codes=[code], owner=owner)
         return results[0]
 
     async def close(self) -> None:
@@ -152,11 +155,11 @@ class GrammarSandbox:
         self._all.clear()
         self._idle.clear()
 
-    async def _run(self, text: str, *, start: str, source: str, codes: Sequence[str],
+    async def _run(self, text: str, *, start: str, source: str, limits: DecodingLimits, codes: Sequence[str],
                    owner: str | None) -> tuple[dict[str, Any], list[ParseResult]]:
-        key = hashlib.sha256(f"{start}\0{text}".encode()).hexdigest()
+        key = hashlib.sha256(f"{start}\0{limits}\0{text}".encode()).hexdigest()
         async with self._worker(owner) as worker:
-            worker.conn.send((key, source, text, start, list(codes)))
+            worker.conn.send((key, source, text, start, limits, list(codes)))
             message = await self._step(worker, self.compile_timeout_s, source, stage="compile")
             _, problem, report = message
             if problem is not None:

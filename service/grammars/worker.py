@@ -3,7 +3,7 @@
 Started by :class:`service.grammars.sandbox.GrammarSandbox`, one pipe each way::
 
     -> ("ready",)                                once imported and limited, before any job
-    <- (key, source, text, start, codes)         a job: the grammar (cached by key) and the codes to parse
+    <- (key, source, text, start, limits, codes) a job: the grammar (cached by key) and the codes to parse
     -> ("compiled", problem | None, report)      the grammar compiled (report: engine text, warnings, seconds)
     -> ("parsed", ParseResult)                   once per code, in order
     -> ("failed", "memory")                      out of memory: the worker says so and exits
@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 import lark
 
 from service.errors import GrammarInvalid
+from service.grammars.bounds import DecodingLimits
 from service.grammars.compile import check_grammar
 from service.grammars.grammar import ParseError, ParseResult, parse_with
 
@@ -43,11 +44,11 @@ def main(conn: Connection, memory_mb: int) -> None:
     conn.send(("ready",))
     while True:
         try:
-            key, source, text, start, codes = conn.recv()
+            key, source, text, start, limits, codes = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            _run(conn, parsers, key, source, text, start, codes)
+            _run(conn, parsers, key, source, text, start, limits, codes)
             continue
         except MemoryError:
             pass
@@ -59,14 +60,15 @@ def main(conn: Connection, memory_mb: int) -> None:
 
 
 def _run(conn: Connection, parsers: OrderedDict[str, tuple[lark.Lark, dict]], key: str, source: str, text: str,
-         start: str, codes: list[str]) -> None:
+         start: str, limits: DecodingLimits, codes: list[str]) -> None:
     if key not in parsers:
         try:
-            checked = check_grammar(text, start=start, source=source)
+            checked = check_grammar(text, start=start, source=source, limits=limits)
         except GrammarInvalid as exc:
             conn.send(("compiled", {"message": exc.message, "detail": exc.detail}, None))
             return
-        report = {"engine_text": checked.engine_text, "warnings": checked.warnings, "seconds": checked.seconds}
+        report = {"engine_text": checked.engine_text, "bounded": checked.bounded, "warnings": checked.warnings,
+                  "seconds": checked.seconds}
         parsers[key] = (checked.parser, report)
         while len(parsers) > _CACHED:
             parsers.popitem(last=False)

@@ -36,7 +36,8 @@ def _fake_engine(pieces: list[str], finish_reason: str = "stop", delay: float = 
 def make_client(tmp_path):
     def make(pieces=None, finish_reason="stop", delay=0.0, **settings):
         engine = _fake_engine(pieces or [FLOW_CODE[:20], FLOW_CODE[20:]], finish_reason, delay)
-        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "max_text_chars": 100, "auth": "off", **settings}
+        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / "store"),
+                   "max_text_chars": 100, "auth": "off", **settings}
         app = create_app(Settings(**options), engine=engine)
         client = TestClient(app)
         client.engine = engine

@@ -87,7 +87,7 @@ def test_generated_code_that_cannot_be_parsed_in_time_is_invalid_with_the_reason
 
 @pytest.mark.parametrize("grammar, line, reason", [
     ("start: X\nX: /(?<=a)b/\n", 2, "look-around"),
-    ('start.2: "a" | "b"\n', 1, "priority"),
+    ('%declare FOO\nstart: "a"\n', 1, "%declare"),
 ])
 def test_grammar_the_engine_cannot_run_is_refused_at_upload_with_its_reason_and_line(make_client, grammar, line,
                                                                                      reason):

@@ -14,7 +14,7 @@ from service.config import Settings
 from tests.unit.conftest import FLOW_CODE, _fake_engine
 
 _TMP = tempfile.mkdtemp(prefix="nl2dsl-fuzz-")
-APP = create_app(Settings(adapters_dir=_TMP, data_dir=_TMP, auth="off", max_text_chars=200),
+APP = create_app(Settings(adapters_dir=_TMP, data_dir=_TMP, store=f"{_TMP}/store", auth="off", max_text_chars=200),
                  engine=_fake_engine([FLOW_CODE]))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 

@@ -29,11 +29,11 @@ def test_tenant_examples_come_first_and_the_best_sits_next_to_the_request(tmp_pa
     (flow / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (flow / "tenants" / "contoso" / "train.jsonl").write_text(json.dumps({"text": "won deals go to #sales",
                                                                         "code": "T"}))
-    retriever = Retriever(GRAMMARS, tmp_path)
-    picked = retriever.select("flow", "when deals are won", k=3, tenant="contoso")
+    retriever, flow = Retriever(GRAMMARS, tmp_path), GRAMMARS.get("flow")
+    picked = retriever.select(flow, "when deals are won", k=3, tenant="contoso")
     assert len(picked) == 3 and picked[-1].code == "T"
-    assert "T" not in [ex.code for ex in retriever.select("flow", "when deals are won", k=3)]
-    assert "T" not in [ex.code for ex in retriever.select("flow", "when deals are won", k=3, tenant="fabrikam")]
+    assert "T" not in [ex.code for ex in retriever.select(flow, "when deals are won", k=3)]
+    assert "T" not in [ex.code for ex in retriever.select(flow, "when deals are won", k=3, tenant="fabrikam")]
 
 
 def test_catalog_hints_pick_the_mentioned_connectors():

@@ -46,9 +46,17 @@ def test_an_invalid_grammar_is_400_with_lark_line_and_column(client):
     assert error["detail"]["parser"] == "lark" and error["detail"]["line"] == 2 and error["detail"]["column"] == 8
 
 
-def test_unbounded_grammars_and_examples_that_do_not_parse_are_refused(client):
-    unbounded = client.post("/dsls", json={**UPLOAD, "grammar": 'start: WORD+\nWORD: /[a-z]{1,5}/\n'}, headers=A)
-    assert unbounded.status_code == 400 and "unbounded" in unbounded.json()["error"]["message"]
+def test_grammars_as_written_are_accepted_and_told_what_the_engine_bounds(client):
+    written = {**UPLOAD, "grammar": 'start: WORD ("," WORD)*\nWORD: /[a-z]+/\n%ignore " "\n', "examples": [],
+               "limits": {"repeat": 4}}
+    accepted = client.post("/dsls", json=written, headers=A)
+    assert accepted.status_code == 201, accepted.text
+    body = accepted.json()
+    assert body["grammar"] == written["grammar"] and body["limits"]["repeat"] == 4
+    assert any("at most 4 times" in b for b in body["bounded"]) and any("%ignore" in b for b in body["bounded"])
+
+
+def test_examples_that_do_not_parse_and_shipped_names_are_refused(client):
     bad_example = client.post("/dsls", json={**UPLOAD, "examples": [{"text": "x", "code": "nope"}]}, headers=A)
     assert bad_example.status_code == 422 and "examples" in bad_example.json()["error"]["message"]
     shipped = client.post("/dsls", json={**UPLOAD, "name": "flow"}, headers=A)

@@ -114,7 +114,7 @@ class GenerateServing:
         if k is None:
             trained = adapter.prompt_examples if adapter else None
             k = settings.default_examples if trained is None else trained
-        examples = await asyncio.to_thread(self.retriever.select, grammar.name, req.text, k=k, tenant=tenant)
+        examples = await asyncio.to_thread(self.retriever.select, grammar, req.text, k=k, tenant=tenant)
         use_hints = adapter.prompt_catalog_hints if adapter else settings.catalog_hints
         hints = catalog_hints(grammar.catalog, req.text) if use_hints and grammar.catalog else ()
         ids = await asyncio.to_thread(prompt_token_ids, self.tokenizer, grammar, req.text, context=req.context,

@@ -1,0 +1,175 @@
+"""Bring your own DSL: real grammars as written, their examples used at once, versions in a store replicas share,
+adapters published as archives. Around a fake engine; the grammar sandbox and the store are real."""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import json
+import tarfile
+
+import llguidance
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.model import base_fingerprint, resolve_model
+from service.security import hash_key
+from tests.helpers import adapter_archive, eventually, write_fake_adapter
+from tests.unit.conftest import _fake_engine
+
+KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
+KEYS = {"alpha": {"tenant": "alpha-corp"}, "beta": {"tenant": "beta-corp"}, "admin": {"admin": True}}
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture()
+def replica(tmp_path):
+    """``replica(store)``: an app on the store folder ``store`` (several of them are several replicas)."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"sha256": hash_key(k), **v} for k, v in KEYS.items()]}))
+    opened = []
+
+    def make(store: str = "store", pieces: tuple[str, ...] = ("port=80",), **settings) -> TestClient:
+        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / store), "auth": "keys",
+                   "api_keys_file": keys, "store_poll_s": 0.2, **settings}
+        client = TestClient(create_app(Settings(**options), engine=_fake_engine(list(pieces))))
+        client.__enter__()
+        client.engine = client.app.state.engine_slot.engine
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def _prompt(client) -> str:
+    """The text of the last prompt the engine was sent."""
+    return client.app.state.serving.tokenizer.decode(client.engine.calls[-1]["prompt_token_ids"])
+
+
+def test_an_uploads_examples_reach_the_prompt_at_once_and_more_can_be_added(replica):
+    client = replica()
+    upload = {"name": "kv", "grammar": KV, "examples": [{"text": "listen on port eighty", "code": "port=80"}]}
+    assert client.post("/dsls", json=upload, headers=_auth("alpha")).status_code == 201
+    client.post("/generate", json={"dsl": "kv", "text": "listen on port eighty please", "examples": 3},
+                headers=_auth("alpha"))
+    assert "port=80" in _prompt(client)
+    jsonl = "\n".join([json.dumps({"text": "use the debug log level", "code": "level=debug"}),
+                       json.dumps({"text": "broken", "code": "level = debug"}), "not json"])
+    added = client.post("/dsls/kv/examples", content=jsonl, headers=_auth("alpha"))
+    body = added.json()
+    assert added.status_code == 200 and body["added"] == 1 and body["dsl"]["example_count"] == 2
+    assert [r["line"] for r in body["rejected"]] == [2, 3] and body["rejected"][0]["code_column"] == 6
+    client.post("/generate", json={"dsl": "kv", "text": "set the debug log level", "examples": 1},
+                headers=_auth("alpha"))
+    assert "level=debug" in _prompt(client)  # retrieved without a restart
+
+
+def test_versions_rollback_and_deletion_stay_within_the_owner(replica):
+    client = replica()
+    for grammar in (KV, 'start: "x=" /[0-9]{1,3}/\n'):
+        assert client.post("/dsls", json={"name": "kv", "grammar": grammar}, headers=_auth("alpha")).status_code == 201
+    versions = client.get("/dsls/kv/versions", headers=_auth("alpha")).json()
+    assert [v["version"] for v in versions] == [1, 2]
+    rolled = client.post("/dsls/kv/rollback", json={"version": 1}, headers=_auth("alpha")).json()
+    assert rolled["version"] == 3 and rolled["grammar"] == KV
+    for method, path, body in (("GET", "/dsls/kv/versions", None), ("POST", "/dsls/kv/rollback", {"version": 1}),
+                               ("DELETE", "/dsls/kv", None), ("GET", "/dsls/kv", None)):
+        r = client.request(method, path, json=body, headers=_auth("beta"))
+        assert r.status_code == 404, (method, path, r.text)  # beta cannot tell alpha's DSL from none
+    assert client.delete("/dsls/kv", headers=_auth("alpha")).status_code == 204
+    assert client.get("/dsls/kv", headers=_auth("alpha")).status_code == 404
+    assert client.get("/dsls/kv/versions", headers=_auth("alpha")).json()[-1]["deleted"] is True
+    back = client.post("/dsls/kv/rollback", json={"version": 2}, headers=_auth("alpha"))
+    assert back.status_code == 200 and back.json()["version"] == 5  # a deleted DSL can come back
+
+
+def test_replicas_on_one_store_serve_what_either_publishes(replica):
+    first, second = replica(), replica()
+    assert first.post("/dsls", json={"name": "kv", "grammar": KV}, headers=_auth("alpha")).status_code == 201
+    eventually(lambda: second.get("/dsls/kv", headers=_auth("alpha")).status_code == 200,
+                "the other replica serves it")
+    assert second.post("/generate", json={"dsl": "kv", "text": "port"}, headers=_auth("alpha")).json()["valid"]
+    restarted = replica()  # a new process on the same store: nothing was lost
+    eventually(lambda: restarted.get("/dsls/kv", headers=_auth("alpha")).status_code == 200, "a restart serves it")
+    assert second.delete("/dsls/kv", headers=_auth("alpha")).status_code == 204
+    eventually(lambda: first.get("/dsls/kv", headers=_auth("alpha")).status_code == 404, "the deletion reaches all")
+
+
+def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(replica, tmp_path):
+    fingerprint = base_fingerprint(resolve_model(None, Settings().cache_dir))
+    built = tmp_path / "built"
+    built.mkdir()
+    good = adapter_archive(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
+    first, second = replica(), replica()
+    published = first.post("/adapters", content=good, headers=_auth("alpha"))
+    assert published.status_code == 201, published.text
+    assert published.json()["tenants"] == ["alpha-corp"] and published.json()["version"] == 1  # its tenant only
+    eventually(lambda: "crm" in [a["name"] for a in second.get("/adapters", headers=_auth("alpha")).json()],
+                "the other replica serves the adapter")
+    body = {"dsl": "flow", "text": "post form answers to #sales", "adapter": "crm"}
+    assert second.post("/generate", json=body, headers=_auth("alpha")).json()["adapter"] == "crm"
+    assert second.engine.calls[-1]["adapter"].name == "alpha-corp/crm"
+    assert second.post("/generate", json=body, headers=_auth("beta")).status_code == 404
+    assert "crm" not in [a["name"] for a in second.get("/adapters", headers=_auth("beta")).json()]
+    assert first.post("/adapters", content=good, headers=_auth("beta")).status_code == 201  # beta's own "crm"
+    assert [v["version"] for v in first.get("/adapters/crm/versions", headers=_auth("alpha")).json()] == [1]
+
+
+def test_adapter_archives_that_cannot_be_served_are_refused_with_the_reason(replica, tmp_path):
+    built = tmp_path / "built"
+    built.mkdir()
+    other_base = adapter_archive(write_fake_adapter(built, "other", fingerprint="feedfacefeedface"))
+    escaping = io.BytesIO()
+    with tarfile.open(fileobj=escaping, mode="w:gz") as archive:
+        info = tarfile.TarInfo("../../outside.txt")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"hi"))
+    client = replica(max_adapter_bytes=100_000)
+    refused = client.post("/adapters", content=other_base, headers=_auth("alpha"))
+    assert refused.status_code == 400 and "feedfacefeedface" in refused.json()["error"]["message"]
+    assert client.post("/adapters", content=b"not an archive", headers=_auth("alpha")).status_code == 400
+    assert client.post("/adapters", content=escaping.getvalue(), headers=_auth("alpha")).status_code == 400
+    assert not (tmp_path.parent / "outside.txt").exists()
+    assert client.post("/adapters", content=b"x" * 100_001, headers=_auth("alpha")).status_code == 413
+
+
+def _third_party_grammars() -> list[tuple[str, str]]:
+    found = []
+    for package in ("lark", "outlines"):
+        for path in sorted((importlib.resources.files(package) / "grammars").iterdir()):
+            if path.name.endswith(".lark"):
+                found.append((f"{package}/{path.name}", path.read_text()))
+    return found
+
+
+@pytest.mark.parametrize("name, grammar", _third_party_grammars(), ids=[n for n, _ in _third_party_grammars()])
+def test_real_grammars_shipped_in_lark_and_outlines_are_taken_as_written(replica, name, grammar):
+    """Accepted if the engine can represent the grammar as written (llguidance reads it); otherwise refused
+    naming the construct, line and column."""
+    is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(llguidance.grammar_from("lark", grammar))
+    r = replica().post("/dsls", json={"name": "theirs", "grammar": grammar}, headers=_auth("alpha"))
+    if not is_error:
+        assert r.status_code == 201, r.text
+        assert r.json()["grammar"] == grammar and r.json()["bounded"]
+    else:
+        detail = r.json()["error"]["detail"]
+        assert r.status_code == 400 and detail["line"] and detail.get("column"), r.text
+
+
+def test_code_that_parses_to_a_single_token_is_valid_everywhere(replica):
+    """``?start: value`` inlines a lone string down to one token: still valid, with a tree, checked by policy."""
+    client = replica(pieces=('"abc"',))
+    upload = {"name": "json", "grammar": dict(_third_party_grammars())["outlines/json.lark"]}
+    assert client.post("/dsls", json=upload, headers=_auth("alpha")).status_code == 201
+    validated = client.post("/validate", json={"dsl": "json", "code": '"abc"'}, headers=_auth("alpha")).json()
+    assert validated["valid"] and validated["tree"].startswith("start")
+    generated = client.post("/generate", json={"dsl": "json", "text": "yes"}, headers=_auth("alpha"))
+    assert generated.status_code == 200 and generated.json()["valid"]

@@ -1,0 +1,82 @@
+"""The store of published DSLs and adapters: both backends, through the same code production uses.
+
+The S3 store talks to a real S3-protocol server (moto's standalone server) on loopback through boto3.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from service.local_server import free_port
+from service.store import DirectoryStore, S3Store, StoreUnavailable, Versions, open_store
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["directory", "s3"])
+def store(request, tmp_path, monkeypatch):
+    if request.param == "directory":
+        return DirectoryStore(tmp_path / "store")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"nl2dsl-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return open_store(f"s3://{bucket}/replicas", endpoint_url=endpoint)
+
+
+def test_versions_are_numbered_immutable_and_the_newest_is_current(store):
+    versions = Versions(store)
+    first = versions.publish("dsls", "contoso", "kv", b'{"v": 1}', suffix="json")
+    second = versions.publish("dsls", "contoso", "kv", b'{"v": 2}', suffix="json")
+    versions.publish("dsls", "fabrikam", "kv", b'{"other": 1}', suffix="json")
+    assert (first.number, second.number) == (1, 2)
+    assert [v.number for v in versions.history("dsls", "contoso", "kv")] == [1, 2]
+    assert versions.read(first) == b'{"v": 1}'  # an earlier version is still there, unchanged
+    scanned = versions.scan("dsls")
+    assert set(scanned) == {("contoso", "kv"), ("fabrikam", "kv")} and scanned[("contoso", "kv")][-1] == second
+
+
+def test_a_rollback_and_a_deletion_are_new_versions(store):
+    versions = Versions(store)
+    versions.publish("adapters", "contoso", "crm", b"weights v1", suffix="tar.gz")
+    versions.publish("adapters", "contoso", "crm", b"weights v2", suffix="tar.gz")
+    back = versions.republish("adapters", "contoso", "crm", 1)
+    assert back.number == 3 and versions.read(back) == b"weights v1"
+    gone = versions.publish("adapters", "contoso", "crm", None, suffix="tar.gz")
+    assert gone.deleted and versions.history("adapters", "contoso", "crm")[-1].deleted
+    assert versions.republish("adapters", "contoso", "crm", 4) is None  # a deletion has no content
+    assert versions.owner_bytes("contoso") == len(b"weights v1") * 3
+
+
+def test_replicas_publishing_at_once_never_overwrite_each_other(store):
+    versions = Versions(store)
+    threads = [threading.Thread(target=versions.publish, args=("dsls", "t", "same", f"{i}".encode()),
+                                kwargs={"suffix": "json"}) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    history = versions.history("dsls", "t", "same")
+    assert [v.number for v in history] == [1, 2, 3, 4, 5, 6]
+    assert sorted(versions.read(v) for v in history) == [f"{i}".encode() for i in range(6)]
+
+
+def test_a_store_that_cannot_be_reached_is_a_clear_503():
+    versions = Versions(S3Store("nl2dsl", endpoint_url=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(StoreUnavailable) as down:
+        versions.scan("dsls")
+    assert down.value.status_code == 503 and "unavailable" in down.value.message
