@@ -51,6 +51,12 @@ class TrainConfig:
     eval_size: int = 48
     seed: int = 0
     dtype: str = "float32"
+    #: Wall-clock seconds training may take: once the first steps are timed, ``steps`` shrinks to fit.
+    budget_s: float | None = None
+    #: Stop after this many held-out checks without a better score; the best checkpoint is what is written.
+    patience: int | None = None
+    #: Where training state is saved at each held-out check; a run with the same folder resumes from it.
+    checkpoint_dir: Path | None = None
 
 
 @dataclass
@@ -61,6 +67,13 @@ class TrainResult:
     last_loss: float
     heldout_exact_match: list[tuple[int, float]]
     wall_time_s: float
+    #: Training tokens (prompt and target, padding excluded) per second of stepping.
+    tokens_per_s: float = 0.0
+    #: Why training ended before ``steps``: "budget", "early stop" or None.
+    stopped: str | None = None
+    #: The step whose weights were written (the best held-out score; the last step without checks).
+    best_step: int | None = None
+    resumed_from: int | None = None
 
 
 def train(
@@ -97,16 +110,35 @@ def train(
     encode = _Encoder(tokenizer, grammar, examples=config.examples)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
-        * max(0.05, 1 - s / max(1, config.steps))
-    )
+    total = [config.steps]  # shrunk once the budget is known in steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _learning_rate_factor(s, config.warmup_steps,
+                                                                                             total[0]))
     n_replay = round(config.batch_size * config.replay_fraction) if replay_rows else 0
     losses: list[float] = []
     scores: list[tuple[int, float]] = []
-    bar = tqdm(range(1, config.steps + 1), desc=f"train {config.name}", disable=not progress, unit="step")
-    for step in bar:
-        batch = rng.sample(train_rows, config.batch_size - n_replay) + rng.sample(list(replay_rows), n_replay)
+    best: tuple[float, int, dict] | None = None
+    first_step, resumed_from = 1, None
+    state_path = config.checkpoint_dir / "state.pt" if config.checkpoint_dir else None
+    if state_path is not None and state_path.exists():
+        from peft import set_peft_model_state_dict
+
+        state = torch.load(state_path, weights_only=False)
+        set_peft_model_state_dict(model, state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.setstate(state["rng"])
+        losses, scores, total[0] = state["losses"], state["scores"], state["total"]
+        best = state["best"]
+        first_step = resumed_from = state["step"] + 1
+    stepping_s, tokens, stopped = 0.0, 0, None
+    bar = tqdm(total=total[0], initial=first_step - 1, desc=f"train {config.name}", disable=not progress,
+               unit="step")
+    step = first_step - 1
+    while step < total[0]:
+        step += 1
+        step_started = time.monotonic()
+        batch = rng.sample(train_rows, min(len(train_rows), config.batch_size - n_replay)) + rng.sample(
+            list(replay_rows), n_replay)
         input_ids, labels, attention = encode.batch(batch)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
@@ -115,21 +147,75 @@ def train(
         schedule.step()
         optimizer.zero_grad()
         losses.append(loss.item())
+        stepping_s += time.monotonic() - step_started
+        tokens += int(attention.sum())
+        bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
-        if step % config.eval_every == 0 or step == config.steps:
+        if config.budget_s is not None and step - first_step == 1:
+            # Two steps timed: fit the rest (and its held-out checks, ~ a step each) into the budget.
+            left = config.budget_s - (time.monotonic() - started)
+            per_step = stepping_s / 2 * (1 + 1 / max(1, config.eval_every))
+            fits = step + max(0, int(left / per_step))
+            if fits < total[0]:
+                total[0] = max(step, fits)
+                bar.total = total[0]
+                stopped = "budget"
+                bar.write(f"[{config.name}] the budget of {config.budget_s:.0f} s fits {total[0]} steps")
+        if step % config.eval_every == 0 or step == total[0]:
             em = _teacher_forced_exact_match(model, encode, heldout_rows[: config.eval_size])
             scores.append((step, em))
             bar.write(f"[{config.name}] step {step}: loss {sum(losses[-5:]) / len(losses[-5:]):.4f}, "
                       f"held-out teacher-forced exact match {em:.3f}")
             model.train()
+            if best is None or em > best[0]:
+                best = (em, step, _lora_weights(model))
+            if state_path is not None:
+                state_path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"weights": _lora_weights(model), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "rng": rng.getstate(), "losses": losses,
+                            "scores": scores, "total": total[0], "best": best, "step": step},
+                           state_path.with_suffix(".tmp"))
+                state_path.with_suffix(".tmp").replace(state_path)  # an interrupted save leaves the last one
+            if config.patience and len(scores) > config.patience:
+                checked_before = scores[-config.patience - 1][0]  # the check `patience` checks ago
+                if best[1] <= checked_before:  # nothing better since
+                    stopped = "early stop"
+                    break
+        if config.budget_s is not None and time.monotonic() - started > config.budget_s and step < total[0]:
+            stopped = "budget"
+            break
+    bar.close()
+    if best is not None and (config.patience or stopped):
+        from peft import set_peft_model_state_dict
 
+        set_peft_model_state_dict(model, best[2])  # the best checkpoint, not the last step
     config.output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(config.output)
     (config.output / "README.md").unlink(missing_ok=True)  # peft's empty model card; manifest.yaml says it all
     wall = time.monotonic() - started
-    result = TrainResult(config.output, config.steps, losses[0], sum(losses[-5:]) / len(losses[-5:]), scores, wall)
+    result = TrainResult(config.output, step, losses[0], sum(losses[-5:]) / len(losses[-5:]), scores, wall,
+                         tokens_per_s=tokens / stepping_s if stepping_s else 0.0, stopped=stopped,
+                         best_step=best[1] if best is not None and (config.patience or stopped) else step,
+                         resumed_from=resumed_from)
     _write_manifest(config, result, model_path=model_path, data_files=list(data_files))
     return result
+
+
+def _learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak at ``total`` steps."""
+    import math
+
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _lora_weights(model) -> dict:
+    """A copy of the adapter's weights (what a checkpoint keeps)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
 class _Encoder:
@@ -207,12 +293,15 @@ def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str
             "data": [_relative(p) for p in data_files],
             "data_sha256": digest.hexdigest()[:16],
             "hyperparameters": {k: (_relative(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                                if k not in ("name", "dsl", "output", "tenants")},
+                                if k not in ("name", "dsl", "output", "tenants", "checkpoint_dir")},
             "steps": result.steps,
             "first_loss": round(result.first_loss, 4),
             "last_loss": round(result.last_loss, 4),
             "heldout_teacher_forced_exact_match": [[s, round(em, 3)] for s, em in result.heldout_exact_match],
             "wall_time_s": round(result.wall_time_s, 1),
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "stopped": result.stopped,
+            "best_step": result.best_step,
         },
     }
     if config.init_from:

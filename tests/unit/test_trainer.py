@@ -1,0 +1,83 @@
+"""The trainer's budget, early stop and resume, on a tiny randomly initialised Llama with the embedded tokenizer
+(real peft and transformers; milliseconds a step, so the logic is tested, not the model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import Settings
+from service.grammars import Example, compile_grammar
+from service.model import resolve_model
+from service.training import trainer
+from service.training.trainer import TrainConfig, _learning_rate_factor, train
+
+ROWS = [Example(f"convert {i} km to miles", f"{i} km -> mi") for i in range(24)]
+GRAMMAR = compile_grammar("units", 'start: /[0-9]+/ " km -> mi"\n', origin="upload")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, Settings().cache_dir))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _config(tmp_path, **options) -> TrainConfig:
+    return TrainConfig(**{"name": "units", "dsl": "units", "output": tmp_path / "adapter", "steps": 6,
+                          "batch_size": 4, "warmup_steps": 1, "rank": 2, "alpha": 4, "eval_every": 2,
+                          "eval_size": 4, **options})
+
+
+def _train(config: TrainConfig, model: str):
+    return train(config, model_path=model, grammar=GRAMMAR, train_rows=ROWS[:20], heldout_rows=ROWS[20:],
+                 progress=False)
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch):
+    config = _config(tmp_path, checkpoint_dir=tmp_path / "checkpoint")
+    checks = []
+    real_check = trainer._teacher_forced_exact_match
+
+    def interrupted_at_the_second_check(*args):
+        checks.append(1)
+        if len(checks) == 2:
+            raise KeyboardInterrupt  # the machine went away at step 4; step 2's state was saved
+        return real_check(*args)
+
+    monkeypatch.setattr(trainer, "_teacher_forced_exact_match", interrupted_at_the_second_check)
+    with pytest.raises(KeyboardInterrupt):
+        _train(config, tiny_model)
+    monkeypatch.setattr(trainer, "_teacher_forced_exact_match", real_check)
+    result = _train(config, tiny_model)
+    assert result.resumed_from == 3 and result.steps == 6
+    assert [step for step, _ in result.heldout_exact_match] == [2, 4, 6]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_training_stops_early_when_the_held_out_score_stops_improving(tiny_model, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    monkeypatch.setattr(trainer, "_teacher_forced_exact_match", lambda *args: next(scores))
+    result = _train(_config(tmp_path, steps=40, patience=2), tiny_model)
+    assert result.stopped == "early stop" and result.steps == 6 and result.best_step == 2
+
+
+def test_a_budget_shrinks_the_planned_steps_once_the_first_are_timed(tiny_model, tmp_path):
+    result = _train(_config(tmp_path, steps=500, budget_s=0.001), tiny_model)  # spent by the first step or two
+    assert result.stopped == "budget" and 1 <= result.steps <= 2 and result.tokens_per_s > 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()  # what was trained is still written
+
+
+def test_the_learning_rate_warms_up_then_decays_to_five_percent():
+    factors = [_learning_rate_factor(step, 4, 100) for step in range(101)]
+    assert factors[0] == 0.25 and factors[3] == 1.0 and factors[4] == 1.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+    assert factors[100] == pytest.approx(0.05)
