@@ -29,7 +29,7 @@ from service.engine import EngineSlot
 from service.errors import BadRequest, Forbidden, RateLimited, UnknownAdapter
 from service.store import Version, Versions, owner_key, tenant_of
 
-__all__ = ["AdapterPublisher"]
+__all__ = ["AdapterPublisher", "pack_adapter"]
 
 log = logging.getLogger("nl2dsl.adapters")
 
@@ -73,7 +73,7 @@ class AdapterPublisher:
             if checked.error:
                 raise BadRequest(f"adapter {name!r} cannot be served: {checked.error}",
                                  detail={"adapter": name, "reason": checked.error})
-            data = await asyncio.to_thread(_pack, Path(folder))
+            data = await asyncio.to_thread(pack_adapter, Path(folder))
         used = await asyncio.to_thread(self.versions.owner_bytes, owner_key(owner))
         if used + len(data) > self.settings.max_store_bytes_per_tenant:
             raise RateLimited(f"the store holds at most {self.settings.max_store_bytes_per_tenant} bytes per tenant",
@@ -155,7 +155,8 @@ class AdapterPublisher:
             raise BadRequest("the archive has no readable manifest.yaml") from exc
 
 
-def _pack(folder: Path) -> bytes:
+def pack_adapter(folder: Path) -> bytes:
+    """An adapter folder as the .tar.gz `POST /adapters` takes (its files at the top)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for path in sorted(folder.iterdir()):

@@ -4,6 +4,7 @@
     grammar   check grammars (lark and the engine)      keys      hash an API key for the keys file
     data      generate the demo datasets                train     fine-tune a LoRA adapter
     blend     pull a tenant adapter toward the general  eval      score test sets through the service
+    onboard   grammar + pairs -> gated adapter, report
 """
 
 from __future__ import annotations
@@ -73,12 +74,35 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--concurrency", type=int, default=8)
     evaluate.add_argument("--api-key", default=None, help="API key for --url (an admin's, to run as each tenant)")
     evaluate.add_argument("--out", type=Path, default=None, help="report path (default: docs/<SUITE>.md)")
+    evaluate.add_argument("--dsl", default=None, help="score this DSL (any the service serves) instead of a suite")
+    evaluate.add_argument("--test", type=Path, default=None, help="with --dsl: a JSONL file of text/code pairs")
+    evaluate.add_argument("--adapter", default=None, help="with --dsl: the adapter ('base': none)")
+    evaluate.add_argument("--examples", type=int, default=None, help="with --dsl: retrieved examples per prompt")
+    evaluate.add_argument("--tenant", default=None, help="with --dsl: send the requests for this tenant (admin key)")
+
+    onboard = commands.add_parser("onboard", help="grammar + pairs -> checked dataset, gated adapter, report")
+    onboard.add_argument("--grammar", type=Path, required=True, help="the DSL's Lark grammar, as written")
+    onboard.add_argument("--pairs", type=Path, required=True, help='JSONL of {"text", "code", "context"?}')
+    onboard.add_argument("--name", default=None, help="the DSL's and the adapter's name (default: the grammar's)")
+    onboard.add_argument("--tenant", default=None, help="train for this tenant: the adapter serves it only")
+    onboard.add_argument("--url", default=None, help="a running service (default: start one on the embedded model)")
+    onboard.add_argument("--api-key", default=None, help="API key for --url (default: NL2DSL_API_KEY)")
+    onboard.add_argument("--budget", default="30m", help="wall-clock budget for the whole run: 30m, 1h, 900s")
+    onboard.add_argument("--margin", type=float, default=0.05, help="held-out exact match the adapter must add")
+    onboard.add_argument("--examples", type=int, default=3, help="retrieved examples in the 'with examples' runs")
+    onboard.add_argument("--description", default="", help="one sentence on what the DSL is for (in the prompt)")
+    onboard.add_argument("--start", default="start", help="the grammar's start rule")
+    onboard.add_argument("--steps", type=int, default=None, help="fixed training steps (default: planned)")
+    onboard.add_argument("--batch-size", type=int, default=8)
+    onboard.add_argument("--heldout", type=int, default=200, help="at most this many held-out pairs")
+    onboard.add_argument("--max-tokens", type=int, default=256, help="per generation in the evaluations")
+    onboard.add_argument("--work-dir", type=Path, default=None, help="default: ./onboarding/<name>")
 
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "keys": _keys_hash, "data": _data,
-                "train": _train, "blend": _blend, "eval": _eval}
+                "train": _train, "blend": _blend, "eval": _eval, "onboard": _onboard}
     return handlers[args.command](args)
 
 
@@ -176,7 +200,8 @@ def _eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from service.config import PROJECT_ROOT, Settings
-    from service.evaluation.suites import INTROS, REPORTS, SUITES, run_suite, write_report
+    from service.evaluation.runner import RunConfig
+    from service.evaluation.suites import INTROS, REPORTS, SUITES, Case, run_suite, write_report
     from service.local_server import local_server
 
     settings = Settings()
@@ -187,10 +212,19 @@ def _eval(args: argparse.Namespace) -> int:
         print(write_safety_report(PROJECT_ROOT / "tests" / "safety" / "redteam.jsonl", settings.data_dir, out,
                                   command="nl2dsl eval --suite safety"))
         return 0
-    limit = args.limit or {"matrix": 40, "adapters": 200, "smoke": 5}[args.suite]
-    cases = SUITES[args.suite](limit)
-    out = args.out or PROJECT_ROOT / "docs" / REPORTS[args.suite]
-    command = f"nl2dsl eval --suite {args.suite} --limit {limit} --concurrency {args.concurrency}"
+    grammar = None
+    if args.dsl:  # any DSL and test file, scored as given
+        if args.test is None:
+            raise SystemExit("--dsl needs --test FILE.jsonl")
+        cases = [Case(RunConfig(args.adapter or "default", args.dsl, tenant=args.tenant, adapter=args.adapter,
+                                examples=args.examples), args.test.name, args.limit, test_file=args.test)]
+        out = args.out or Path(f"eval-{args.dsl}.md")
+        command = " ".join(["nl2dsl eval", *sys.argv[2:]])
+    else:
+        limit = args.limit or {"matrix": 40, "adapters": 200, "smoke": 5}[args.suite]
+        cases = SUITES[args.suite](limit)
+        out = args.out or PROJECT_ROOT / "docs" / REPORTS[args.suite]
+        command = f"nl2dsl eval --suite {args.suite} --limit {limit} --concurrency {args.concurrency}"
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None:
@@ -198,12 +232,54 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"starting the service (log: {log})", file=sys.stderr)
             # Quality, not latency under a deadline: a loaded CPU can take minutes per request at high concurrency.
             url = stack.enter_context(local_server(log=log, env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
+        if args.dsl and args.dsl not in {p.stem for p in settings.grammars_dir.glob("*.lark")}:
+            grammar = _served_grammar(url, args.dsl, api_key=args.api_key)
         results = run_suite(url, cases, data_dir=settings.data_dir, grammars_dir=settings.grammars_dir,
-                            concurrency=args.concurrency, api_key=args.api_key)
+                            concurrency=args.concurrency, api_key=args.api_key, grammar=grammar)
     write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out,
                  intro=INTROS.get(args.suite, ""))
     print(f"wrote {out}")
     return 0
+
+
+def _served_grammar(url: str, dsl: str, *, api_key: str | None):
+    """The grammar of a DSL the service serves (an upload), compiled here to score tree similarity."""
+    from service.client import NL2DSLClient
+    from service.grammars import compile_grammar
+
+    with NL2DSLClient(url, api_key=api_key) as client:
+        info = client.dsl(dsl)
+    return compile_grammar(dsl, info["grammar"], start=info.get("start") or "start", origin="upload")
+
+
+def _onboard(args: argparse.Namespace) -> int:
+    import re
+
+    from service.client import APIError
+    from service.config import Settings
+    from service.errors import NL2DSLError
+    from service.onboarding import OnboardConfig, onboard
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h)?", args.budget.strip())
+    if not match:
+        raise SystemExit(f"--budget {args.budget!r}: a number of seconds, or 30m, 1h")
+    budget = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    name = args.name or args.grammar.stem
+    config = OnboardConfig(
+        grammar=args.grammar, pairs=args.pairs, name=name, work_dir=args.work_dir or Path("onboarding") / name,
+        url=args.url, api_key=args.api_key or Settings().api_key, tenant=args.tenant, start=args.start,
+        description=args.description, budget_s=budget, margin=args.margin, examples=args.examples,
+        heldout_max=args.heldout, steps=args.steps, batch_size=args.batch_size, max_tokens=args.max_tokens,
+        command=" ".join(["nl2dsl onboard", *sys.argv[2:]]),
+    )
+    try:
+        report = onboard(config)
+    except (NL2DSLError, APIError) as exc:
+        print(f"onboarding stopped: {exc.message}", file=sys.stderr)
+        for item in (exc.detail if isinstance(exc.detail, list) else [])[:20]:
+            print(f"  {item}", file=sys.stderr)
+        return 2
+    return 0 if report.published else 1
 
 
 def _grammar_check(args: argparse.Namespace) -> int:

@@ -66,6 +66,28 @@ class NL2DSLClient:
     def adapters(self) -> list[dict[str, Any]]:
         return _check(self._http.get("/adapters"))
 
+    def dsl(self, name: str) -> dict[str, Any]:
+        return _check(self._http.get(f"/dsls/{name}"))
+
+    def upload_dsl(self, *, name: str, grammar: str, **fields: Any) -> dict[str, Any]:
+        """``POST /dsls``: publish the next version of a grammar (``start``, ``description``, ``examples``...)."""
+        return _check(self._http.post("/dsls", json={"name": name, "grammar": grammar, **fields}))
+
+    def add_examples(self, name: str, jsonl: str) -> dict[str, Any]:
+        """``POST /dsls/{name}/examples``: JSONL pairs, each checked against the grammar."""
+        return _check(self._http.post(f"/dsls/{name}/examples", content=jsonl.encode(),
+                                      headers={"Content-Type": "text/plain"}))
+
+    def publish_adapter(self, archive: bytes, *, name: str | None = None) -> dict[str, Any]:
+        """``POST /adapters``: a PEFT folder as .tar.gz (``name`` overrides its manifest's)."""
+        return _check(self._http.post("/adapters", content=archive, params={"name": name} if name else None,
+                                      headers={"Content-Type": "application/octet-stream"}))
+
+    def delete_adapter(self, name: str) -> None:
+        response = self._http.delete(f"/adapters/{name}")
+        if response.status_code != 204:
+            _check(response)
+
     def ready(self) -> bool:
         try:
             return self._http.get("/readyz").status_code == 200

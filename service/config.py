@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # local development mode (`make serve`), every caller is an admin. See service/security.py.
     auth: Literal["keys", "off"] = "keys"
     api_keys_file: Path | None = None
+    # The key the project's own tools (nl2dsl onboard) send to a service named with --url.
+    api_key: str | None = None
 
     # Admission (service/limits.py): generate requests running or waiting in the engine before new ones get
     # 429 + Retry-After; per tenant at once; seconds before a generation is aborted with 504.

@@ -79,14 +79,9 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
 
 def adapter_archive(folder: Path) -> bytes:
     """An adapter folder as the .tar.gz ``POST /adapters`` takes."""
-    import io
-    import tarfile
+    from service.adapter_uploads import pack_adapter
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in folder.iterdir():
-            archive.add(path, arcname=path.name)
-    return buffer.getvalue()
+    return pack_adapter(folder)
 
 
 def eventually(condition, what: str, *, timeout: float = 30.0) -> None:

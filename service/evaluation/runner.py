@@ -13,7 +13,7 @@ from service.client import APIError, AsyncNL2DSLClient
 from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
 from service.grammars import Example, Grammar
 
-__all__ = ["Outcome", "RunConfig", "run", "summarize"]
+__all__ = ["Outcome", "RunConfig", "Summary", "run", "summarize", "wilson_interval"]
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,22 @@ async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurren
     return list(outcomes)
 
 
+def wilson_interval(hits: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate of ``hits`` in ``n`` (good at small n and rates near 0 or 1)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass
 class Summary:
     n: int
     exact_match: float
+    #: The 95% interval of ``exact_match`` (Wilson): configurations whose intervals overlap are not ranked.
+    exact_match_ci: tuple[float, float]
     valid_rate: float
     #: Share of outputs that finished by themselves ("stop") and still do not parse: 0 under the constraint.
     grammar_violation_rate: float
@@ -105,9 +117,11 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
             "name_hallucination_rate": sum(h.bad_names for h in found) / names if names else 0.0,
             "key_hallucination_rate": sum(h.bad_keys for h in found) / keys if keys else 0.0,
         }
+    hits = sum(o.exact for o in outcomes)
     return Summary(
         n=n,
-        exact_match=sum(o.exact for o in outcomes) / n,
+        exact_match=hits / n,
+        exact_match_ci=wilson_interval(hits, n),
         valid_rate=sum(o.valid for o in outcomes) / n,
         grammar_violation_rate=sum(o.finish_reason == "stop" and not o.valid for o in outcomes) / n,
         cut_rate=sum(o.finish_reason == "length" for o in outcomes) / n,

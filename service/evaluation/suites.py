@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.evaluation.runner import RunConfig, Summary, run, summarize
-from service.grammars import GrammarRegistry
+from service.grammars import Grammar, GrammarRegistry, load_examples
 from service.training.datasets import load_split
 
 __all__ = ["SUITES", "Case", "run_suite", "write_report"]
@@ -20,13 +20,17 @@ __all__ = ["SUITES", "Case", "run_suite", "write_report"]
 
 @dataclass(frozen=True)
 class Case:
-    """A configuration scored on a test set (``data/<dsl>[/tenants/<tenant>]/test.jsonl``, first ``limit`` rows)."""
+    """A configuration scored on a test set: ``data/<dsl>[/tenants/<tenant>]/test.jsonl`` or ``test_file``,
+    first ``limit`` rows."""
 
     config: RunConfig
-    test_set: str  # "flow", "sql", "flow/contoso"
-    limit: int
+    test_set: str  # "flow", "sql", "flow/contoso", or the test file's name
+    limit: int | None
+    test_file: Path | None = None
 
     def rows(self, data_dir: Path):
+        if self.test_file is not None:
+            return load_examples(self.test_file)[: self.limit]
         dsl, _, tenant = self.test_set.partition("/")
         return load_split(data_dir, dsl, "test", tenant=tenant or None, limit=self.limit)
 
@@ -126,13 +130,14 @@ scored 0.84 / 0.86 on general flow but only 0.16 / 0.06 on contoso's own test se
 }
 
 
-def run_suite(url: str, cases: list[Case], *, data_dir: Path, grammars_dir: Path,
-              concurrency: int, api_key: str | None = None) -> list[tuple[Case, Summary]]:
-    grammars = GrammarRegistry(grammars_dir).load()
+def run_suite(url: str, cases: list[Case], *, data_dir: Path, grammars_dir: Path, concurrency: int,
+              api_key: str | None = None, grammar: Grammar | None = None) -> list[tuple[Case, Summary]]:
+    """Score each case through the service; ``grammar``: the DSL of every case, when it is not a shipped one."""
+    grammars = GrammarRegistry(grammars_dir).load() if grammar is None else None
     results = []
     for case in cases:
         outcomes = asyncio.run(run(url, case.config, case.rows(data_dir), concurrency=concurrency, api_key=api_key))
-        summary = summarize(outcomes, grammars.get(case.config.dsl, tenant=case.config.tenant))
+        summary = summarize(outcomes, grammar or grammars.get(case.config.dsl, tenant=case.config.tenant))
         print(f"{case.config.label:<32} on {case.test_set:<14} n={summary.n:<4} exact={summary.exact_match:.3f} "
               f"tree={summary.tree_similarity:.3f} valid={summary.valid_rate:.3f} "
               f"violations={summary.grammar_violation_rate:.3f} cut={summary.cut_rate:.3f} "
@@ -146,6 +151,7 @@ _COLUMNS = [
     ("constrained", lambda c, s: "yes" if c.config.constrained else "no"),
     ("n", lambda c, s: str(s.n)),
     ("exact match", lambda c, s: f"{s.exact_match:.3f}"),
+    ("95% interval", lambda c, s: f"{s.exact_match_ci[0]:.2f}-{s.exact_match_ci[1]:.2f}"),
     ("string sim.", lambda c, s: f"{s.string_similarity:.3f}"),
     ("tree sim.", lambda c, s: f"{s.tree_similarity:.3f}"),
     ("valid", lambda c, s: f"{s.valid_rate:.3f}"),

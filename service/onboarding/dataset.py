@@ -1,0 +1,102 @@
+"""Step 1 of onboarding: pairs -> a checked dataset (every code parsed with the grammar, duplicates out, split).
+
+Each line of the pairs file is ``{"text", "code", "context"?}``. A line that is not such an object, or whose
+code does not parse with the grammar as written, is rejected with its line number and lark's position. Exact
+duplicates (same text, code and context after trimming) are dropped; a text that appears with two different
+codes keeps its first. The rest is shuffled with a fixed seed and split: the held-out part is never trained
+on and is what every configuration is scored on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.errors import RequestInvalid
+from service.grammars import Example, Grammar
+
+__all__ = ["Dataset", "Reject", "build_dataset", "load_pairs"]
+
+
+@dataclass(frozen=True)
+class Reject:
+    line: int
+    message: str
+    #: Where in the code lark stopped (1-based), when the code did not parse.
+    code_line: int | None = None
+    code_column: int | None = None
+
+
+@dataclass
+class Dataset:
+    train: list[Example]
+    heldout: list[Example]
+    rejects: list[Reject] = field(default_factory=list)
+    duplicates: int = 0
+    conflicting: int = 0
+
+    @property
+    def kept(self) -> int:
+        return len(self.train) + len(self.heldout)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train": len(self.train), "heldout": len(self.heldout), "rejected": len(self.rejects),
+                "duplicates": self.duplicates, "conflicting": self.conflicting}
+
+
+def load_pairs(path: Path) -> tuple[list[tuple[int, Example]], list[Reject]]:
+    """The pairs of a JSONL file with their line numbers, and the lines that are not pairs."""
+    pairs: list[tuple[int, Example]] = []
+    rejects: list[Reject] = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, code = row["text"], row["code"]
+            if not (isinstance(text, str) and isinstance(code, str) and text.strip() and code.strip()):
+                raise TypeError
+            context = row.get("context")
+            pairs.append((number, Example(text.strip(), code.strip(), str(context) if context else None)))
+        except (ValueError, KeyError, TypeError):
+            rejects.append(Reject(number, 'not a JSON object with non-empty string "text" and "code"'))
+    return pairs, rejects
+
+
+def build_dataset(grammar: Grammar, path: Path, *, heldout: float = 0.2, max_heldout: int = 200,
+                  min_heldout: int = 5, min_pairs: int = 20, seed: int = 0) -> Dataset:
+    """Check every pair against ``grammar``, drop duplicates, split; RequestInvalid if too few pairs remain."""
+    pairs, rejects = load_pairs(path)
+    seen: set[tuple[str, str, str | None]] = set()
+    codes: dict[tuple[str, str | None], str] = {}
+    kept: list[Example] = []
+    duplicates = conflicting = 0
+    for number, example in pairs:
+        result = grammar.parse(example.code)
+        if not result.valid:
+            error = result.error
+            rejects.append(Reject(number, f"the code does not parse: {error.message}", error.line, error.column))
+            continue
+        key = (example.text.lower(), example.code, example.context)
+        if key in seen:
+            duplicates += 1
+            continue
+        first = codes.setdefault((example.text.lower(), example.context), example.code)
+        if first != example.code:
+            conflicting += 1
+            continue
+        seen.add(key)
+        kept.append(example)
+    rejects.sort(key=lambda r: r.line)
+    if len(kept) < min_pairs:
+        raise RequestInvalid(
+            f"{len(kept)} usable pairs in {path} (at least {min_pairs} are needed); {len(rejects)} rejected",
+            detail=[{"line": r.line, "message": r.message} for r in rejects[:20]],
+        )
+    random.Random(seed).shuffle(kept)
+    n_heldout = max(min_heldout, min(max_heldout, round(heldout * len(kept))))
+    return Dataset(train=kept[n_heldout:], heldout=kept[:n_heldout], rejects=rejects, duplicates=duplicates,
+                   conflicting=conflicting)

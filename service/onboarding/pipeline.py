@@ -1,0 +1,241 @@
+"""``nl2dsl onboard``: a team's grammar and pairs -> a checked dataset, a served DSL, a gated adapter, a report.
+
+    dataset    every pair parsed with the grammar (rejects by line), duplicates out, train / held-out split
+    register   the DSL published through the API (POST /dsls), its training pairs as retrieval examples
+    baseline   the base model, constrained, with 0 and k retrieved examples, on the held-out pairs
+    train      a LoRA adapter on the train split within the time budget (steps from data size and budget,
+               warm-up + cosine schedule, early stop on the held-out score, checkpoints: a re-run resumes)
+    evaluate   the adapter as a candidate, with 0 and k examples, constrained and not
+    gate       published under its name only if its best constrained exact match beats the best baseline by
+               ``margin`` and no output that finished by itself fails to parse; otherwise the baseline stays
+    report     ONBOARDING.md / .png / .json in the work folder and inside the published adapter's archive
+
+Everything goes through the service's API (``--url`` with an API key, or a local service started here on the
+embedded model, with the store every later ``nl2dsl serve`` reads); only training runs in this process.
+Re-running with more pairs continues from the adapter the last run published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from service.adapter_uploads import pack_adapter
+from service.client import NL2DSLClient
+from service.config import Settings
+from service.evaluation.runner import RunConfig, Summary, run, summarize
+from service.grammars import Grammar, compile_grammar
+from service.local_server import local_server
+from service.model import resolve_model
+from service.onboarding.dataset import Dataset, build_dataset
+from service.onboarding.report import Report, write_report
+
+__all__ = ["OnboardConfig", "onboard"]
+
+
+@dataclass
+class OnboardConfig:
+    grammar: Path
+    pairs: Path
+    name: str
+    work_dir: Path
+    url: str | None = None
+    api_key: str | None = None
+    #: Requests are sent for this tenant (an admin's key acting for it); the adapter serves it.
+    tenant: str | None = None
+    start: str = "start"
+    description: str = ""
+    budget_s: float = 1800.0
+    #: The adapter must beat the best baseline's held-out exact match by this much to be published.
+    margin: float = 0.05
+    examples: int = 3
+    heldout_max: int = 200
+    #: Fixed training steps instead of planning them from the data and the budget.
+    steps: int | None = None
+    epochs: float = 3.0
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    rank: int = 16
+    max_tokens: int = 256
+    concurrency: int = 8
+    seed: int = 0
+    command: str = ""
+    stages: list[tuple[str, float]] = field(default_factory=list)
+
+
+def onboard(config: OnboardConfig) -> Report:
+    """Run every stage; the report says whether the adapter was published and why."""
+    started = time.monotonic()
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    text = config.grammar.read_text(encoding="utf-8")
+    grammar = compile_grammar(config.name, text, start=config.start, description=config.description,
+                              source=config.grammar.name, origin="upload")
+    dataset = _stage(config, "dataset", lambda: build_dataset(grammar, config.pairs, max_heldout=config.heldout_max,
+                                                              seed=config.seed))
+    _say(f"dataset: {dataset.summary()}")
+    for reject in dataset.rejects[:10]:
+        where = f" (code line {reject.code_line}, column {reject.code_column})" if reject.code_line else ""
+        _say(f"  rejected line {reject.line}: {reject.message.splitlines()[0]}{where}")
+    _write_split(config.work_dir, dataset)
+    with ExitStack() as stack:
+        url = config.url or stack.enter_context(local_server(
+            log=config.work_dir / "server.log", env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
+        client = stack.enter_context(NL2DSLClient(url, api_key=config.api_key, timeout=600))
+        _stage(config, "register", lambda: _register(client, config, text, dataset))
+        report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command)
+        baseline = [RunConfig("base", config.name, tenant=config.tenant, adapter="base", examples=0,
+                              max_tokens=config.max_tokens),
+                    RunConfig(f"base + {config.examples} examples", config.name, tenant=config.tenant,
+                              adapter="base", examples=config.examples, max_tokens=config.max_tokens)]
+        measured = _stage(config, "baseline", lambda: _evaluate(url, config, baseline, dataset, grammar))
+        report.rows += measured
+        eval_s = config.stages[-1][1]
+        candidate = f"{config.name}-candidate"
+        # What is left of the budget goes to training, less what evaluating the adapter will take (four
+        # configurations: about twice the two baselines).
+        train_budget = max(60.0, config.budget_s - (time.monotonic() - started) - 2.2 * eval_s)
+        folder = _stage(config, "train", lambda: _train(config, grammar, dataset, train_budget, report))
+        _stage(config, "publish candidate", lambda: client.publish_adapter(pack_adapter(folder), name=candidate))
+        try:
+            trained = [RunConfig(f"adapter{suffix}", config.name, tenant=config.tenant, adapter=candidate,
+                                 examples=k, constrained=constrained, max_tokens=config.max_tokens)
+                       for constrained in (True, False) for k, suffix in ((0, ""), (config.examples,
+                                                                            f" + {config.examples} examples"))]
+            report.rows += _stage(config, "evaluate", lambda: _evaluate(url, config, trained, dataset, grammar))
+        finally:
+            client.delete_adapter(candidate)
+        report.published, report.verdict = _gate(report.rows, margin=config.margin)
+        report.stages = config.stages
+        if report.published:
+            report.usage = _usage(url, config)
+            report.stages.append(("report", 0.0))
+            write_report(report, folder)  # the report travels with the adapter, into the store
+            client.publish_adapter(pack_adapter(folder), name=config.name)
+            shutil.copytree(folder, config.work_dir / "published", dirs_exist_ok=True)
+        write_report(report, config.work_dir / "report")
+    _say(("published" if report.published else "not published") + f": {report.verdict}")
+    _say(f"report: {config.work_dir / 'report' / 'ONBOARDING.md'}")
+    if report.published:
+        _say(report.usage)
+    return report
+
+
+def _stage(config: OnboardConfig, name: str, work):
+    _say(f"== {name}")
+    started = time.monotonic()
+    result = work()
+    config.stages.append((name, time.monotonic() - started))
+    return result
+
+
+def _say(line: str) -> None:
+    print(f"[onboard] {line}", file=sys.stderr, flush=True)
+
+
+def _write_split(folder: Path, dataset: Dataset) -> None:
+    for split, rows in (("train", dataset.train), ("heldout", dataset.heldout)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+    (folder / "rejects.json").write_text(json.dumps([asdict(r) for r in dataset.rejects], indent=1))
+
+
+def _register(client: NL2DSLClient, config: OnboardConfig, text: str, dataset: Dataset) -> None:
+    """Publish the DSL and its training pairs as retrieval examples (never the held-out ones)."""
+    client.upload_dsl(name=config.name, grammar=text, start=config.start, description=config.description)
+    jsonl = "".join(json.dumps({k: v for k, v in asdict(r).items() if v is not None}) + "\n"
+                    for r in dataset.train[:2000])
+    added = client.add_examples(config.name, jsonl)
+    _say(f"registered {config.name}: {added['added']} examples for retrieval, {len(added['rejected'])} refused")
+
+
+def _evaluate(url: str, config: OnboardConfig, configs: list[RunConfig], dataset: Dataset,
+              grammar: Grammar) -> list[tuple[RunConfig, Summary]]:
+    results = []
+    for run_config in configs:
+        outcomes = asyncio.run(run(url, run_config, dataset.heldout, concurrency=config.concurrency,
+                                   api_key=config.api_key))
+        summary = summarize(outcomes, grammar)
+        lo, hi = summary.exact_match_ci
+        _say(f"{run_config.label:<28} {'constrained' if run_config.constrained else 'free':<11} n={summary.n} "
+             f"exact {summary.exact_match:.3f} [{lo:.2f}, {hi:.2f}] valid {summary.valid_rate:.3f} "
+             f"finished-not-parsed {summary.grammar_violation_rate:.3f}")
+        results.append((run_config, summary))
+    return results
+
+
+def _plan_steps(config: OnboardConfig, n_train: int) -> int:
+    """Steps for ``epochs`` passes over the data (at least 10); the budget may cut them shorter."""
+    if config.steps is not None:
+        return config.steps
+    return max(10, min(2000, math.ceil(config.epochs * n_train / config.batch_size)))
+
+
+def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: float, report: Report) -> Path:
+    from service.training.trainer import TrainConfig, train
+
+    settings = Settings()
+    previous = config.work_dir / "published"
+    output = config.work_dir / "adapter"
+    shutil.rmtree(output, ignore_errors=True)
+    steps = _plan_steps(config, len(dataset.train))
+    eval_every = max(2, steps // 8)
+    train_config = TrainConfig(
+        name=config.name, dsl=config.name, output=output, tenants=[config.tenant] if config.tenant else ["*"],
+        steps=steps, batch_size=config.batch_size, learning_rate=config.learning_rate, rank=config.rank,
+        alpha=2 * config.rank, warmup_steps=min(4, max(1, steps // 10)), eval_every=eval_every,
+        eval_size=min(48, len(dataset.heldout)), seed=config.seed, budget_s=budget_s, patience=3,
+        checkpoint_dir=config.work_dir / "checkpoint",
+        init_from=previous if (previous / "adapter_config.json").exists() else None,
+    )
+    _say(f"training up to {steps} steps (held-out check every {eval_every}) within {budget_s:.0f} s"
+         + (f", continuing from {previous}" if train_config.init_from else ""))
+    model = resolve_model(settings.model, settings.cache_dir)
+    # Held-out pairs score the checks during training; they are never trained on.
+    result = train(train_config, model_path=model, grammar=grammar, train_rows=dataset.train,
+                   heldout_rows=dataset.heldout, data_files=[config.pairs])
+    shutil.rmtree(config.work_dir / "checkpoint", ignore_errors=True)  # finished: the next run starts anew
+    report.curve = list(result.heldout_exact_match)
+    report.training = {"steps": result.steps, "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s,
+                       "stopped": result.stopped, "best_step": result.best_step,
+                       "resumed_from": result.resumed_from, "init_from": str(train_config.init_from or "")}
+    manifest_path = output / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["training"]["data"] = [config.pairs.name]  # the team's file, not a path of this machine
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return output
+
+
+def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float) -> tuple[bool, str]:
+    """Publish only a clear win over the best baseline, with every finished constrained output parsing."""
+    baselines = [(c, s) for c, s in rows if c.adapter == "base"]
+    adapters = [(c, s) for c, s in rows if c.adapter != "base" and c.constrained]
+    best_base_config, best_base = max(baselines, key=lambda cs: cs[1].exact_match)
+    best_config, best = max(adapters, key=lambda cs: cs[1].exact_match)
+    violations = sum(s.grammar_violation_rate for _, s in adapters)
+    needed = best_base.exact_match + margin
+    if violations > 0:
+        return False, (f"constrained adapter outputs that finished by themselves did not parse (rate "
+                       f"{violations:.3f}); the baseline stays")
+    if best.exact_match < needed:
+        return False, (f"best adapter configuration '{best_config.label}' scored {best.exact_match:.3f} held-out "
+                       f"exact match, below the best baseline '{best_base_config.label}' "
+                       f"({best_base.exact_match:.3f}) + margin {margin} = {needed:.3f}; the baseline stays")
+    return True, (f"'{best_config.label}' scored {best.exact_match:.3f} held-out exact match against the best "
+                  f"baseline '{best_base_config.label}' {best_base.exact_match:.3f} (margin {margin} met), and every "
+                  "constrained output that finished parses")
+
+
+def _usage(url: str, config: OnboardConfig) -> str:
+    body = {"dsl": config.name, "adapter": config.name, "text": "..."}
+    if config.tenant:
+        body["tenant"] = config.tenant
+    key = ' -H "Authorization: Bearer $NL2DSL_API_KEY"' if config.api_key else ""
+    return f"curl -X POST {url}/generate{key} -H 'Content-Type: application/json' -d '{json.dumps(body)}'"

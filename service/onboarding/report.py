@@ -1,0 +1,108 @@
+"""The onboarding report: Markdown for a person, a PNG chart, and JSON with every number.
+
+Per configuration: exact match with its 95% interval and sample size, tree similarity, valid rate, outputs that
+finished by themselves and do not parse, p50/p95 latency; the training curve; the gate's verdict and why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.evaluation.runner import RunConfig, Summary
+
+__all__ = ["Report", "write_report"]
+
+
+@dataclass
+class Report:
+    name: str
+    dsl: str
+    dataset: dict[str, Any]
+    #: (configuration, summary) in the order they were measured: baselines first.
+    rows: list[tuple[RunConfig, Summary]] = field(default_factory=list)
+    #: Held-out teacher-forced exact match during training: (step, score).
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    published: bool = False
+    verdict: str = ""
+    command: str = ""
+    usage: str = ""
+    stages: list[tuple[str, float]] = field(default_factory=list)
+
+
+_COLUMNS = ("configuration", "constrained", "n", "exact match", "95% interval", "tree sim.", "valid",
+            "finished, not parsed", "p50 s", "p95 s")
+
+
+def _cells(config: RunConfig, s: Summary) -> list[str]:
+    return [config.label, "yes" if config.constrained else "no", str(s.n), f"{s.exact_match:.3f}",
+            f"{s.exact_match_ci[0]:.2f}-{s.exact_match_ci[1]:.2f}", f"{s.tree_similarity or 0:.3f}",
+            f"{s.valid_rate:.3f}", f"{s.grammar_violation_rate:.3f}", f"{s.p50_s:.2f}", f"{s.p95_s:.2f}"]
+
+
+def write_report(report: Report, folder: Path) -> list[Path]:
+    """``ONBOARDING.md``, ``.png`` and ``.json`` in ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown, chart, data = folder / "ONBOARDING.md", folder / "ONBOARDING.png", folder / "ONBOARDING.json"
+    d = report.dataset
+    lines = [
+        f"# Onboarding `{report.dsl}` -> adapter `{report.name}`", "",
+        f"**{'Published' if report.published else 'Not published'}**: {report.verdict}", "",
+        "Produced by:", "", f"```sh\n{report.command}\n```", "",
+        f"Dataset: {d['train']} pairs to train on, {d['heldout']} held out (never trained on), {d['rejected']} "
+        f"rejected, {d['duplicates']} duplicates and {d['conflicting']} conflicting pairs dropped.", "",
+        "## Held-out scores", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_cells(config, s)) + " |" for config, s in report.rows]
+    if report.training:
+        t = report.training
+        lines += ["", "## Training", "",
+                  f"{t.get('steps')} steps in {t.get('wall_time_s', 0):.0f} s ({t.get('tokens_per_s', 0):.0f} "
+                  f"tokens/s); stopped: {t.get('stopped') or 'planned steps done'}; weights of step "
+                  f"{t.get('best_step')}.", "",
+                  "| step | held-out teacher-forced exact match |", "|---|---|"]
+        lines += [f"| {step} | {score:.3f} |" for step, score in report.curve]
+    if report.stages:
+        lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report.stages]
+    if report.usage:
+        lines += ["", "## Use it", "", f"```sh\n{report.usage}\n```"]
+    lines += ["", f"![held-out exact match per configuration and the training curve]({chart.name})", ""]
+    markdown.write_text("\n".join(lines))
+    _plot(report, chart)
+    payload = {**{k: v for k, v in asdict(report).items() if k != "rows"},
+               "rows": [{"config": asdict(c), "summary": asdict(s)} for c, s in report.rows]}
+    data.write_text(json.dumps(payload, indent=1))
+    return [markdown, chart, data]
+
+
+def _plot(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.35 * max(4, len(report.rows)) + 1.8))
+    labels = [f"{c.label}{'' if c.constrained else ' (free)'}" for c, _ in report.rows]
+    exact = [s.exact_match for _, s in report.rows]
+    errors = [[s.exact_match - s.exact_match_ci[0] for _, s in report.rows],
+              [s.exact_match_ci[1] - s.exact_match for _, s in report.rows]]
+    ys = list(range(len(report.rows)))
+    left.barh(ys, exact, xerr=errors, capsize=3)
+    left.set_yticks(ys, labels, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlim(0, 1)
+    left.set_title("held-out exact match (95% interval)")
+    if report.curve:
+        steps, scores = zip(*report.curve, strict=True)
+        right.plot(steps, scores, marker="o")
+    right.set_ylim(0, 1)
+    right.set_xlabel("training step")
+    right.set_title("held-out teacher-forced exact match")
+    fig.suptitle(f"{report.dsl}: {report.name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,94 @@
+"""Onboarding without the engine: the dataset a team's pairs become, the gate, the budget parser, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.cli import main
+from service.errors import RequestInvalid
+from service.evaluation.runner import Outcome, RunConfig, summarize
+from service.grammars import compile_grammar
+from service.onboarding import build_dataset
+from service.onboarding.pipeline import _gate
+from service.onboarding.report import Report, write_report
+
+# A unit-conversion DSL nobody here wrote a generator for, with `*`, `%ignore` and an import.
+GRAMMAR = 'start: conversion (";" conversion)*\nconversion: NUMBER UNIT "->" UNIT\nUNIT: /[a-z]+/\n' \
+          '%import common.NUMBER\n%import common.WS\n%ignore WS\n'
+
+
+def _pairs(tmp_path, rows):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_pairs_are_checked_by_line_deduplicated_and_split_with_a_fixed_seed(tmp_path):
+    grammar = compile_grammar("units", GRAMMAR, origin="upload")
+    good = [{"text": f"convert {i} km to miles", "code": f"{i} km -> mi"} for i in range(40)]
+    rows = [*good[:20], good[3], {"text": "Convert 3 KM to miles", "code": "3 km -> mi"},
+            {"text": "convert 5 km to miles", "code": "5 km -> yd"}, "not json", {"text": "x"},
+            {"text": "broken", "code": "km -> -> mi"}, *good[20:]]
+    path = _pairs(tmp_path, rows)
+    dataset = build_dataset(grammar, path, heldout=0.25, seed=7)
+    assert (dataset.duplicates, dataset.conflicting) == (2, 1)  # same text (any case) and code; same text, new code
+    assert [r.line for r in dataset.rejects] == [24, 25, 26]
+    broken = dataset.rejects[-1]
+    assert "does not parse" in broken.message and (broken.code_line, broken.code_column) == (1, 1)
+    assert len(dataset.heldout) == 10 and len(dataset.train) == 30
+    assert not {e.text for e in dataset.heldout} & {e.text for e in dataset.train}  # held out means held out
+    again = build_dataset(grammar, path, heldout=0.25, seed=7)
+    assert again.heldout == dataset.heldout
+
+
+def test_too_few_usable_pairs_stop_onboarding_with_the_rejects(tmp_path):
+    grammar = compile_grammar("units", GRAMMAR, origin="upload")
+    path = _pairs(tmp_path, [{"text": "a", "code": "1 km -> mi"}, {"text": "b", "code": "nope"}])
+    with pytest.raises(RequestInvalid) as stopped:
+        build_dataset(grammar, path)
+    assert "1 usable pairs" in stopped.value.message and stopped.value.detail[0]["line"] == 2
+
+
+def _summary(hits: int, n: int = 10, *, violations: int = 0):
+    outcomes = [Outcome("a", "a" if i < hits else "b", i >= violations, "stop", 1.0) for i in range(n)]
+    return summarize(outcomes)
+
+
+def test_the_gate_publishes_only_a_clear_win_with_every_finished_output_parsing():
+    base = [(RunConfig("base", "u", adapter="base"), _summary(3)),
+            (RunConfig("base + 3", "u", adapter="base", examples=3), _summary(5))]
+    win = [(RunConfig("adapter", "u", adapter="c"), _summary(8)),
+           (RunConfig("adapter free", "u", adapter="c", constrained=False), _summary(1, violations=5))]
+    published, why = _gate(base + win, margin=0.1)
+    assert published and "0.800" in why and "base + 3" in why  # the unconstrained run's failures do not count
+    assert not _gate(base + win, margin=0.4)[0]  # 0.8 < 0.5 + 0.4
+    broken = [(RunConfig("adapter", "u", adapter="c"), _summary(9, violations=1))]
+    published, why = _gate(base + broken, margin=0.1)
+    assert not published and "did not parse" in why
+
+
+def test_summaries_carry_a_95_percent_interval_that_narrows_with_more_cases():
+    small, large = _summary(5, 10), _summary(50, 100)
+    assert small.exact_match == large.exact_match == 0.5
+    assert small.exact_match_ci[0] < large.exact_match_ci[0] < 0.5 < large.exact_match_ci[1] < small.exact_match_ci[1]
+    assert _summary(0, 10).exact_match_ci[0] == 0.0 and _summary(10, 10).exact_match_ci[1] == 1.0
+
+
+def test_the_report_has_the_table_the_curve_and_the_verdict(tmp_path):
+    report = Report(name="units", dsl="units", dataset={"train": 30, "heldout": 10, "rejected": 3, "duplicates": 2,
+                                                        "conflicting": 1},
+                    rows=[(RunConfig("base", "units", adapter="base"), _summary(2))], curve=[(2, 0.1), (4, 0.3)],
+                    training={"steps": 4, "wall_time_s": 12.0, "tokens_per_s": 300.0, "best_step": 4},
+                    published=False, verdict="below the baseline", command="nl2dsl onboard --grammar u.lark")
+    markdown, chart, data = write_report(report, tmp_path)
+    text = markdown.read_text()
+    assert "Not published" in text and "| base | yes | 10 | 0.200 |" in text and "| 4 | 0.300 |" in text
+    assert chart.stat().st_size > 1000 and json.loads(data.read_text())["curve"] == [[2, 0.1], [4, 0.3]]
+
+
+def test_onboard_refuses_a_budget_it_cannot_read(tmp_path):
+    with pytest.raises(SystemExit, match="--budget"):
+        main(["onboard", "--grammar", str(tmp_path / "g.lark"), "--pairs", str(tmp_path / "p.jsonl"),
+              "--budget", "soon"])
