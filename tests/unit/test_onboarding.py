@@ -92,3 +92,15 @@ def test_onboard_refuses_a_budget_it_cannot_read(tmp_path):
     with pytest.raises(SystemExit, match="--budget"):
         main(["onboard", "--grammar", str(tmp_path / "g.lark"), "--pairs", str(tmp_path / "p.jsonl"),
               "--budget", "soon"])
+
+
+def test_the_cron_demo_pairs_parse_with_their_grammar_and_are_the_generators_output(tmp_path):
+    from service.config import PROJECT_ROOT
+    from service.training.cron_data import generate
+
+    folder = PROJECT_ROOT / "data" / "onboarding" / "cron"
+    grammar = compile_grammar("cron", (folder / "cron.lark").read_text(), origin="upload")
+    shipped = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    assert shipped == generate(len(shipped))  # deterministic: the file is what the generator writes
+    dataset = build_dataset(grammar, folder / "pairs.jsonl")
+    assert not dataset.rejects and dataset.kept > 900 and len(dataset.heldout) == round(0.2 * dataset.kept)
