@@ -29,12 +29,14 @@ from service.engine import EngineSlot
 from service.errors import BadRequest, Forbidden, RateLimited, UnknownAdapter
 from service.store import Version, Versions, owner_key, tenant_of
 
-__all__ = ["AdapterPublisher", "pack_adapter"]
+__all__ = ["NAME_PATTERN", "AdapterPublisher", "pack_adapter"]
 
 log = logging.getLogger("nl2dsl.adapters")
 
 _KIND = "adapters"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: What a published adapter may be called (so its name is also a safe key in the store).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
 _MAX_FILES = 16
 
 

@@ -8,11 +8,12 @@ every replica reads; ``/versions``, ``/rollback`` and ``DELETE`` go through a pu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel
 
+from service.adapter_uploads import NAME_PATTERN
 from service.adapters import Adapter
 from service.api.deps import AdapterPublisherDep, AdaptersDep, CallerDep
 from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
@@ -32,6 +33,10 @@ class AdapterInfo(BaseModel):
     error: str | None = None
     #: Published at run time: the version served (None: shipped with the service).
     version: int | None = None
+
+
+#: A published adapter named in the path: a name no adapter can have is a 422, before the store is asked.
+AdapterName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
 
 def _info(adapter: Adapter) -> AdapterInfo:
@@ -66,23 +71,24 @@ async def publish_adapter(request: Request, publisher: AdapterPublisherDep, call
 
 
 @router.get("/adapters/{name}/versions", response_model=list[VersionInfo],
-            responses=error_responses(401, 404, 413, 503))
-async def list_adapter_versions(name: str, publisher: AdapterPublisherDep, caller: CallerDep) -> list[VersionInfo]:
+            responses=error_responses(401, 404, 413, 422, 503))
+async def list_adapter_versions(name: AdapterName, publisher: AdapterPublisherDep,
+                                caller: CallerDep) -> list[VersionInfo]:
     """The versions of one of the caller's published adapters, oldest first (the newest is served)."""
     return [version_info(v) for v in await publisher.history(owner=caller.tenant, name=name)]
 
 
 @router.post("/adapters/{name}/rollback", response_model=AdapterInfo,
              responses=error_responses(400, 401, 404, 413, 422, 429, 503))
-async def rollback_adapter(name: str, body: Rollback, publisher: AdapterPublisherDep,
+async def rollback_adapter(name: AdapterName, body: Rollback, publisher: AdapterPublisherDep,
                            caller: CallerDep) -> AdapterInfo:
     """Serve an earlier version again: its content is published as the newest version, on every replica."""
     return _info(await publisher.rollback(owner=caller.tenant, name=name, version=body.version))
 
 
 @router.delete("/adapters/{name}", status_code=204, response_class=Response,
-               responses=error_responses(401, 404, 413, 503))
-async def delete_adapter(name: str, publisher: AdapterPublisherDep, caller: CallerDep) -> Response:
+               responses=error_responses(401, 404, 413, 422, 503))
+async def delete_adapter(name: AdapterName, publisher: AdapterPublisherDep, caller: CallerDep) -> Response:
     """Withdraw one of the caller's published adapters on every replica (its versions stay for a rollback)."""
     await publisher.delete(owner=caller.tenant, name=name)
     return Response(status_code=204)

@@ -9,9 +9,9 @@ names another tenant: which tenants have private variants is listed to admins on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import CallerDep, DSLPublisherDep, GrammarsDep
@@ -22,6 +22,12 @@ from service.security import Caller
 __all__ = ["DSLInfo", "router"]
 
 router = APIRouter(tags=["dsls"])
+
+
+#: What a published DSL may be called (so its name is also a safe key in the store).
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+#: A published DSL named in the path: a name no DSL can have is a 422, before the store is asked.
+DSLName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
 
 class DSLInfo(BaseModel):
@@ -83,7 +89,7 @@ class DSLUpload(BaseModel):
         }]},
     )
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Name to generate with (dsl field).")
+    name: str = Field(pattern=NAME_PATTERN, description="Name to generate with (dsl field).")
     grammar: str = Field(min_length=1, description="Lark grammar text.")
     start: str = Field(default="start", pattern=r"^[a-z_][a-z0-9_]{0,31}$")
     description: str = Field(default="", max_length=500)
@@ -149,7 +155,7 @@ class ExamplesAdded(BaseModel):
              responses=error_responses(400, 401, 404, 413, 422, 429, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {
                  "schema": {"type": "string"}, "example": '{"text": "set the port to 80", "code": "port=80"}'}}}})
-async def add_examples(name: str, request: Request, grammars: GrammarsDep, publisher: DSLPublisherDep,
+async def add_examples(name: DSLName, request: Request, grammars: GrammarsDep, publisher: DSLPublisherDep,
                        caller: CallerDep) -> ExamplesAdded:
     """Add examples to one of the caller's DSLs: JSONL, one ``{"text", "code", "context"?}`` a line, each
     parsed with the grammar; those that do not are reported by line. Retrieval uses the rest at once."""
@@ -158,15 +164,16 @@ async def add_examples(name: str, request: Request, grammars: GrammarsDep, publi
     return ExamplesAdded(dsl=_info(grammar, caller, grammars), added=added, rejected=rejected)
 
 
-@router.get("/dsls/{name}/versions", response_model=list[VersionInfo], responses=error_responses(401, 404, 413, 503))
-async def list_dsl_versions(name: str, publisher: DSLPublisherDep, caller: CallerDep) -> list[VersionInfo]:
+@router.get("/dsls/{name}/versions", response_model=list[VersionInfo],
+            responses=error_responses(401, 404, 413, 422, 503))
+async def list_dsl_versions(name: DSLName, publisher: DSLPublisherDep, caller: CallerDep) -> list[VersionInfo]:
     """The versions of one of the caller's DSLs in the store, oldest first (the newest is served)."""
     return [version_info(v) for v in await publisher.history(owner=caller.tenant, name=name)]
 
 
 @router.post("/dsls/{name}/rollback", response_model=DSLInfo, responses=error_responses(400, 401, 404, 413, 422,
                                                                                           429, 503))
-async def rollback_dsl(name: str, body: Rollback, grammars: GrammarsDep, publisher: DSLPublisherDep,
+async def rollback_dsl(name: DSLName, body: Rollback, grammars: GrammarsDep, publisher: DSLPublisherDep,
                        caller: CallerDep) -> DSLInfo:
     """Serve an earlier version again: its content is published as the newest version, on every replica."""
     grammar = await publisher.rollback(owner=caller.tenant, name=name, version=body.version)
@@ -174,8 +181,8 @@ async def rollback_dsl(name: str, body: Rollback, grammars: GrammarsDep, publish
 
 
 @router.delete("/dsls/{name}", status_code=204, response_class=Response,
-               responses=error_responses(401, 404, 413, 503))
-async def delete_dsl(name: str, publisher: DSLPublisherDep, caller: CallerDep) -> Response:
+               responses=error_responses(401, 404, 413, 422, 503))
+async def delete_dsl(name: DSLName, publisher: DSLPublisherDep, caller: CallerDep) -> Response:
     """Withdraw one of the caller's DSLs on every replica (its versions stay in the store for a rollback)."""
     await publisher.delete(owner=caller.tenant, name=name)
     return Response(status_code=204)

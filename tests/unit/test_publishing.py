@@ -173,3 +173,16 @@ def test_code_that_parses_to_a_single_token_is_valid_everywhere(replica):
     assert validated["valid"] and validated["tree"].startswith("start")
     generated = client.post("/generate", json={"dsl": "json", "text": "yes"}, headers=_auth("alpha"))
     assert generated.status_code == 200 and generated.json()["valid"]
+
+
+def test_a_name_no_dsl_or_adapter_can_have_is_a_422_not_a_store_error(replica):
+    """Found by the schema fuzzer: a long unicode name in the path became a file name too long for the store."""
+    client = replica()
+    name = "\U0001d413\U0001d421\U0001d41e" * 30
+    for method, path, body in (("POST", f"/dsls/{name}/rollback", {"version": 1}), ("GET", f"/dsls/{name}/versions",
+                                                                                      None),
+                               ("DELETE", f"/dsls/{name}", None), ("POST", f"/adapters/{name}/rollback",
+                                                                   {"version": 1}),
+                               ("GET", f"/adapters/{'x' * 300}/versions", None)):
+        r = client.request(method, path, json=body, headers=_auth("alpha"))
+        assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request", (path, r.text)
