@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def _eval(args: argparse.Namespace) -> int:
         cases = [Case(RunConfig(args.adapter or "default", args.dsl, tenant=args.tenant, adapter=args.adapter,
                                 examples=args.examples), args.test.name, args.limit, test_file=args.test)]
         out = args.out or Path(f"eval-{args.dsl}.md")
-        command = " ".join(["nl2dsl eval", *sys.argv[2:]])
+        command = shlex.join(["nl2dsl", "eval", *sys.argv[2:]])
     else:
         limit = args.limit or {"matrix": 40, "adapters": 200, "smoke": 5}[args.suite]
         cases = SUITES[args.suite](limit)
@@ -270,7 +271,7 @@ def _onboard(args: argparse.Namespace) -> int:
         url=args.url, api_key=args.api_key or Settings().api_key, tenant=args.tenant, start=args.start,
         description=args.description, budget_s=budget, margin=args.margin, examples=args.examples,
         heldout_max=args.heldout, steps=args.steps, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        command=" ".join(["nl2dsl onboard", *sys.argv[2:]]),
+        command=shlex.join(["nl2dsl", "onboard", *sys.argv[2:]]),
     )
     try:
         report = onboard(config)
