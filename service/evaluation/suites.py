@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.evaluation.runner import RunConfig, Summary, run, summarize
+from service.evaluation.sections import carry_sections
 from service.grammars import Grammar, GrammarRegistry, load_examples
 from service.training.datasets import load_split
 
@@ -207,7 +208,8 @@ def write_report(results: list[tuple[Case, Summary]], *, title: str, command: st
     chart = markdown.with_suffix(".png")
     lines += [f"![exact match and tree similarity per configuration]({chart.name})", ""]
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text("\n".join(lines))
+    old = markdown.read_text() if markdown.exists() else ""
+    markdown.write_text(carry_sections(old, "\n".join(lines)))  # e.g. bench/training.py's section
     _plot(results, chart, title=title)
     payload = [
         {"case": {**asdict(case.config), "test_set": case.test_set}, "summary": asdict(s)} for case, s in results

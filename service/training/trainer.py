@@ -20,7 +20,8 @@ import yaml
 from service.config import PROJECT_ROOT
 from service.grammars import Example, Grammar
 from service.model import EMBEDDED_NAME, base_fingerprint
-from service.prompts import build_prompt
+from service.training.batching import Encoder, exact_rows
+from service.training.batching import loss as batch_loss
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -105,9 +106,12 @@ def train(
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
                           lora_dropout=0.0, task_type="CAUSAL_LM")
         model = get_peft_model(base, lora)
+    # A GPU where there is one (the onboarding Job on the gpu profile), else the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     model.train()
 
-    encode = _Encoder(tokenizer, grammar, examples=config.examples)
+    encode = Encoder(tokenizer, grammar, examples=config.examples)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     total = [config.steps]  # shrunk once the budget is known in steps
@@ -122,7 +126,7 @@ def train(
     if state_path is not None and state_path.exists():
         from peft import set_peft_model_state_dict
 
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location=device)
         set_peft_model_state_dict(model, state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -139,8 +143,8 @@ def train(
         step_started = time.monotonic()
         batch = rng.sample(train_rows, min(len(train_rows), config.batch_size - n_replay)) + rng.sample(
             list(replay_rows), n_replay)
-        input_ids, labels, attention = encode.batch(batch)
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        encoded = encode.batch(batch).to(device)
+        loss = batch_loss(model, encoded)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -148,7 +152,7 @@ def train(
         optimizer.zero_grad()
         losses.append(loss.item())
         stepping_s += time.monotonic() - step_started
-        tokens += int(attention.sum())
+        tokens += encoded.tokens
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
         if config.budget_s is not None and step - first_step == 1:
@@ -218,55 +222,17 @@ def _lora_weights(model) -> dict:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-class _Encoder:
-    """Examples -> padded tensors; labels are -100 on the prompt, so only DSL tokens are learned."""
-
-    def __init__(self, tokenizer, grammar: Grammar, *, examples: int) -> None:
-        self.tokenizer = tokenizer
-        self.grammar = grammar
-        self.eos = tokenizer.eos_token
-        self.examples = grammar.examples[:examples] if examples else ()
-
-    def pair(self, ex: Example) -> tuple[list[int], list[int]]:
-        prompt = build_prompt(self.tokenizer, self.grammar, ex.text, context=ex.context, examples=self.examples)
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = self.tokenizer(ex.code + self.eos, add_special_tokens=False)["input_ids"]
-        return prompt_ids, target_ids
-
-    def batch(self, rows: list[Example]):
-        import torch
-
-        pairs = [self.pair(ex) for ex in rows]
-        width = max(len(p) + len(t) for p, t in pairs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (p, t) in enumerate(pairs):
-            seq = p + t
-            ids[i, : len(seq)] = torch.tensor(seq)
-            labels[i, len(p) : len(seq)] = torch.tensor(t)
-            attention[i, : len(seq)] = 1
-        return ids, labels, attention
-
-
-def _teacher_forced_exact_match(model, encode: _Encoder, rows: list[Example]) -> float:
+def _teacher_forced_exact_match(model, encode: Encoder, rows: list[Example]) -> float:
     """Share of rows whose every target token is the model's argmax given the gold prefix (cheap, no decoding)."""
     import torch
 
     if not rows:
         return 0.0
     model.eval()
-    hits = 0
     with torch.no_grad():
-        for start in range(0, len(rows), 8):
-            chunk = rows[start : start + 8]
-            ids, labels, attention = encode.batch(chunk)
-            logits = model(input_ids=ids, attention_mask=attention).logits
-            predicted = logits[:, :-1].argmax(-1)
-            gold = labels[:, 1:]
-            mask = gold != -100
-            hits += int(((predicted == gold) | ~mask).all(dim=1).sum())
+        device = next(model.parameters()).device
+        hits = sum(exact_rows(model, encode.batch(rows[start : start + 8]).to(device))
+                   for start in range(0, len(rows), 8))
     return hits / len(rows)
 
 

@@ -5,30 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import Settings
 from service.grammars import Example, compile_grammar
-from service.model import resolve_model
 from service.training import trainer
 from service.training.trainer import TrainConfig, _learning_rate_factor, train
 
 ROWS = [Example(f"convert {i} km to miles", f"{i} km -> mi") for i in range(24)]
 GRAMMAR = compile_grammar("units", 'start: /[0-9]+/ " km -> mi"\n', origin="upload")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, Settings().cache_dir))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def _config(tmp_path, **options) -> TrainConfig:
