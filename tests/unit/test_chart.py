@@ -1,0 +1,70 @@
+"""The Helm chart as rendered by the real helm (installed by `make`): the onboarding Job calls the release's
+Service without becoming one of its endpoints, and the network policy lets it in."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from service.config import PROJECT_ROOT
+
+HELM = PROJECT_ROOT / ".tools" / "bin" / "helm"
+CHART = PROJECT_ROOT / "deploy" / "helm" / "nl2dsl"
+PROFILES = PROJECT_ROOT / "deploy" / "helm" / "profiles"
+
+
+def _render(*profiles: str, sets: tuple[str, ...] = ()) -> list[dict]:
+    assert HELM.exists(), "helm missing: `make test` / `make unit` install it into .tools/"
+    command = [str(HELM), "template", "nl2dsl", str(CHART)]
+    for profile in profiles:
+        command += ["-f", str(PROFILES / f"{profile}.yaml")]
+    for value in sets:
+        command += ["--set", value]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def _kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_the_onboarding_job_calls_the_service_but_is_not_one_of_its_endpoints():
+    docs = _render("gpu", "onboarding")
+    (job,) = _kind(docs, "Job")
+    (service,) = _kind(docs, "Service")
+    (deployment,) = _kind(docs, "Deployment")
+    pod = job["spec"]["template"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert f"--url=http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}" in args
+    assert {"--name=logq", "--tenant=acme", "--budget=30m"} <= set(args)
+    assert not _selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    assert _selects(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert pod["spec"]["restartPolicy"] == "Never"
+    # It trains: the serving pods' GPU, the model volume, and the same non-root, read-only settings.
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert {"data", "work", "model", "tmp"} <= mounts
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_a_restricted_network_policy_still_lets_the_onboarding_job_in():
+    docs = _render("gpu", "onboarding", sets=("networkPolicy.ingressFrom[0].podSelector.matchLabels.role=backend",))
+    (policy,) = _kind(docs, "NetworkPolicy")
+    (job,) = _kind(docs, "Job")
+    sources = policy["spec"]["ingress"][0]["from"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert any(_selects(s["podSelector"]["matchLabels"], labels) for s in sources if "podSelector" in s)
+    assert any(s["podSelector"]["matchLabels"] == {"role": "backend"} for s in sources if "podSelector" in s)
+
+
+def test_no_job_unless_onboarding_is_enabled_and_a_missing_name_is_an_error():
+    assert not _kind(_render("cpu"), "Job")
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("cpu", sets=("onboarding.enabled=true", "onboarding.apiKeySecret=k", "onboarding.dataConfigMap=d"))
+    assert "onboarding.name is required" in failure.value.stderr
