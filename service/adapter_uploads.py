@@ -76,12 +76,8 @@ class AdapterPublisher:
                 raise BadRequest(f"adapter {name!r} cannot be served: {checked.error}",
                                  detail={"adapter": name, "reason": checked.error})
             data = await asyncio.to_thread(pack_adapter, Path(folder))
-        used = await asyncio.to_thread(self.versions.owner_bytes, owner_key(owner))
-        if used + len(data) > self.settings.max_store_bytes_per_tenant:
-            raise RateLimited(f"the store holds at most {self.settings.max_store_bytes_per_tenant} bytes per tenant",
-                              detail={"limit": "store_bytes", "max": self.settings.max_store_bytes_per_tenant})
-        version = await asyncio.to_thread(self.versions.publish, _KIND, owner_key(owner), name, data,
-                                          suffix="tar.gz")
+        version = await asyncio.to_thread(self.versions.publish_within, _KIND, owner_key(owner), name, data,
+                                          suffix="tar.gz", max_owner_bytes=self.settings.max_store_bytes_per_tenant)
         return await self._install(version, data)
 
     async def history(self, *, owner: str | None, name: str) -> list[Version]:

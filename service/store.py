@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
 
-from service.errors import NL2DSLError
+from service.errors import NL2DSLError, RateLimited
 
 __all__ = ["SHARED", "DirectoryStore", "S3Store", "Store", "StoreUnavailable", "Version", "Versions", "open_store",
            "owner_key", "tenant_of"]
@@ -199,6 +199,14 @@ class Versions:
         if earlier is None:
             return None
         return self.publish(kind, owner, name, self.read(earlier), suffix=earlier.key.split(".", 1)[1])
+
+    def publish_within(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str,
+                       max_owner_bytes: int) -> Version:
+        """:meth:`publish`, refused (429) when it would take ``owner`` past ``max_owner_bytes`` in the store."""
+        if self.owner_bytes(owner) + len(data) > max_owner_bytes:
+            raise RateLimited(f"the store holds at most {max_owner_bytes} bytes per tenant",
+                              detail={"limit": "store_bytes", "max": max_owner_bytes})
+        return self.publish(kind, owner, name, data, suffix=suffix)
 
     def publish(self, kind: str, owner: str, name: str, data: bytes | None, *, suffix: str) -> Version:
         """Write ``data`` as the next version (None: a deletion); the next number again if another replica won."""

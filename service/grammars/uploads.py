@@ -165,12 +165,9 @@ class DSLPublisher:
                                  detail=[{"field": f"examples.{i}.code", "message": "does not parse"} for i in bad])
         owner = record["owner"]
         data = json.dumps(record).encode()
-        used = await asyncio.to_thread(self.versions.owner_bytes, owner_key(owner))
-        if used + len(data) > self.settings.max_store_bytes_per_tenant:
-            raise RateLimited(f"the store holds at most {self.settings.max_store_bytes_per_tenant} bytes per tenant",
-                              detail={"limit": "store_bytes", "max": self.settings.max_store_bytes_per_tenant})
-        version = await asyncio.to_thread(self.versions.publish, _KIND, owner_key(owner), record["name"], data,
-                                          suffix="json")
+        version = await asyncio.to_thread(self.versions.publish_within, _KIND, owner_key(owner), record["name"],
+                                          data, suffix="json",
+                                          max_owner_bytes=self.settings.max_store_bytes_per_tenant)
         self.installed[(version.owner, version.name)] = version.number
         grammar = replace(checked.grammar, version=version.number)
         await self._install(_Checked(grammar, checked.examples_checked), owner)
