@@ -77,13 +77,6 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
     )
 
 
-def adapter_archive(folder: Path) -> bytes:
-    """An adapter folder as the .tar.gz ``POST /adapters`` takes."""
-    from service.adapter_uploads import pack_adapter
-
-    return pack_adapter(folder)
-
-
 def eventually(condition, what: str, *, timeout: float = 30.0) -> None:
     """Wait until ``condition()`` (replicas follow the store by polling it)."""
     import time

@@ -10,8 +10,9 @@ import httpx
 import lark
 import pytest
 
+from service.adapter_uploads import pack_adapter
 from service.local_server import local_server
-from tests.helpers import adapter_archive, eventually, make_random_adapter
+from tests.helpers import eventually, make_random_adapter
 
 GRAMMARS = {name: (importlib.resources.files("outlines") / "grammars" / f"{name}.lark").read_text()
             for name in ("json", "arithmetic")}
@@ -58,7 +59,7 @@ KV2 = 'start: "set " KEY " to " VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
 
 
 def test_two_replicas_on_one_store_serve_what_either_publishes(server, tmp_path):
-    adapter = adapter_archive(make_random_adapter(server.model_dir, tmp_path / "crm", seed=5, dsl="flow"))
+    adapter = pack_adapter(make_random_adapter(server.model_dir, tmp_path / "crm", seed=5, dsl="flow"))
     alpha = {"Authorization": "Bearer alpha-key"}
     ask = {"dsl": "kv", "text": "set the port to 80", "max_tokens": 24}
     with local_server(env=server.env, log=tmp_path / "second.log") as second_url, \

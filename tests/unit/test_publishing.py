@@ -13,11 +13,12 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from service.adapter_uploads import pack_adapter
 from service.app import create_app
 from service.config import Settings
 from service.model import base_fingerprint, resolve_model
 from service.security import hash_key
-from tests.helpers import adapter_archive, eventually, write_fake_adapter
+from tests.helpers import eventually, write_fake_adapter
 from tests.unit.conftest import _fake_engine
 
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
@@ -107,7 +108,7 @@ def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(r
     fingerprint = base_fingerprint(resolve_model(None, Settings().cache_dir))
     built = tmp_path / "built"
     built.mkdir()
-    good = adapter_archive(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
+    good = pack_adapter(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
     first, second = replica(), replica()
     published = first.post("/adapters", content=good, headers=_auth("alpha"))
     assert published.status_code == 201, published.text
@@ -126,7 +127,7 @@ def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(r
 def test_adapter_archives_that_cannot_be_served_are_refused_with_the_reason(replica, tmp_path):
     built = tmp_path / "built"
     built.mkdir()
-    other_base = adapter_archive(write_fake_adapter(built, "other", fingerprint="feedfacefeedface"))
+    other_base = pack_adapter(write_fake_adapter(built, "other", fingerprint="feedfacefeedface"))
     escaping = io.BytesIO()
     with tarfile.open(fileobj=escaping, mode="w:gz") as archive:
         info = tarfile.TarInfo("../../outside.txt")
