@@ -13,7 +13,7 @@ from service.client import APIError, AsyncNL2DSLClient
 from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
 from service.grammars import Example, Grammar
 
-__all__ = ["Outcome", "RunConfig", "Summary", "run", "summarize", "wilson_interval"]
+__all__ = ["Outcome", "RunConfig", "Summary", "run", "score", "summarize", "wilson_interval"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,15 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         p95_s=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         **scores,
     )
+
+
+def score(url: str, config: RunConfig, rows: Sequence[Example], grammar: Grammar | None, *, concurrency: int,
+          api_key: str | None = None, where: str = "") -> Summary:
+    """Run ``rows`` through the service as ``config`` says and summarize them; prints one line per run."""
+    summary = summarize(asyncio.run(run(url, config, rows, concurrency=concurrency, api_key=api_key)), grammar)
+    lo, hi = summary.exact_match_ci
+    print(f"{config.label:<32}{f' on {where}' if where else ''} {'constrained' if config.constrained else 'free'} "
+          f"n={summary.n} exact={summary.exact_match:.3f} [{lo:.2f}, {hi:.2f}] tree={summary.tree_similarity:.3f} "
+          f"valid={summary.valid_rate:.3f} finished-not-parsed={summary.grammar_violation_rate:.3f} "
+          f"cut={summary.cut_rate:.3f} p50={summary.p50_s:.2f}s", flush=True)
+    return summary

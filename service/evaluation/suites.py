@@ -6,12 +6,11 @@ its tenant's flows and stays within 0.02 of it on general flows). Written to ``d
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.evaluation.runner import RunConfig, Summary, run, summarize
+from service.evaluation.runner import RunConfig, Summary, score
 from service.evaluation.sections import carry_sections
 from service.grammars import Grammar, GrammarRegistry, load_examples
 from service.training.datasets import load_split
@@ -135,16 +134,9 @@ def run_suite(url: str, cases: list[Case], *, data_dir: Path, grammars_dir: Path
               api_key: str | None = None, grammar: Grammar | None = None) -> list[tuple[Case, Summary]]:
     """Score each case through the service; ``grammar``: the DSL of every case, when it is not a shipped one."""
     grammars = GrammarRegistry(grammars_dir).load() if grammar is None else None
-    results = []
-    for case in cases:
-        outcomes = asyncio.run(run(url, case.config, case.rows(data_dir), concurrency=concurrency, api_key=api_key))
-        summary = summarize(outcomes, grammar or grammars.get(case.config.dsl, tenant=case.config.tenant))
-        print(f"{case.config.label:<32} on {case.test_set:<14} n={summary.n:<4} exact={summary.exact_match:.3f} "
-              f"tree={summary.tree_similarity:.3f} valid={summary.valid_rate:.3f} "
-              f"violations={summary.grammar_violation_rate:.3f} cut={summary.cut_rate:.3f} "
-              f"p50={summary.p50_s:.2f}s", flush=True)
-        results.append((case, summary))
-    return results
+    return [(case, score(url, case.config, case.rows(data_dir),
+                         grammar or grammars.get(case.config.dsl, tenant=case.config.tenant),
+                         concurrency=concurrency, api_key=api_key, where=case.test_set)) for case in cases]
 
 
 _COLUMNS = [
