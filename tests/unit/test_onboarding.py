@@ -94,12 +94,15 @@ def test_onboard_refuses_a_budget_it_cannot_read(tmp_path):
               "--budget", "soon"])
 
 
-def test_the_cron_demo_pairs_parse_with_their_grammar_and_are_the_generators_output(tmp_path):
-    from service.config import PROJECT_ROOT
-    from service.training.cron_data import generate
+@pytest.mark.parametrize("dsl", ["cron", "logq"])
+def test_the_demo_pairs_parse_with_their_grammar_and_are_the_generators_output(dsl):
+    import importlib
 
-    folder = PROJECT_ROOT / "data" / "onboarding" / "cron"
-    grammar = compile_grammar("cron", (folder / "cron.lark").read_text(), origin="upload")
+    from service.config import PROJECT_ROOT
+
+    generate = importlib.import_module(f"service.training.{dsl}_data").generate
+    folder = PROJECT_ROOT / "data" / "onboarding" / dsl
+    grammar = compile_grammar(dsl, (folder / f"{dsl}.lark").read_text(), origin="upload")
     shipped = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
     assert shipped == generate(len(shipped))  # deterministic: the file is what the generator writes
     dataset = build_dataset(grammar, folder / "pairs.jsonl")
