@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from service.adapter_uploads import AdapterPublisher
 from service.adapters import AdapterRegistry
-from service.api import adapters, dsls, health, playground, validate
+from service.api import adapters, dsls, health, onboarding, playground, validate
 from service.api.auth import AuthMiddleware
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.errors import install_error_handlers
@@ -39,6 +39,7 @@ from service.grammars import GrammarRegistry, GrammarSandbox, TenantConfigs
 from service.grammars.uploads import DSLPublisher
 from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
+from service.onboarding.jobs import OnboardingJobs
 from service.prompts import prompt_token_ids
 from service.retrieval import Retriever
 from service.safety import SafetyChecker
@@ -69,6 +70,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             follower = StoreFollower(versions, [app.state.dsl_publisher, app.state.adapter_publisher],
                                      poll_s=settings.store_poll_s)
             stack.push_async_callback(_cancel, asyncio.create_task(follower.follow()))
+            app.state.onboarding_jobs = OnboardingJobs(settings.onboarding_dir or settings.cache_dir / "onboarding",
+                                                       url=_own_url(settings))
+            stack.callback(app.state.onboarding_jobs.close)
             if settings.metrics_port is not None:
                 stack.callback(_serve_metrics(settings.host, settings.metrics_port))
             if engine is not None:
@@ -95,17 +99,24 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(FormAsJSONMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        larger={("POST", "/adapters"): settings.max_adapter_bytes,
-                               ("POST", "/dsls/[^/]+/examples"): settings.max_adapter_bytes})
+                               ("POST", "/dsls/[^/]+/examples"): settings.max_adapter_bytes,
+                               ("POST", "/onboarding"): settings.max_adapter_bytes})
     app.add_middleware(AuthMiddleware, keys=keys)
     app.add_middleware(SameOriginMiddleware)
     app.add_middleware(GenerateMetricsMiddleware)
     install_error_handlers(app)
-    for module in (generate, validate, dsls, adapters, health, playground):
+    for module in (generate, validate, dsls, adapters, onboarding, health, playground):
         app.include_router(module.router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     app.mount("/playground", playground.static_files(), name="playground")
     return app
+
+
+def _own_url(settings: Settings) -> str:
+    """This replica's API, as a child process on the same machine reaches it."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
 
 
 def build_serving(settings: Settings) -> GenerateServing:

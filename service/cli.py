@@ -1,7 +1,7 @@
 """``nl2dsl``: the service and its tools.
 
     serve     start the HTTP service                    prepare   convert the embedded model once
-    grammar   check grammars (lark and the engine)      keys      hash an API key for the keys file
+    grammar   check grammars; show one whole            keys      hash an API key for the keys file
     data      generate the demo datasets                train     fine-tune a LoRA adapter
     blend     pull a tenant adapter toward the general  eval      score test sets through the service
     onboard   grammar + pairs -> gated adapter, report
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     grammar_commands = grammar.add_subparsers(dest="grammar_command", required=True)
     check = grammar_commands.add_parser("check", help="compile grammars with lark and the engine's llguidance")
     check.add_argument("paths", nargs="*", type=Path, help="*.lark files (default: every shipped grammar)")
+    show = grammar_commands.add_parser("show", help="print a shipped DSL's whole grammar (its catalog's rules in)")
+    show.add_argument("dsl")
 
     keys = commands.add_parser("keys", help="API key tools")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     onboard.add_argument("--heldout", type=int, default=200, help="at most this many held-out pairs")
     onboard.add_argument("--max-tokens", type=int, default=256, help="per generation in the evaluations")
     onboard.add_argument("--work-dir", type=Path, default=None, help="default: ./onboarding/<name>")
+    onboard.add_argument("--heldout-file", type=Path, default=None,
+                         help="your own held-out pairs (JSONL) instead of a split of --pairs")
+    onboard.add_argument("--status", type=Path, default=None, help="keep the run's progress in this JSON file")
 
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
@@ -271,7 +276,8 @@ def _onboard(args: argparse.Namespace) -> int:
         url=args.url, api_key=args.api_key or Settings().api_key, tenant=args.tenant, start=args.start,
         description=args.description, budget_s=budget, margin=args.margin, examples=args.examples,
         heldout_max=args.heldout, steps=args.steps, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        command=shlex.join(["nl2dsl", "onboard", *sys.argv[2:]]),
+        command=shlex.join(["nl2dsl", "onboard", *sys.argv[2:]]), status_file=args.status,
+        heldout_file=args.heldout_file,
     )
     try:
         report = onboard(config)
@@ -286,8 +292,11 @@ def _onboard(args: argparse.Namespace) -> int:
 def _grammar_check(args: argparse.Namespace) -> int:
     from service.config import Settings
     from service.errors import GrammarInvalid
-    from service.grammars import load_grammar_file
+    from service.grammars import GrammarRegistry, load_grammar_file
 
+    if args.grammar_command == "show":  # e.g. to onboard a shipped DSL as a team would its own
+        print(GrammarRegistry(Settings().grammars_dir).load().get(args.dsl).text)
+        return 0
     paths = args.paths or sorted(Settings().grammars_dir.glob("*.lark"))
     failed = 0
     for path in paths:

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = 64 * 2**20
     max_store_bytes_per_tenant: int = 512 * 2**20
 
+    # POST /onboarding runs `nl2dsl onboard` on this replica (one run at a time), its files under this folder
+    # (default: <cache_dir>/onboarding), for at most this many seconds each.
+    onboarding_dir: Path | None = None
+    onboarding_max_budget_s: float = 3600.0
+
     # Responsible-AI checks on requests and parsed outputs (service/safety.py).
     safety: bool = True
 

@@ -19,10 +19,11 @@ from service.engine import EngineSlot
 from service.errors import Unauthorized
 from service.grammars import GrammarRegistry
 from service.grammars.uploads import DSLPublisher
+from service.onboarding.jobs import OnboardingJobs
 from service.security import Caller
 
 __all__ = ["AdapterPublisherDep", "AdaptersDep", "CallerDep", "DSLPublisherDep", "EngineSlotDep", "GrammarsDep",
-           "ServingDep", "SettingsDep"]
+           "OnboardingJobsDep", "ServingDep", "SettingsDep"]
 
 
 def get_caller(request: Request) -> Caller:
@@ -48,3 +49,4 @@ EngineSlotDep = Annotated[EngineSlot, Depends(_state("engine_slot"))]
 ServingDep = Annotated[GenerateServing, Depends(_state("serving"))]
 DSLPublisherDep = Annotated[DSLPublisher, Depends(_state("dsl_publisher"))]
 AdapterPublisherDep = Annotated[AdapterPublisher, Depends(_state("adapter_publisher"))]
+OnboardingJobsDep = Annotated[OnboardingJobs, Depends(_state("onboarding_jobs"))]

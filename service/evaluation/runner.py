@@ -13,7 +13,7 @@ from service.client import APIError, AsyncNL2DSLClient
 from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
 from service.grammars import Example, Grammar
 
-__all__ = ["Outcome", "RunConfig", "Summary", "run", "score", "summarize", "wilson_interval"]
+__all__ = ["Outcome", "RunConfig", "Summary", "run", "score", "score_together", "summarize", "wilson_interval"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ class Summary:
     error_rate: float
     p50_s: float
     p95_s: float
+    #: Tokens generated per request, on average.
+    completion_tokens: float = 0.0
     string_similarity: float | None = None
     tree_similarity: float | None = None
     #: Operation (flow) or table (sql) names that do not exist, per name used.
@@ -128,6 +130,7 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         error_rate=sum(o.error is not None for o in outcomes) / n,
         p50_s=statistics.median(latencies),
         p95_s=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        completion_tokens=sum(o.completion_tokens for o in outcomes) / n,
         **scores,
     )
 
@@ -135,10 +138,25 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
 def score(url: str, config: RunConfig, rows: Sequence[Example], grammar: Grammar | None, *, concurrency: int,
           api_key: str | None = None, where: str = "") -> Summary:
     """Run ``rows`` through the service as ``config`` says and summarize them; prints one line per run."""
-    summary = summarize(asyncio.run(run(url, config, rows, concurrency=concurrency, api_key=api_key)), grammar)
-    lo, hi = summary.exact_match_ci
-    print(f"{config.label:<32}{f' on {where}' if where else ''} {'constrained' if config.constrained else 'free'} "
-          f"n={summary.n} exact={summary.exact_match:.3f} [{lo:.2f}, {hi:.2f}] tree={summary.tree_similarity:.3f} "
-          f"valid={summary.valid_rate:.3f} finished-not-parsed={summary.grammar_violation_rate:.3f} "
-          f"cut={summary.cut_rate:.3f} p50={summary.p50_s:.2f}s", flush=True)
-    return summary
+    return score_together(url, [config], rows, grammar, concurrency=concurrency, api_key=api_key, where=where)[0]
+
+
+def score_together(url: str, configs: Sequence[RunConfig], rows: Sequence[Example], grammar: Grammar | None, *,
+                   concurrency: int, api_key: str | None = None, where: str = "") -> list[Summary]:
+    """:func:`score` for several configurations at once: their requests interleave (``concurrency`` each), so
+    the engine batches them together and the whole takes less than one after the other."""
+    async def together() -> list[list[Outcome]]:
+        return await asyncio.gather(*(run(url, c, rows, concurrency=concurrency, api_key=api_key)
+                                      for c in configs))
+
+    summaries = []
+    for config, outcomes in zip(configs, asyncio.run(together()), strict=True):
+        summary = summarize(outcomes, grammar)
+        lo, hi = summary.exact_match_ci
+        print(f"{config.label:<32}{f' on {where}' if where else ''} "
+              f"{'constrained' if config.constrained else 'free'} n={summary.n} exact={summary.exact_match:.3f} "
+              f"[{lo:.2f}, {hi:.2f}] tree={summary.tree_similarity or 0:.3f} valid={summary.valid_rate:.3f} "
+              f"finished-not-parsed={summary.grammar_violation_rate:.3f} cut={summary.cut_rate:.3f} "
+              f"p50={summary.p50_s:.2f}s", flush=True)
+        summaries.append(summary)
+    return summaries

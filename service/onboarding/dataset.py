@@ -4,7 +4,7 @@ Each line of the pairs file is ``{"text", "code", "context"?}``. A line that is 
 code does not parse with the grammar as written, is rejected with its line number and lark's position. Exact
 duplicates (same text, code and context after trimming) are dropped; a text that appears with two different
 codes keeps its first. The rest is shuffled with a fixed seed and split: the held-out part is never trained
-on and is what every configuration is scored on.
+on and is what every configuration is scored on. A team with a test set of its own passes it instead of a split.
 """
 
 from __future__ import annotations
@@ -67,8 +67,38 @@ def load_pairs(path: Path) -> tuple[list[tuple[int, Example]], list[Reject]]:
 
 
 def build_dataset(grammar: Grammar, path: Path, *, heldout: float = 0.2, max_heldout: int = 200,
-                  min_heldout: int = 5, min_pairs: int = 20, seed: int = 0) -> Dataset:
-    """Check every pair against ``grammar``, drop duplicates, split; RequestInvalid if too few pairs remain."""
+                  min_heldout: int = 5, min_pairs: int = 20, seed: int = 0, test_path: Path | None = None) -> Dataset:
+    """Check every pair against ``grammar``, drop duplicates, split; RequestInvalid if too few pairs remain.
+
+    ``test_path``: the team's own held-out file instead of a split (at most ``max_heldout`` of its pairs, drawn
+    with the seed); a training pair with the same request as one of them is left out of training.
+    """
+    kept, rejects, duplicates, conflicting = _checked(grammar, path)
+    if len(kept) < min_pairs:
+        raise RequestInvalid(
+            f"{len(kept)} usable pairs in {path} (at least {min_pairs} are needed); {len(rejects)} rejected",
+            detail=[{"line": r.line, "message": r.message} for r in rejects[:20]],
+        )
+    random.Random(seed).shuffle(kept)
+    if test_path is None:
+        n_heldout = max(min_heldout, min(max_heldout, round(heldout * len(kept))))
+        return Dataset(train=kept[n_heldout:], heldout=kept[:n_heldout], rejects=rejects, duplicates=duplicates,
+                       conflicting=conflicting)
+    test, test_rejects, _, _ = _checked(grammar, test_path)
+    if len(test) < min_heldout:
+        raise RequestInvalid(f"{len(test)} usable pairs in the held-out file {test_path} (at least {min_heldout})",
+                             detail=[{"line": r.line, "message": r.message} for r in test_rejects[:20]])
+    random.Random(seed).shuffle(test)
+    test = test[:max_heldout]
+    asked = {(ex.text.lower(), ex.context) for ex in test}
+    train = [ex for ex in kept if (ex.text.lower(), ex.context) not in asked]
+    rejects += [Reject(r.line, f"held-out file: {r.message}", r.code_line, r.code_column) for r in test_rejects]
+    return Dataset(train=train, heldout=test, rejects=rejects, duplicates=duplicates + len(kept) - len(train),
+                   conflicting=conflicting)
+
+
+def _checked(grammar: Grammar, path: Path) -> tuple[list[Example], list[Reject], int, int]:
+    """The file's pairs that parse, once each: (kept, rejects, duplicates, conflicting)."""
     pairs, rejects = load_pairs(path)
     seen: set[tuple[str, str, str | None]] = set()
     codes: dict[tuple[str, str | None], str] = {}
@@ -91,12 +121,4 @@ def build_dataset(grammar: Grammar, path: Path, *, heldout: float = 0.2, max_hel
         seen.add(key)
         kept.append(example)
     rejects.sort(key=lambda r: r.line)
-    if len(kept) < min_pairs:
-        raise RequestInvalid(
-            f"{len(kept)} usable pairs in {path} (at least {min_pairs} are needed); {len(rejects)} rejected",
-            detail=[{"line": r.line, "message": r.message} for r in rejects[:20]],
-        )
-    random.Random(seed).shuffle(kept)
-    n_heldout = max(min_heldout, min(max_heldout, round(heldout * len(kept))))
-    return Dataset(train=kept[n_heldout:], heldout=kept[:n_heldout], rejects=rejects, duplicates=duplicates,
-                   conflicting=conflicting)
+    return kept, rejects, duplicates, conflicting

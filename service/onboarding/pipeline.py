@@ -17,7 +17,6 @@ Re-running with more pairs continues from the adapter the last run published.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import shutil
@@ -32,12 +31,13 @@ import yaml
 from service.adapter_uploads import pack_adapter
 from service.client import NL2DSLClient
 from service.config import Settings
-from service.evaluation.runner import RunConfig, Summary, run, summarize
+from service.evaluation.runner import RunConfig, Summary, score_together
 from service.grammars import Grammar, compile_grammar
 from service.local_server import local_server
 from service.model import resolve_model
 from service.onboarding.dataset import Dataset, build_dataset
 from service.onboarding.report import Report, write_report
+from service.onboarding.status import Status
 
 __all__ = ["OnboardConfig", "onboard"]
 
@@ -59,6 +59,8 @@ class OnboardConfig:
     margin: float = 0.05
     examples: int = 3
     heldout_max: int = 200
+    #: The team's own held-out pairs instead of a split of ``pairs``.
+    heldout_file: Path | None = None
     #: Fixed training steps instead of planning them from the data and the budget.
     steps: int | None = None
     epochs: float = 3.0
@@ -69,48 +71,80 @@ class OnboardConfig:
     concurrency: int = 8
     seed: int = 0
     command: str = ""
+    #: Where the run's progress is kept as JSON (an onboarding job's status); None: only the log.
+    status_file: Path | None = None
     stages: list[tuple[str, float]] = field(default_factory=list)
 
 
 def onboard(config: OnboardConfig) -> Report:
     """Run every stage; the report says whether the adapter was published and why."""
+    status = Status(config.status_file)
+    try:
+        report = _onboard(config, status)
+    except BaseException as exc:
+        status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    status.update(state="published" if report.published else "not published", stage=None, report=report)
+    return report
+
+
+def _onboard(config: OnboardConfig, status: Status) -> Report:
     started = time.monotonic()
     config.work_dir.mkdir(parents=True, exist_ok=True)
     text = config.grammar.read_text(encoding="utf-8")
     grammar = compile_grammar(config.name, text, start=config.start, description=config.description,
                               source=config.grammar.name, origin="upload")
-    dataset = _stage(config, "dataset", lambda: build_dataset(grammar, config.pairs, max_heldout=config.heldout_max,
-                                                              seed=config.seed))
+    # A re-run that continues from the published adapter keeps that run's held-out pairs: with more pairs, a
+    # new split would hold out pairs the adapter was trained on.
+    kept = config.work_dir / "heldout.jsonl"
+    continuing = (config.work_dir / "published" / "adapter_config.json").exists() and kept.exists()
+    heldout_file = config.heldout_file or (_copy(kept, config.work_dir / "heldout.previous.jsonl")
+                                           if continuing else None)
+    dataset = _stage(config, status, "dataset",
+                     lambda: build_dataset(grammar, config.pairs, max_heldout=config.heldout_max, seed=config.seed,
+                                           test_path=heldout_file))
     _say(f"dataset: {dataset.summary()}")
     for reject in dataset.rejects[:10]:
         where = f" (code line {reject.code_line}, column {reject.code_column})" if reject.code_line else ""
         _say(f"  rejected line {reject.line}: {reject.message.splitlines()[0]}{where}")
     _write_split(config.work_dir, dataset)
+    report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command)
+    status.update(report=report)
     with ExitStack() as stack:
         url = config.url or stack.enter_context(local_server(
             log=config.work_dir / "server.log", env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
         client = stack.enter_context(NL2DSLClient(url, api_key=config.api_key, timeout=600))
-        _stage(config, "register", lambda: _register(client, config, text, dataset))
-        report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command)
+        _stage(config, status, "register", lambda: _register(client, config, text, dataset))
+        code_tokens = _code_tokens(dataset)
+        # No output longer than half again the longest held-out code can match: stopping there saves the time a
+        # base model spends running on to max_tokens.
+        max_tokens = report.max_tokens = min(config.max_tokens, math.ceil(1.5 * max(code_tokens)) + 8)
         baseline = [RunConfig("base", config.name, tenant=config.tenant, adapter="base", examples=0,
-                              max_tokens=config.max_tokens),
+                              max_tokens=max_tokens),
                     RunConfig(f"base + {config.examples} examples", config.name, tenant=config.tenant,
-                              adapter="base", examples=config.examples, max_tokens=config.max_tokens)]
-        measured = _stage(config, "baseline", lambda: _evaluate(url, config, baseline, dataset, grammar))
-        report.rows += measured
+                              adapter="base", examples=config.examples, max_tokens=max_tokens)]
+        report.rows += _stage(config, status, "baseline", lambda: _evaluate(url, config, baseline, dataset, grammar))
+        status.update(report=report)
         eval_s = config.stages[-1][1]
         candidate = f"{config.name}-candidate"
-        # What is left of the budget goes to training, less what evaluating the adapter will take (four
-        # configurations: about twice the two baselines).
-        train_budget = max(60.0, config.budget_s - (time.monotonic() - started) - 2.2 * eval_s)
-        folder = _stage(config, "train", lambda: _train(config, grammar, dataset, train_budget, report))
-        _stage(config, "publish candidate", lambda: client.publish_adapter(pack_adapter(folder), name=candidate))
+        # What is left of the budget goes to training, less what evaluating the adapter will take: four
+        # configurations, twice the two baselines, whose outputs are about as long as the codes rather than as
+        # long as the base model's (which often runs on to max_tokens).
+        generated = sum(s.completion_tokens for _, s in report.rows) / len(report.rows)
+        shorter = min(1.0, max(0.3, (sum(code_tokens) / len(code_tokens) + 2) / max(generated, 1.0)))
+        train_budget = max(60.0, config.budget_s - (time.monotonic() - started) - 2.2 * eval_s * shorter)
+        folder = _stage(config, status, "train", lambda: _train(config, grammar, dataset, train_budget, report,
+                                                                 status))
+        status.update(report=report)
+        _stage(config, status, "publish candidate",
+               lambda: client.publish_adapter(pack_adapter(folder), name=candidate))
         try:
             trained = [RunConfig(f"adapter{suffix}", config.name, tenant=config.tenant, adapter=candidate,
-                                 examples=k, constrained=constrained, max_tokens=config.max_tokens)
+                                 examples=k, constrained=constrained, max_tokens=max_tokens)
                        for constrained in (True, False) for k, suffix in ((0, ""), (config.examples,
                                                                             f" + {config.examples} examples"))]
-            report.rows += _stage(config, "evaluate", lambda: _evaluate(url, config, trained, dataset, grammar))
+            report.rows += _stage(config, status, "evaluate",
+                                  lambda: _evaluate(url, config, trained, dataset, grammar))
         finally:
             client.delete_adapter(candidate)
         report.published, report.verdict = _gate(report.rows, margin=config.margin)
@@ -129,16 +163,23 @@ def onboard(config: OnboardConfig) -> Report:
     return report
 
 
-def _stage(config: OnboardConfig, name: str, work):
+def _stage(config: OnboardConfig, status: Status, name: str, work):
     _say(f"== {name}")
+    status.update(stage=name, stages=config.stages)
     started = time.monotonic()
     result = work()
     config.stages.append((name, time.monotonic() - started))
+    status.update(stages=config.stages)
     return result
 
 
 def _say(line: str) -> None:
     print(f"[onboard] {line}", file=sys.stderr, flush=True)
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copyfile(source, target)
+    return target
 
 
 def _write_split(folder: Path, dataset: Dataset) -> None:
@@ -158,17 +199,19 @@ def _register(client: NL2DSLClient, config: OnboardConfig, text: str, dataset: D
 
 def _evaluate(url: str, config: OnboardConfig, configs: list[RunConfig], dataset: Dataset,
               grammar: Grammar) -> list[tuple[RunConfig, Summary]]:
-    results = []
-    for run_config in configs:
-        outcomes = asyncio.run(run(url, run_config, dataset.heldout, concurrency=config.concurrency,
-                                   api_key=config.api_key))
-        summary = summarize(outcomes, grammar)
-        lo, hi = summary.exact_match_ci
-        _say(f"{run_config.label:<28} {'constrained' if run_config.constrained else 'free':<11} n={summary.n} "
-             f"exact {summary.exact_match:.3f} [{lo:.2f}, {hi:.2f}] valid {summary.valid_rate:.3f} "
-             f"finished-not-parsed {summary.grammar_violation_rate:.3f}")
-        results.append((run_config, summary))
-    return results
+    """Every configuration on the held-out pairs, at the same time (the engine batches them together)."""
+    summaries = score_together(url, configs, dataset.heldout, grammar, concurrency=config.concurrency,
+                               api_key=config.api_key)
+    return list(zip(configs, summaries, strict=True))
+
+
+def _code_tokens(dataset: Dataset) -> list[int]:
+    """Tokens of each held-out code (the base model's tokenizer, as the service counts them)."""
+    from transformers import AutoTokenizer
+
+    settings = Settings()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.model, settings.cache_dir))
+    return [len(tokenizer(ex.code, add_special_tokens=False)["input_ids"]) for ex in dataset.heldout]
 
 
 def _plan_steps(config: OnboardConfig, n_train: int) -> int:
@@ -178,7 +221,8 @@ def _plan_steps(config: OnboardConfig, n_train: int) -> int:
     return max(10, min(2000, math.ceil(config.epochs * n_train / config.batch_size)))
 
 
-def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: float, report: Report) -> Path:
+def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: float, report: Report,
+           status: Status) -> Path:
     from service.training.trainer import TrainConfig, train
 
     settings = Settings()
@@ -199,8 +243,15 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
          + (f", continuing from {previous}" if train_config.init_from else ""))
     model = resolve_model(settings.model, settings.cache_dir)
     # Held-out pairs score the checks during training; they are never trained on.
+    curve: list[tuple[int, float]] = []
+
+    def progress(step: int, total: int, score: float | None) -> None:
+        if score is not None:
+            curve.append((step, score))
+        status.update(progress={"step": step, "total": total, "score": score, "curve": curve})
+
     result = train(train_config, model_path=model, grammar=grammar, train_rows=dataset.train,
-                   heldout_rows=dataset.heldout, data_files=[config.pairs])
+                   heldout_rows=dataset.heldout, data_files=[config.pairs], on_progress=progress)
     shutil.rmtree(config.work_dir / "checkpoint", ignore_errors=True)  # finished: the next run starts anew
     report.curve = list(result.heldout_exact_match)
     report.training = {"steps": result.steps, "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s,

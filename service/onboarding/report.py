@@ -13,7 +13,7 @@ from typing import Any
 
 from service.evaluation.runner import RunConfig, Summary
 
-__all__ = ["Report", "write_report"]
+__all__ = ["Report", "report_json", "write_report"]
 
 
 @dataclass
@@ -31,6 +31,8 @@ class Report:
     command: str = ""
     usage: str = ""
     stages: list[tuple[str, float]] = field(default_factory=list)
+    #: Every configuration's output limit (half again the longest held-out code, at most --max-tokens).
+    max_tokens: int = 0
 
 
 _COLUMNS = ("configuration", "constrained", "n", "exact match", "95% interval", "tree sim.", "valid",
@@ -54,7 +56,9 @@ def write_report(report: Report, folder: Path) -> list[Path]:
         "Produced by:", "", f"```sh\n{report.command}\n```", "",
         f"Dataset: {d['train']} pairs to train on, {d['heldout']} held out (never trained on), {d['rejected']} "
         f"rejected, {d['duplicates']} duplicates and {d['conflicting']} conflicting pairs dropped.", "",
-        "## Held-out scores", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS),
+        "## Held-out scores", "",
+        *([f"Greedy decoding; every output limited to {report.max_tokens} tokens.", ""] if report.max_tokens else []),
+        "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS),
     ]
     lines += ["| " + " | ".join(_cells(config, s)) + " |" for config, s in report.rows]
     if report.training:
@@ -73,10 +77,14 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     lines += ["", f"![held-out exact match per configuration and the training curve]({chart.name})", ""]
     markdown.write_text("\n".join(lines))
     _plot(report, chart)
-    payload = {**{k: v for k, v in asdict(report).items() if k != "rows"},
-               "rows": [{"config": asdict(c), "summary": asdict(s)} for c, s in report.rows]}
-    data.write_text(json.dumps(payload, indent=1))
+    data.write_text(json.dumps(report_json(report), indent=1))
     return [markdown, chart, data]
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """Every number of the report, as ``ONBOARDING.json`` and the run's status hold it."""
+    return {**{k: v for k, v in asdict(report).items() if k != "rows"},
+            "rows": [{"config": asdict(c), "summary": asdict(s)} for c, s in report.rows]}
 
 
 def _plot(report: Report, path: Path) -> None:

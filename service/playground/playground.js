@@ -189,3 +189,129 @@ $("register").addEventListener("click", register);
 $("validate").addEventListener("click", validate);
 $("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
 loadLists();
+
+// Onboarding: POST /onboarding, then follow GET /onboarding/{id} until the run ends; the report, then try it.
+const STAGES = ["dataset", "register", "baseline", "train", "publish candidate", "evaluate"];
+let run = null;
+
+for (const [input, area] of [["o-grammar-file", "o-grammar"], ["o-pairs-file", "o-pairs"]]) {
+  $(input).addEventListener("change", async () => {
+    const file = $(input).files[0];
+    if (file) $(area).value = await file.text();
+    if (input === "o-grammar-file" && file && !$("o-name").value) $("o-name").value = file.name.replace(/\.[^.]*$/, "").toLowerCase();
+  });
+}
+
+async function startOnboarding() {
+  const body = {
+    name: $("o-name").value.trim(), grammar: $("o-grammar").value, pairs: $("o-pairs").value,
+    start: $("o-start").value.trim() || "start", budget_s: Number($("o-budget").value || 30) * 60,
+    heldout: Number($("o-heldout").value || 100), margin: Number($("o-margin").value || 0.05),
+    max_tokens: Number($("o-max-tokens").value || 64),
+  };
+  if ($("o-steps").value !== "") body.steps = Number($("o-steps").value);
+  if ($("tenant").value.trim()) body.tenant = $("tenant").value.trim();
+  $("o-try").hidden = true;
+  $("o-verdict").textContent = "";
+  $("o-report").textContent = "";
+  $("o-chart").removeAttribute("src");
+  try {
+    const status = await api("POST", "/onboarding", body);
+    run = status.id;
+    $("o-start-run").disabled = true;
+    $("o-stop").disabled = false;
+    showOnboarding(status);
+    followOnboarding(run);
+  } catch (err) {
+    say("o-status", err.message, "error");
+  }
+}
+
+async function followOnboarding(id) {
+  while (run === id) {
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    let status;
+    try {
+      status = await api("GET", "/onboarding/" + id);
+    } catch (err) {
+      say("o-status", err.message, "error");
+      continue;
+    }
+    showOnboarding(status);
+    if (status.state !== "running") {
+      run = null;
+      $("o-start-run").disabled = false;
+      $("o-stop").disabled = true;
+      await showReport(id, status);
+    }
+  }
+}
+
+function showOnboarding(status) {
+  const done = new Map((status.stages || []).map(([name, seconds]) => [name, seconds]));
+  $("o-stages").innerHTML = STAGES.map((name) => {
+    const state = done.has(name) ? "done" : status.stage === name ? "running" : "pending";
+    const note = state === "done" ? ` (${Math.round(done.get(name))} s)` : state === "running" ? " …" : "";
+    return `<li class="${state}" data-stage="${escapeHtml(name)}">${escapeHtml(name)}${note}</li>`;
+  }).join("");
+  const p = status.progress;
+  if (p && p.total) {
+    $("o-progress").max = p.total;
+    $("o-progress").value = p.step;
+    const last = (p.curve || []).slice(-1)[0];
+    $("o-score").textContent = `step ${p.step} of ${p.total}` + (last ? ` · held-out score ${last[1].toFixed(3)} at step ${last[0]}` : "");
+  }
+  const rows = (status.report && status.report.rows) || [];
+  $("o-scores").querySelector("tbody").innerHTML = rows.map(({ config, summary }) =>
+    `<tr><td>${escapeHtml(config.label)}</td><td>${config.constrained ? "yes" : "no"}</td><td>${summary.n}</td>` +
+    `<td>${summary.exact_match.toFixed(3)}</td><td>${summary.exact_match_ci.map((x) => x.toFixed(2)).join("–")}</td>` +
+    `<td>${summary.valid_rate.toFixed(3)}</td><td>${summary.grammar_violation_rate.toFixed(3)}</td></tr>`).join("");
+  const state = status.state === "running" ? `running: ${status.stage || "starting"}` : status.state;
+  say("o-status", `run ${status.id} · ${state}` + (status.error ? ` · ${status.error}` : ""),
+      status.state === "failed" ? "error" : status.state === "published" ? "ok" : "");
+  $("o-log").textContent = (status.log || []).join("\n");
+}
+
+async function showReport(id, status) {
+  const verdict = status.report && status.report.verdict;
+  $("o-verdict").textContent = verdict ? `${status.state}: ${verdict}` : status.error || status.state;
+  $("o-verdict").className = status.state === "published" ? "ok" : "error";
+  try {
+    const md = await fetch(`/onboarding/${id}/report.md`, { headers: headers() });
+    if (md.ok) $("o-report").textContent = await md.text();
+    const png = await fetch(`/onboarding/${id}/report.png`, { headers: headers() });
+    if (png.ok) $("o-chart").src = URL.createObjectURL(await png.blob());
+    $("o-report-box").open = md.ok;
+  } catch (err) {
+    say("o-status", err.message, "error");
+  }
+  if (status.state === "published") {
+    await loadLists(status.name);
+    $("o-try").hidden = false;
+  }
+}
+
+function tryAdapter() {
+  const name = $("o-name").value.trim();
+  $("dsl").value = name;
+  $("adapter").value = name;
+  const first = $("o-pairs").value.split("\n").find((line) => line.trim());
+  try { $("text").value = JSON.parse(first).text; } catch (err) { /* keep the request box as it is */ }
+  $("context").value = "";
+  $("generate-title").scrollIntoView();
+  generate();
+}
+
+async function stopOnboarding() {
+  const id = run;
+  if (!id) return;
+  try {
+    await api("DELETE", "/onboarding/" + id);
+  } catch (err) {
+    say("o-status", err.message, "error");
+  }
+}
+
+$("o-start-run").addEventListener("click", startOnboarding);
+$("o-stop").addEventListener("click", stopOnboarding);
+$("o-try").addEventListener("click", tryAdapter);

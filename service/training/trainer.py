@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,8 @@ class TrainConfig:
     eval_every: int = 15
     eval_size: int = 48
     seed: int = 0
-    dtype: str = "float32"
+    #: "auto": bfloat16 on a GPU (Mistral-7B fits and trains fast), float32 on the CPU (what serving there uses).
+    dtype: str = "auto"
     #: Wall-clock seconds training may take: once the first steps are timed, ``steps`` shrinks to fit.
     budget_s: float | None = None
     #: Stop after this many held-out checks without a better score; the best checkpoint is what is written.
@@ -87,8 +89,12 @@ def train(
     replay_rows: list[Example] = (),
     data_files: list[Path] = (),
     progress: bool = True,
+    on_progress: Callable[[int, int, float | None], None] | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter and write it with its manifest; returns the loss and held-out scores."""
+    """Train a LoRA adapter and write it with its manifest; returns the loss and held-out scores.
+
+    ``on_progress(step, total, score)`` is called after every step (``score`` None) and every held-out check.
+    """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from tqdm import tqdm
@@ -98,7 +104,12 @@ def train(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    dtype = getattr(torch, config.dtype)
+    # A GPU where there is one (the onboarding Job on the gpu profile), else the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, config.dtype)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     if config.init_from:
         model = PeftModel.from_pretrained(base, str(config.init_from), is_trainable=True)
@@ -106,8 +117,6 @@ def train(
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
                           lora_dropout=0.0, task_type="CAUSAL_LM")
         model = get_peft_model(base, lora)
-    # A GPU where there is one (the onboarding Job on the gpu profile), else the CPU.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.train()
 
@@ -134,7 +143,7 @@ def train(
         losses, scores, total[0] = state["losses"], state["scores"], state["total"]
         best = state["best"]
         first_step = resumed_from = state["step"] + 1
-    stepping_s, tokens, stopped = 0.0, 0, None
+    stepping_s, tokens, stopped, eval_every = 0.0, 0, None, config.eval_every
     bar = tqdm(total=total[0], initial=first_step - 1, desc=f"train {config.name}", disable=not progress,
                unit="step")
     step = first_step - 1
@@ -155,19 +164,26 @@ def train(
         tokens += encoded.tokens
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
+        if on_progress is not None:
+            on_progress(step, total[0], None)
         if config.budget_s is not None and step - first_step == 1:
-            # Two steps timed: fit the rest (and its held-out checks, ~ a step each) into the budget.
+            # Two steps timed: fit the rest, and its held-out checks (about a step each, at most ~8), into the budget.
             left = config.budget_s - (time.monotonic() - started)
-            per_step = stepping_s / 2 * (1 + 1 / max(1, config.eval_every))
-            fits = step + max(0, int(left / per_step))
+            checks = min(8, max(1, (total[0] - step) // max(1, config.eval_every)))
+            fits = step + max(0, int(left / (stepping_s / 2)) - checks)
             if fits < total[0]:
                 total[0] = max(step, fits)
                 bar.total = total[0]
                 stopped = "budget"
-                bar.write(f"[{config.name}] the budget of {config.budget_s:.0f} s fits {total[0]} steps")
-        if step % config.eval_every == 0 or step == total[0]:
+                # Fewer steps: check more often, so the curve still has points and early stop a choice.
+                eval_every = max(2, min(eval_every, total[0] // 6))
+                bar.write(f"[{config.name}] the budget of {config.budget_s:.0f} s fits {total[0]} steps "
+                          f"(held-out check every {eval_every})")
+        if step % eval_every == 0 or step == total[0]:
             em = _teacher_forced_exact_match(model, encode, heldout_rows[: config.eval_size])
             scores.append((step, em))
+            if on_progress is not None:
+                on_progress(step, total[0], em)
             bar.write(f"[{config.name}] step {step}: loss {sum(losses[-5:]) / len(losses[-5:]):.4f}, "
                       f"held-out teacher-forced exact match {em:.3f}")
             model.train()
@@ -189,17 +205,19 @@ def train(
             stopped = "budget"
             break
     bar.close()
-    if best is not None and (config.patience or stopped):
+    # With early stopping, or cut short, the best checked weights are written; otherwise the last step's.
+    kept_step = best[1] if best is not None and (config.patience or stopped) else step
+    if kept_step != step:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, best[2])  # the best checkpoint, not the last step
+        set_peft_model_state_dict(model, best[2])
     config.output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(config.output)
     (config.output / "README.md").unlink(missing_ok=True)  # peft's empty model card; manifest.yaml says it all
     wall = time.monotonic() - started
     result = TrainResult(config.output, step, losses[0], sum(losses[-5:]) / len(losses[-5:]), scores, wall,
                          tokens_per_s=tokens / stepping_s if stepping_s else 0.0, stopped=stopped,
-                         best_step=best[1] if best is not None and (config.patience or stopped) else step,
+                         best_step=kept_step,
                          resumed_from=resumed_from)
     _write_manifest(config, result, model_path=model_path, data_files=list(data_files))
     return result

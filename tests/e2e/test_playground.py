@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -63,3 +64,49 @@ def test_api_errors_are_shown_to_the_user(page):
     page.get_by_label("Request", exact=True).fill("")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_contain_text("422 invalid_request")
+
+
+SPEEDS = 'start: NUMBER " " UNIT " -> " UNIT\nUNIT: "kmh" | "mph" | "ms"\n%import common.NUMBER\n'
+
+
+def test_onboarding_view_runs_a_dsl_to_a_published_adapter_and_tries_it(page, server):
+    """Grammar and pairs in, the stages and the held-out score as they go, the report, then the adapter served."""
+    import json
+    import random
+
+    rng = random.Random(3)
+    words = {"kmh": ["km/h", "kilometres per hour"], "mph": ["mph", "miles per hour"], "ms": ["m/s", "metres a sec"]}
+    pairs = []
+    for _ in range(40):
+        a, b = rng.sample(list(words), 2)
+        n = rng.randint(1, 300)
+        pairs.append(json.dumps({"text": f"{n} {rng.choice(words[a])} in {rng.choice(words[b])}",
+                                 "code": f"{n} {a} -> {b}"}))
+    page.locator("#o-name").fill("speeds")
+    page.locator("#o-grammar").fill(SPEEDS)
+    page.locator("#o-pairs").fill("\n".join(pairs))
+    # Two training steps and 4 held-out pairs keep it to minutes on a CPU; margin -1 publishes what trains (the
+    # gate's decisions are unit-tested).
+    page.locator("#o-steps").fill("2")
+    page.locator("#o-heldout").fill("4")
+    page.locator("#o-margin").fill("-1")
+    page.locator("#o-max-tokens").fill("16")
+    page.get_by_role("button", name="Start onboarding").click()
+    expect(page.locator("#o-status")).to_contain_text("running", timeout=30_000)
+    expect(page.locator("#o-stop")).to_be_enabled()
+    expect(page.locator("#o-stages li[data-stage=baseline].done")).to_have_count(1, timeout=600_000)
+    expect(page.locator("#o-scores tbody tr")).to_have_count(2)  # the two baselines, before training
+    expect(page.locator("#o-stages li[data-stage=train].done")).to_have_count(1, timeout=600_000)
+    expect(page.locator("#o-score")).to_contain_text("step 2 of 2 · held-out score")
+    expect(page.locator("#o-status")).to_contain_text("published", timeout=900_000)
+    expect(page.locator("#o-scores tbody tr")).to_have_count(6)
+    expect(page.locator("#o-verdict")).to_contain_text("published:")
+    expect(page.locator("#o-report")).to_contain_text("# Onboarding `speeds`")
+    expect(page.locator("#o-chart")).to_have_attribute("src", re.compile("^blob:"))
+    assert page.locator("#o-chart").evaluate("img => img.complete && img.naturalWidth") > 100  # the PNG drew
+    page.get_by_role("button", name="Try the published adapter").click()
+    expect(page.locator("#timings")).to_contain_text("adapter speeds", timeout=120_000)
+    expect(page.locator("#verdict")).not_to_be_empty()
+    with server.client() as admin:  # the shared DSL and adapter this test published
+        assert admin.delete("/adapters/speeds").status_code == 204
+        assert admin.delete("/dsls/speeds").status_code == 204

@@ -9,6 +9,8 @@ import random
 import subprocess
 import sys
 
+import yaml
+
 GRAMMAR = 'start: conversion (";" conversion)*\nconversion: NUMBER " " UNIT " -> " UNIT\n' \
           'UNIT: "km" | "mi" | "kg" | "lb" | "c" | "f"\n%import common.NUMBER\n'
 UNITS = {"km": ["kilometres", "km", "kilometers"], "mi": ["miles", "mi"], "kg": ["kilos", "kg", "kilograms"],
@@ -41,10 +43,16 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     # the gate's own decisions are unit-tested.
     command = [sys.executable, "-m", "service.cli", "onboard", "--grammar", str(grammar), "--pairs", str(pairs),
                "--url", server.url, "--steps", "2", "--batch-size", "4", "--heldout", "8", "--max-tokens", "24",
-               "--margin", "-1", "--work-dir", str(work), "--description", "Unit conversions."]
-    done = subprocess.run(command, env={**os.environ, "NL2DSL_API_KEY": "alpha-key", "HF_HUB_OFFLINE": "1"},
-                          capture_output=True, text=True, timeout=1200)
+               "--margin", "-1", "--work-dir", str(work), "--description", "Unit conversions.",
+               "--status", str(tmp_path / "status.json")]
+    env = {**os.environ, "NL2DSL_API_KEY": "alpha-key", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())  # what an onboarding job's status shows
+    assert status["state"] == "published" and status["error"] is None
+    assert [name for name, _ in status["stages"]] == ["dataset", "register", "baseline", "train",
+                                                      "publish candidate", "evaluate", "report"]
+    assert len(status["report"]["rows"]) == 6 and status["progress"]["total"] == 2
     rejects = json.loads((work / "rejects.json").read_text())
     assert [r["line"] for r in rejects] == [6]
     report = json.loads((work / "report" / "ONBOARDING.json").read_text())
@@ -64,5 +72,20 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
         assert alpha.get("/adapters/units/versions").json()[-1]["version"] >= 1
         with server.client("beta-key") as beta:  # another tenant's adapter is not there for anyone else
             assert "units" not in [a["name"] for a in beta.get("/adapters").json()]
-        assert alpha.delete("/adapters/units").status_code == 204 and alpha.delete("/dsls/units").status_code == 204
     assert "curl -X POST" in done.stderr and "units" in (work / "report" / "ONBOARDING.md").read_text()
+
+    # More pairs later: the re-run continues from the adapter the first run published, scored on the same held-out
+    # pairs (a new split of more pairs would hold out some the adapter was trained on).
+    first_heldout = sorted((work / "heldout.jsonl").read_text().splitlines())
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in _pairs(64, seed=1)))
+    command[command.index("--steps") + 1] = "1"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((work / "report" / "ONBOARDING.json").read_text())
+    assert report["training"]["init_from"] == str(work / "published") and "continuing from" in again.stderr
+    assert sorted((work / "heldout.jsonl").read_text().splitlines()) == first_heldout
+    lineage = yaml.safe_load((work / "published" / "manifest.yaml").read_text())["training"]
+    assert lineage["init_from"]["steps"] == 2 and lineage["total_steps"] == 3
+    with server.client("alpha-key") as alpha:
+        assert alpha.get("/adapters/units/versions").json()[-1]["version"] >= 2
+        assert alpha.delete("/adapters/units").status_code == 204 and alpha.delete("/dsls/units").status_code == 204

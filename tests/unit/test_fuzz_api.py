@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 
 import pytest
@@ -11,19 +12,23 @@ from hypothesis import HealthCheck, settings
 
 from service.app import create_app
 from service.config import Settings
+from service.onboarding.jobs import OnboardingJobs
 from tests.unit.conftest import FLOW_CODE, _fake_engine
 
 _TMP = tempfile.mkdtemp(prefix="nl2dsl-fuzz-")
-APP = create_app(Settings(adapters_dir=_TMP, data_dir=_TMP, store=f"{_TMP}/store", auth="off", max_text_chars=200),
-                 engine=_fake_engine([FLOW_CODE]))
+APP = create_app(Settings(adapters_dir=_TMP, data_dir=_TMP, store=f"{_TMP}/store", auth="off", max_text_chars=200,
+                          onboarding_dir=f"{_TMP}/onboarding"), engine=_fake_engine([FLOW_CODE]))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def lifespan():
-    """The app's start-up (registries, services) runs while schemathesis calls it."""
-    with TestClient(APP):
-        yield
+    """The app's start-up (registries, services) runs while schemathesis calls it. An onboarding run the fuzzer
+    starts is a child that exits at once (the real one would train and call a service on the default port)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OnboardingJobs, "command", lambda *args: [sys.executable, "-c", "pass"])
+        with TestClient(APP):
+            yield
 
 
 @schema.parametrize()

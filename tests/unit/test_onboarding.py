@@ -43,6 +43,23 @@ def test_pairs_are_checked_by_line_deduplicated_and_split_with_a_fixed_seed(tmp_
     assert again.heldout == dataset.heldout
 
 
+def test_a_teams_own_held_out_file_is_scored_on_and_its_requests_never_trained_on(tmp_path):
+    grammar = compile_grammar("units", GRAMMAR, origin="upload")
+    train = _pairs(tmp_path, [{"text": f"convert {i} km to miles", "code": f"{i} km -> mi"} for i in range(30)])
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"text": "Convert 4 km to miles", "code": "4 km -> mi"},  # also in the training file: kept out of training
+        *({"text": f"{i} kg in pounds", "code": f"{i} kg -> lb"} for i in range(8)),
+        {"text": "broken", "code": "kg -> -> lb"}]))
+    dataset = build_dataset(grammar, train, max_heldout=6, seed=1, test_path=test)
+    assert len(dataset.heldout) == 6 and {e.text for e in dataset.heldout} <= {
+        "Convert 4 km to miles", *(f"{i} kg in pounds" for i in range(8))}
+    asked = {e.text.lower() for e in dataset.heldout}
+    assert not asked & {e.text.lower() for e in dataset.train}
+    assert len(dataset.train) == 30 - ("convert 4 km to miles" in asked)
+    assert [r.message.split(":")[0] for r in dataset.rejects] == ["held-out file"]
+
+
 def test_too_few_usable_pairs_stop_onboarding_with_the_rejects(tmp_path):
     grammar = compile_grammar("units", GRAMMAR, origin="upload")
     path = _pairs(tmp_path, [{"text": "a", "code": "1 km -> mi"}, {"text": "b", "code": "nope"}])
