@@ -13,6 +13,9 @@ from service.client import APIError, AsyncNL2DSLClient
 from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
 from service.grammars import Example, Grammar
 
+#: Tries per request when the service answers 429 or 503.
+_TRIES = 5
+
 __all__ = ["Outcome", "RunConfig", "Summary", "run", "score", "score_together", "summarize", "wilson_interval"]
 
 
@@ -46,22 +49,31 @@ class Outcome:
 
 
 async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurrency: int = 8,
-              progress: bool = True, api_key: str | None = None) -> list[Outcome]:
-    """Outcomes in the order of ``rows``; an API error is an outcome too (never drops a row)."""
-    limit = asyncio.Semaphore(concurrency)
+              progress: bool = True, api_key: str | None = None,
+              limit: asyncio.Semaphore | None = None) -> list[Outcome]:
+    """Outcomes in the order of ``rows``; an API error is an outcome too (never drops a row).
+
+    ``limit``: requests in flight, shared with other runs (default: ``concurrency`` of this run's own).
+    """
+    limit = limit or asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(rows), desc=config.label, disable=not progress, unit="req")
 
     async def one(client: AsyncNL2DSLClient, row: Example) -> Outcome:
         async with limit:
             try:
-                r = await client.generate(dsl=config.dsl, text=row.text, context=row.context, tenant=config.tenant,
-                                          adapter=config.adapter, examples=config.examples,
-                                          constrained=config.constrained, max_tokens=config.max_tokens,
-                                          temperature=0.0)
-                return Outcome(row.code, r.code, r.valid, r.finish_reason, r.timings.total, r.usage.completion_tokens,
-                               context=row.context)
-            except APIError as exc:
-                return Outcome(row.code, "", False, "error", 0.0, error=str(exc), context=row.context)
+                for attempt in range(_TRIES):
+                    try:
+                        r = await client.generate(dsl=config.dsl, text=row.text, context=row.context,
+                                                  tenant=config.tenant, adapter=config.adapter,
+                                                  examples=config.examples, constrained=config.constrained,
+                                                  max_tokens=config.max_tokens, temperature=0.0)
+                        return Outcome(row.code, r.code, r.valid, r.finish_reason, r.timings.total,
+                                       r.usage.completion_tokens, context=row.context)
+                    except APIError as exc:
+                        # The service is full (429) or busy (503): wait and ask again, as a client should.
+                        if exc.status not in (429, 503) or attempt == _TRIES - 1:
+                            return Outcome(row.code, "", False, "error", 0.0, error=str(exc), context=row.context)
+                        await asyncio.sleep(2.0 * (attempt + 1))
             finally:
                 bar.update()
 
@@ -143,11 +155,11 @@ def score(url: str, config: RunConfig, rows: Sequence[Example], grammar: Grammar
 
 def score_together(url: str, configs: Sequence[RunConfig], rows: Sequence[Example], grammar: Grammar | None, *,
                    concurrency: int, api_key: str | None = None, where: str = "") -> list[Summary]:
-    """:func:`score` for several configurations at once: their requests interleave (``concurrency`` each), so
-    the engine batches them together and the whole takes less than one after the other."""
+    """:func:`score` for several configurations at once: their requests interleave, ``concurrency`` in flight
+    in all (what the service lets one tenant have), so the engine's batches stay full as configurations end."""
     async def together() -> list[list[Outcome]]:
-        return await asyncio.gather(*(run(url, c, rows, concurrency=concurrency, api_key=api_key)
-                                      for c in configs))
+        limit = asyncio.Semaphore(concurrency)
+        return await asyncio.gather(*(run(url, c, rows, api_key=api_key, limit=limit) for c in configs))
 
     summaries = []
     for config, outcomes in zip(configs, asyncio.run(together()), strict=True):
@@ -157,6 +169,6 @@ def score_together(url: str, configs: Sequence[RunConfig], rows: Sequence[Exampl
               f"{'constrained' if config.constrained else 'free'} n={summary.n} exact={summary.exact_match:.3f} "
               f"[{lo:.2f}, {hi:.2f}] tree={summary.tree_similarity or 0:.3f} valid={summary.valid_rate:.3f} "
               f"finished-not-parsed={summary.grammar_violation_rate:.3f} cut={summary.cut_rate:.3f} "
-              f"p50={summary.p50_s:.2f}s", flush=True)
+              f"errors={summary.error_rate:.3f} p50={summary.p50_s:.2f}s", flush=True)
         summaries.append(summary)
     return summaries

@@ -200,7 +200,7 @@ def _register(client: NL2DSLClient, config: OnboardConfig, text: str, dataset: D
 def _evaluate(url: str, config: OnboardConfig, configs: list[RunConfig], dataset: Dataset,
               grammar: Grammar) -> list[tuple[RunConfig, Summary]]:
     """Every configuration on the held-out pairs, at the same time (the engine batches them together)."""
-    summaries = score_together(url, configs, dataset.heldout, grammar, concurrency=config.concurrency,
+    summaries = score_together(url, configs, dataset.heldout, grammar, concurrency=2 * config.concurrency,
                                api_key=config.api_key)
     return list(zip(configs, summaries, strict=True))
 
@@ -272,6 +272,10 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float) -> tuple[bool
     best_config, best = max(adapters, key=lambda cs: cs[1].exact_match)
     violations = sum(s.grammar_violation_rate for _, s in adapters)
     needed = best_base.exact_match + margin
+    failed = [c.label + ("" if c.constrained else " (free)") for c, s in rows if s.error_rate > 0]
+    if failed:
+        return False, (f"requests failed while scoring {', '.join(failed)}: those scores are not measurements; "
+                       "the baseline stays (the log says why)")
     if violations > 0:
         return False, (f"constrained adapter outputs that finished by themselves did not parse (rate "
                        f"{violations:.3f}); the baseline stays")

@@ -84,6 +84,11 @@ def test_the_gate_publishes_only_a_clear_win_with_every_finished_output_parsing(
     broken = [(RunConfig("adapter", "u", adapter="c"), _summary(9, violations=1))]
     published, why = _gate(base + broken, margin=0.1)
     assert not published and "did not parse" in why
+    # A configuration whose requests failed (429s, a dead engine) was not measured: nothing is published on it.
+    failed = Outcome("a", "", False, "error", 0.0, error="429 rate_limited: too many requests")
+    errored = [(RunConfig("adapter free", "u", adapter="c", constrained=False), summarize([failed] * 10))]
+    published, why = _gate(base + win + errored, margin=0.1)
+    assert not published and "adapter free (free)" in why and "not measurements" in why
 
 
 def test_summaries_carry_a_95_percent_interval_that_narrows_with_more_cases():
