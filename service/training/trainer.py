@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -180,7 +181,13 @@ def train(
                 bar.write(f"[{config.name}] the budget of {config.budget_s:.0f} s fits {total[0]} steps "
                           f"(held-out check every {eval_every})")
         if step % eval_every == 0 or step == total[0]:
+            check_started = time.monotonic()
             em = _teacher_forced_exact_match(model, encode, heldout_rows[: config.eval_size])
+            if config.budget_s is not None:
+                # Under a budget, checks may take at most a sixth of the stepping time: a check costs several
+                # steps (a long-prompt DSL's 48 rows: about three), so short runs check less often.
+                step_s = stepping_s / max(1, step - first_step + 1)
+                eval_every = max(eval_every, math.ceil((time.monotonic() - check_started) / (step_s / 6)))
             scores.append((step, em))
             if on_progress is not None:
                 on_progress(step, total[0], em)
@@ -225,8 +232,6 @@ def train(
 
 def _learning_rate_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak at ``total`` steps."""
-    import math
-
     if step < warmup:
         return (step + 1) / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
