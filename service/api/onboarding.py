@@ -64,13 +64,13 @@ async def start_onboarding(body: OnboardingStart, request: Request, jobs: Onboar
                                    api_key=key)
 
 
-@router.get("/onboarding/{job_id}", responses=error_responses(401, 404, 422))
+@router.get("/onboarding/{job_id}", responses=error_responses(401, 404, 413, 422))
 async def onboarding_status(job_id: JobId, jobs: OnboardingJobsDep, caller: CallerDep) -> dict[str, Any]:
     """The run's state, stage, training progress, scores so far, verdict and last log lines."""
     return await asyncio.to_thread(jobs.status, job_id, tenant=caller.tenant, admin=caller.admin)
 
 
-@router.get("/onboarding/{job_id}/report.{kind}", responses=error_responses(401, 404, 422))
+@router.get("/onboarding/{job_id}/report.{kind}", responses=error_responses(401, 404, 413, 422))
 async def onboarding_report(job_id: JobId, kind: Annotated[str, Path(pattern="^(md|png|json)$")],
                             jobs: OnboardingJobsDep, caller: CallerDep) -> FileResponse:
     """The report of a run that has ended: Markdown, the PNG chart, or every number as JSON."""
@@ -79,7 +79,7 @@ async def onboarding_report(job_id: JobId, kind: Annotated[str, Path(pattern="^(
     return FileResponse(path, media_type=media_type)
 
 
-@router.delete("/onboarding/{job_id}", status_code=204, responses=error_responses(401, 404, 422))
+@router.delete("/onboarding/{job_id}", status_code=204, responses=error_responses(401, 404, 413, 422))
 async def cancel_onboarding(job_id: JobId, jobs: OnboardingJobsDep, caller: CallerDep) -> Response:
     """Stop the run (nothing it has not yet published is published)."""
     await asyncio.to_thread(jobs.cancel, job_id, tenant=caller.tenant, admin=caller.admin)
