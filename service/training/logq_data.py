@@ -10,10 +10,9 @@ in a search box or a chat (fragments in any order, "5xx" / "server errors" / "fa
 
 from __future__ import annotations
 
-import json
 import random
-import sys
-from pathlib import Path
+
+from service.training import demo_pairs
 
 __all__ = ["generate"]
 
@@ -153,15 +152,8 @@ def _messy(rng: random.Random, text: str) -> str:
 
 def generate(n: int, *, seed: int = 0) -> list[dict[str, str]]:
     """``n`` pairs ``{"text", "code"}``."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        text, code = _one(rng)
-        rows.append({"text": _messy(rng, text), "code": code})
-    return rows
+    return demo_pairs.generate(n, seed, _one, _messy)
 
 
 if __name__ == "__main__":
-    out, count = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    out.write_text("".join(json.dumps(row) + "\n" for row in generate(count)))
-    print(f"wrote {count} pairs to {out}")
+    demo_pairs.main(generate)
