@@ -81,6 +81,9 @@ def server(tmp_path_factory) -> Server:
         "NL2DSL_REQUEST_TIMEOUT_S": "600",
         "NL2DSL_STORE": str(tmp_path_factory.mktemp("store")),
         "NL2DSL_STORE_POLL_S": "1",
+        # Runs started through POST /onboarding keep their work here, not in the user's cache: a run left by an
+        # earlier test session would make the next one a continuing run.
+        "NL2DSL_ONBOARDING_DIR": str(tmp_path_factory.mktemp("onboarding")),
     }
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:

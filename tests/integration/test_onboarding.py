@@ -42,7 +42,7 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     # A margin of -1 publishes whatever trains (two steps learn little): this checks the path to a served adapter;
     # the gate's own decisions are unit-tested.
     command = [sys.executable, "-m", "service.cli", "onboard", "--grammar", str(grammar), "--pairs", str(pairs),
-               "--url", server.url, "--steps", "2", "--batch-size", "4", "--heldout", "8", "--max-tokens", "24",
+               "--url", server.url, "--steps", "2", "--batch-size", "4", "--heldout", "5", "--max-tokens", "24",
                "--margin", "-1", "--work-dir", str(work), "--description", "Unit conversions.",
                "--status", str(tmp_path / "status.json")]
     env = {**os.environ, "NL2DSL_API_KEY": "alpha-key", "HF_HUB_OFFLINE": "1"}
@@ -58,7 +58,7 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     report = json.loads((work / "report" / "ONBOARDING.json").read_text())
     labels = [row["config"]["label"] for row in report["rows"]]
     assert labels[:2] == ["base", "base + 3 examples"] and len(labels) == 6
-    assert all(row["summary"]["n"] == 8 for row in report["rows"])
+    assert all(row["summary"]["n"] == 5 for row in report["rows"])
     assert report["published"] and report["training"]["steps"] == 2 and report["curve"]
     for row in report["rows"]:
         if row["config"]["constrained"]:

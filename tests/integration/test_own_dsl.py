@@ -1,18 +1,13 @@
-"""Bring your own DSL on the real engine: real grammars as written generate code that parses, and two replicas
-on one store serve what either publishes, across a restart and a rollback."""
+"""Bring your own DSL on the real engine: real grammars as written generate code that parses (replicas serving
+what either publishes: tests/integration/test_replicas.py)."""
 
 from __future__ import annotations
 
 import importlib.resources
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import lark
 import pytest
-
-from service.adapter_uploads import pack_adapter
-from service.local_server import local_server
-from tests.helpers import eventually, make_random_adapter
 
 GRAMMARS = {name: (importlib.resources.files("outlines") / "grammars" / f"{name}.lark").read_text()
             for name in ("json", "arithmetic")}
@@ -52,40 +47,3 @@ def test_a_real_grammar_as_written_generates_code_lark_parses(server, name):
     for result in finished:
         assert result["valid"] and parser.parse(result["code"]), result["code"]
     assert len(finished) >= 5, [r["finish_reason"] for r in results]
-
-
-KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
-KV2 = 'start: "set " KEY " to " VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
-
-
-def test_two_replicas_on_one_store_serve_what_either_publishes(server, tmp_path):
-    adapter = pack_adapter(make_random_adapter(server.model_dir, tmp_path / "crm", seed=5, dsl="flow"))
-    alpha = {"Authorization": "Bearer alpha-key"}
-    ask = {"dsl": "kv", "text": "set the port to 80", "max_tokens": 24}
-    with local_server(env=server.env, log=tmp_path / "second.log") as second_url, \
-            httpx.Client(base_url=second_url, headers=alpha, timeout=300) as second:
-        upload = {"name": "kv", "grammar": KV, "examples": [{"text": "listen on port 80", "code": "port=80"}]}
-        assert second.post("/dsls", json=upload).status_code == 201
-        assert second.post("/adapters", content=adapter).status_code == 201
-    with server.client("alpha-key") as first:
-        eventually(lambda: first.get("/dsls/kv").status_code == 200, "the first replica serves the DSL", timeout=60)
-        eventually(lambda: "crm" in [a["name"] for a in first.get("/adapters").json()], "and the adapter", timeout=60)
-        generated = first.post("/generate", json=ask).json()
-        assert generated["finish_reason"] != "stop" or generated["valid"], generated
-        flow = first.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales",
-                                             "adapter": "crm", "max_tokens": 16})
-        assert flow.status_code == 200 and flow.json()["adapter"] == "crm"
-        # The second replica restarts: everything is still there; a new version and a rollback reach both.
-        with local_server(env=server.env, log=tmp_path / "restarted.log") as restarted_url, \
-                httpx.Client(base_url=restarted_url, headers=alpha, timeout=300) as restarted:
-            assert restarted.get("/dsls/kv").json()["grammar"] == KV
-            assert "crm" in [a["name"] for a in restarted.get("/adapters").json()]
-            assert first.post("/dsls", json={"name": "kv", "grammar": KV2}).json()["version"] == 2
-            eventually(lambda: restarted.get("/dsls/kv").json()["grammar"] == KV2, "the new version everywhere",
-                       timeout=60)
-            assert first.post("/dsls/kv/rollback", json={"version": 1}).json()["version"] == 3
-            eventually(lambda: restarted.get("/dsls/kv").json()["grammar"] == KV, "the rollback everywhere", timeout=60)
-            for replica in (first, restarted):
-                assert replica.post("/generate", json=ask).status_code == 200
-        first.delete("/dsls/kv")
-        first.delete("/adapters/crm")

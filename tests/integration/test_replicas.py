@@ -1,0 +1,72 @@
+"""A second replica on the session server's store, both on the real engine: each serves what the other publishes
+(a DSL, its versions and rollback, a LoRA adapter), and one whose engine dies stops being ready while the other
+goes on serving. (Restarts on the store are unit-tested: tests/unit/test_publishing.py.)"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+import pytest
+
+from service.adapter_uploads import pack_adapter
+from service.local_server import local_server
+from tests.helpers import eventually, make_random_adapter
+
+KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
+KV2 = 'start: "set " KEY " to " VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
+ALPHA = {"Authorization": "Bearer alpha-key"}
+ASK = {"dsl": "kv", "text": "set the port to 80", "max_tokens": 24}
+
+
+@pytest.fixture(scope="module")
+def second(server, tmp_path_factory):
+    """Another `nl2dsl serve` with the session server's settings and store. The module's last test kills its
+    engine."""
+    with local_server(env=server.env, log=tmp_path_factory.mktemp("second") / "server.log") as url, \
+            httpx.Client(base_url=url, headers=ALPHA, timeout=300) as client:
+        yield client
+
+
+def test_two_replicas_on_one_store_serve_what_either_publishes(server, second, tmp_path):
+    upload = {"name": "kv", "grammar": KV, "examples": [{"text": "listen on port 80", "code": "port=80"}]}
+    assert second.post("/dsls", json=upload).status_code == 201
+    adapter = pack_adapter(make_random_adapter(server.model_dir, tmp_path / "crm", seed=5, dsl="flow"))
+    with server.client("alpha-key") as first:
+        assert first.post("/adapters", content=adapter).status_code == 201
+        eventually(lambda: first.get("/dsls/kv").status_code == 200, "the first replica serves the DSL", timeout=60)
+        eventually(lambda: "crm" in [a["name"] for a in second.get("/adapters").json()],
+                   "the second replica serves the adapter", timeout=60)
+        for replica in (first, second):
+            generated = replica.post("/generate", json=ASK).json()
+            assert generated["finish_reason"] != "stop" or generated["valid"], generated
+            flow = replica.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales",
+                                                   "adapter": "crm", "max_tokens": 16})
+            assert flow.status_code == 200 and flow.json()["adapter"] == "crm", flow.text
+        # A new version published on one replica and a rollback on the other reach both.
+        assert first.post("/dsls", json={"name": "kv", "grammar": KV2}).json()["version"] == 2
+        eventually(lambda: second.get("/dsls/kv").json()["grammar"] == KV2, "the new version everywhere", timeout=60)
+        assert second.post("/dsls/kv/rollback", json={"version": 1}).json()["version"] == 3
+        eventually(lambda: first.get("/dsls/kv").json()["grammar"] == KV, "the rollback everywhere", timeout=60)
+        assert first.post("/generate", json=ASK).status_code == 200
+        first.delete("/dsls/kv")
+        first.delete("/adapters/crm")
+
+
+def test_a_replica_whose_engine_dies_stops_being_ready_and_the_other_goes_on(server, second):
+    """The module's last test: it kills the second replica's engine."""
+    port = urlsplit(str(second.base_url)).port
+    [listener] = {c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+    engine_processes = psutil.Process(listener).children(recursive=True)
+    assert engine_processes
+    for child in engine_processes:
+        child.kill()
+    eventually(lambda: second.get("/readyz").status_code == 503, "/readyz is 503 after the engine died")
+    r = second.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales"}, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"  # at once, not a hang
+    assert second.get("/healthz").status_code == 503  # liveness fails: Kubernetes restarts this one
+    with server.client("alpha-key") as first:
+        assert first.get("/readyz").status_code == 200
+        assert first.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales",
+                                             "max_tokens": 8}).status_code == 200
