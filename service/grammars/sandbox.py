@@ -101,8 +101,18 @@ class _Worker:
                     raise
             finally:
                 loop.remove_reader(fd)
-        # The message is arriving: read it beside the loop (a parse tree can be large).
+        # The message is arriving: read it beside the loop (a parse tree can be large), blocking until it is whole.
+        os.set_blocking(fd, True)
         return await asyncio.wait_for(asyncio.to_thread(self.conn.recv), timeout)
+
+    async def send(self, job: tuple[Any, ...], timeout: float) -> None:
+        """Hand the worker a job beside the loop; one larger than the pipe holds waits while the worker reads it.
+
+        The pipe is made blocking first: watching it for readability (uvloop's ``add_reader``) leaves it
+        non-blocking, and a large write to a worker slow to read would then fail half-way.
+        """
+        os.set_blocking(self.conn.fileno(), True)
+        await asyncio.wait_for(asyncio.to_thread(self.conn.send, job), timeout)
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -159,7 +169,11 @@ class GrammarSandbox:
                    owner: str | None) -> tuple[dict[str, Any], list[ParseResult]]:
         key = hashlib.sha256(f"{start}\0{limits}\0{text}".encode()).hexdigest()
         async with self._worker(owner) as worker:
-            worker.conn.send((key, source, text, start, limits, list(codes)))
+            try:
+                await worker.send((key, source, text, start, limits, list(codes)), self.compile_timeout_s)
+            except (TimeoutError, OSError):
+                worker.kill()
+                raise _limit("compile", "crash", source, self.compile_timeout_s) from None
             message = await self._step(worker, self.compile_timeout_s, source, stage="compile")
             _, problem, report = message
             if problem is not None:
