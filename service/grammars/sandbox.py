@@ -101,17 +101,14 @@ class _Worker:
                     raise
             finally:
                 loop.remove_reader(fd)
-        # The message is arriving: read it beside the loop (a parse tree can be large), blocking until it is whole.
-        os.set_blocking(fd, True)
+                # Watching the pipe (uvloop's add_reader) left it non-blocking: a large message would then fail
+                # half-way, read here or sent by :meth:`send`. Blocking again while nothing watches it.
+                os.set_blocking(fd, True)
+        # The message is arriving: read it beside the loop (a parse tree can be large).
         return await asyncio.wait_for(asyncio.to_thread(self.conn.recv), timeout)
 
     async def send(self, job: tuple[Any, ...], timeout: float) -> None:
-        """Hand the worker a job beside the loop; one larger than the pipe holds waits while the worker reads it.
-
-        The pipe is made blocking first: watching it for readability (uvloop's ``add_reader``) leaves it
-        non-blocking, and a large write to a worker slow to read would then fail half-way.
-        """
-        os.set_blocking(self.conn.fileno(), True)
+        """Hand the worker a job beside the loop; one larger than the pipe holds waits while the worker reads it."""
         await asyncio.wait_for(asyncio.to_thread(self.conn.send, job), timeout)
 
     def kill(self) -> None:
@@ -171,9 +168,10 @@ class GrammarSandbox:
         async with self._worker(owner) as worker:
             try:
                 await worker.send((key, source, text, start, limits, list(codes)), self.compile_timeout_s)
-            except (TimeoutError, OSError):
+            except (TimeoutError, OSError) as exc:
                 worker.kill()
-                raise _limit("compile", "crash", source, self.compile_timeout_s) from None
+                limit = "time" if isinstance(exc, TimeoutError) else "crash"
+                raise _limit("compile", limit, source, self.compile_timeout_s) from None
             message = await self._step(worker, self.compile_timeout_s, source, stage="compile")
             _, problem, report = message
             if problem is not None:
