@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import time
 from collections import OrderedDict
@@ -197,15 +198,34 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
     try:
         llm = await asyncio.shield(loading)
     except asyncio.CancelledError:
-        # Stopped while the model loads (SIGTERM during start-up): the thread goes on building the engine and
-        # its processes; wait for it and shut them down rather than leave them running without an owner.
+        # Stopped while the model loads (SIGTERM during start-up). Loading a large model takes minutes: stop the
+        # engine's process now, which makes the loading thread fail and end; never leave it without an owner.
+        while not loading.done():
+            _kill_engine_processes()
+            await asyncio.wait({loading}, timeout=1.0)
         with contextlib.suppress(Exception):
-            (await loading).shutdown()
+            loading.result().shutdown()
         raise
     try:
         yield Engine(llm, model=model, startup_s=time.monotonic() - started, max_cpu_loras=settings.max_cpu_loras)
     finally:
         llm.shutdown()
+
+
+def _kill_engine_processes() -> None:
+    """SIGKILL the engine core processes this process started (vLLM names them ``EngineCore``) and theirs (its
+    workers, which would otherwise go on loading the model), not this process's others (grammar workers)."""
+    import psutil
+
+    for process in multiprocessing.active_children():
+        if not process.name.startswith("EngineCore") or process.pid is None:
+            continue
+        log.info("stopping the engine process %s (pid %s) while it loads", process.name, process.pid)
+        with contextlib.suppress(psutil.Error):
+            core = psutil.Process(process.pid)
+            for member in [*core.children(recursive=True), core]:
+                with contextlib.suppress(psutil.Error):
+                    member.kill()
 
 
 async def _until(stream, deadline: float | None):

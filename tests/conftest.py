@@ -49,6 +49,11 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), headers=headers, **kwargs)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``stops_server`` end the session server: they run last (the sort keeps the others' order)."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
     model_dir = resolve_model(None, Settings().cache_dir)
@@ -84,6 +89,8 @@ def server(tmp_path_factory) -> Server:
         # Runs started through POST /onboarding keep their work here, not in the user's cache: a run left by an
         # earlier test session would make the next one a continuing run.
         "NL2DSL_ONBOARDING_DIR": str(tmp_path_factory.mktemp("onboarding")),
+        # SIGTERM's drain, short enough for the last test to see a long request cut (test_lifecycle.py).
+        "NL2DSL_DRAIN_TIMEOUT_S": "10",
     }
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:

@@ -85,3 +85,30 @@ def eventually(condition, what: str, *, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.2)
+
+
+def listening_process(url: str):
+    """The process (psutil) listening on ``url``'s port: a server started by a fixture."""
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    port = urlsplit(str(url)).port
+    [pid] = {c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+    return psutil.Process(pid)
+
+
+def wait_in_flight(url: str, count: int, log: Path, *, timeout: float = 120.0) -> None:
+    """Poll ``url``'s /metrics until ``nl2dsl_requests_in_flight`` reaches ``count``; fail with the server's log."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        if metric_value(text, "nl2dsl_requests_in_flight") >= count:
+            return
+        assert time.monotonic() < deadline, f"never {count} requests in flight; the server's log:\n" + \
+            log.read_text()[-3000:]
+        time.sleep(0.1)

@@ -1,9 +1,10 @@
-"""Process lifecycle on servers of their own: the probes while the model loads, a start that fails, the
-per-tenant limit over HTTP, SIGTERM (drain, and while the model loads). An engine that dies:
-tests/integration/test_replicas.py."""
+"""Process lifecycle: a start that fails and SIGTERM while the model loads (servers of their own), and SIGTERM
+with requests in flight (the session server, at the end of the session). The per-tenant limit and an engine
+that dies: tests/integration/test_replicas.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,11 +19,12 @@ import psutil
 import pytest
 
 from service.local_server import free_port
+from tests.conftest import ADMIN_KEY
+from tests.helpers import listening_process, wait_in_flight
 
 BODY = {"dsl": "flow", "text": "when a form is submitted, post the answers to #sales", "max_tokens": 64}
 LONG = {"dsl": "flow", "adapter": "base", "text": "describe every connector you know", "constrained": False,
         "max_tokens": 1000, "examples": 0, "temperature": 1.0, "seed": 3}
-DRAIN_S = 10
 
 
 @dataclass
@@ -56,96 +58,13 @@ def _get(url: str) -> httpx.Response | None:
         return None
 
 
-def _wait_ready(spawned: Spawned, observed: list | None = None, timeout: float = 300) -> None:
-    """Poll the probes until /readyz is 200, recording ``(healthz status, engine, readyz status)``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert spawned.process.poll() is None, spawned.log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "server not ready"
-        health, ready = _get(f"{spawned.url}/healthz"), _get(f"{spawned.url}/readyz")
-        if health is not None and ready is not None:
-            if observed is not None:
-                observed.append((health.status_code, health.json().get("engine"), ready.status_code))
-            if ready.status_code == 200:
-                return
-        time.sleep(0.5)
-
-
-def _wait_in_flight(spawned: Spawned, count: int, timeout: float = 60) -> None:
-    """Poll /metrics until ``nl2dsl_requests_in_flight`` reaches ``count``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = httpx.get(f"{spawned.url}/metrics", timeout=5).text
-        line = next(line for line in text.splitlines() if line.startswith("nl2dsl_requests_in_flight "))
-        if float(line.split()[1]) >= count:
-            return
-        assert time.monotonic() < deadline, f"never {count} requests in flight: {line}"
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory):
-    """A server allowing one request per tenant and a short drain, with the probes it answered while loading.
-    The module's last test stops it with SIGTERM."""
-    spawned = _spawn(tmp_path_factory.mktemp("limited"), NL2DSL_TENANT_MAX_CONCURRENCY="1",
-                     NL2DSL_DRAIN_TIMEOUT_S=str(DRAIN_S))
-    observed: list = []
-    try:
-        _wait_ready(spawned, observed)
-        yield spawned, observed
-    finally:
-        spawned.stop()
-
-
-def test_while_the_model_loads_healthz_is_200_and_readyz_503(limited):
-    spawned, observed = limited
-    assert (200, "loading", 503) in observed, observed
-    assert observed[-1][2] == 200 and httpx.get(f"{spawned.url}/healthz", timeout=5).json()["engine"] == "running"
-
-
-def test_a_tenant_over_its_concurrency_gets_429_with_retry_after(limited):
-    spawned, _ = limited
-    with httpx.Client(base_url=spawned.url, timeout=300) as client:
-        first = threading.Thread(target=lambda: client.post("/generate", json={**BODY, "tenant": "t1"}))
-        first.start()
-        _wait_in_flight(spawned, 1)  # t1's request is being served
-        refused = client.post("/generate", json={**BODY, "tenant": "t1"})
-        other = client.post("/generate", json={**BODY, "tenant": "t2", "max_tokens": 8})
-        first.join(timeout=300)
-    assert refused.status_code == 429 and refused.json()["error"]["detail"]["limit"] == "tenant"
-    assert int(refused.headers["retry-after"]) >= 1
-    assert other.status_code == 200  # other tenants are not held back
-
-
-def test_sigterm_stops_accepting_and_drains_within_the_drain_timeout(limited):
-    """The module's last test: it stops the server."""
-    spawned, _ = limited
-    results: dict[str, object] = {}
-
-    def send(name: str, body: dict) -> None:
-        try:
-            results[name] = httpx.post(f"{spawned.url}/generate", json=body, timeout=300)
-        except httpx.TransportError as exc:
-            results[name] = exc
-
-    threads = [threading.Thread(target=send, args=("short", {**BODY, "tenant": "a", "max_tokens": 24})),
-               threading.Thread(target=send, args=("long", {**LONG, "tenant": "b"}))]
-    for thread in threads:
-        thread.start()
-    _wait_in_flight(spawned, 2)  # both are being served (a fixed sleep was once too short on a busy CI machine)
-    spawned.process.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
-    with pytest.raises(httpx.TransportError):  # no new connections once draining
-        httpx.post(f"{spawned.url}/generate", json=BODY, timeout=5)
-    for thread in threads:
-        thread.join(timeout=300)
-    assert isinstance(results["short"], httpx.Response) and results["short"].status_code == 200
-    # 1000 tokens take far longer than the drain allows: the long request is cut when the drain ends, and told so.
-    cut = results["long"]
-    assert isinstance(cut, httpx.Response) and cut.status_code == 503, cut
-    assert "shutting down" in cut.json()["error"]["message"]
-    # uvicorn re-raises the signal after its graceful shutdown: exit by SIGTERM, not a crash and not a hang.
-    assert spawned.process.wait(timeout=120) in (0, -signal.SIGTERM)
+def _names(process: psutil.Process) -> set[str]:
+    """The names of ``process``'s descendants still running (vLLM names its own ``VLLM::...``)."""
+    names = set()
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            names.add(child.name())
+    return names
 
 
 def test_an_engine_that_fails_to_start_turns_both_probes_503(tmp_path):
@@ -168,15 +87,71 @@ def test_sigterm_while_the_model_loads_leaves_no_engine_process(tmp_path):
     process = psutil.Process(spawned.process.pid)
     try:
         deadline = time.monotonic() + 300
-        while not (children := process.children(recursive=True)):  # the engine's processes are starting
+        while "VLLM::EngineCore" not in _names(process):  # the engine has started its own process
             assert time.monotonic() < deadline and spawned.process.poll() is None, spawned.log.read_text()[-3000:]
             time.sleep(0.2)
-        time.sleep(1.0)
-        assert _get(f"{spawned.url}/readyz").status_code == 503  # still loading
-        children = process.children(recursive=True)
+        # Loading: alive (Kubernetes must not restart it) and not ready (no traffic yet).
+        health, ready = _get(f"{spawned.url}/healthz"), _get(f"{spawned.url}/readyz")
+        assert health.status_code == 200 and health.json()["engine"] == "loading", health.text
+        assert ready.status_code == 503, ready.text
         spawned.process.send_signal(signal.SIGTERM)
-        spawned.process.wait(timeout=300)
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"engine processes left running: {[p.pid for p in alive]}"
+        seen = {}  # every process of the server's until it exits (the engine may still be starting its worker)
+        while spawned.process.poll() is None:
+            assert time.monotonic() < deadline, "the server did not exit after SIGTERM"
+            seen.update({child.pid: child for child in process.children(recursive=True)})
+            time.sleep(0.1)
+        _, alive = psutil.wait_procs(list(seen.values()), timeout=10)  # an orphaned worker would load for minutes
+        assert not alive, f"processes left running: {[(p.pid, p.name()) for p in alive]}"
     finally:
         spawned.stop()
+
+
+@pytest.mark.stops_server  # run after every other test (tests/conftest.py)
+def test_sigterm_stops_accepting_and_drains_within_the_drain_timeout(server):
+    """SIGTERM to the session server with a short request streaming and a long one in flight: no new
+    connections, the short one finishes, the long one is cut when the drain ends, and told so."""
+    results: dict[str, object] = {}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    first_delta = threading.Event()
+
+    def long() -> None:
+        try:
+            results["long"] = httpx.post(f"{server.url}/generate", json={**LONG, "tenant": "b"}, headers=headers,
+                                         timeout=300)
+        except httpx.TransportError as exc:
+            results["long"] = exc
+
+    def short() -> None:
+        events = []
+        try:
+            with httpx.stream("POST", f"{server.url}/generate", headers=headers, timeout=300,
+                              json={**BODY, "tenant": "a", "max_tokens": 24, "stream": True}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        events.append(line.removeprefix("event: "))
+                        first_delta.set()
+                results["short"] = (r.status_code, events)
+        except httpx.TransportError as exc:
+            results["short"] = exc
+        finally:
+            first_delta.set()
+
+    threads = [threading.Thread(target=long)]
+    threads[0].start()
+    wait_in_flight(server.url, 1, server.log)  # the long one is being served
+    threads.append(threading.Thread(target=short))
+    threads[1].start()
+    assert first_delta.wait(timeout=300) and "short" not in results, results  # the short one is streaming
+    process = listening_process(server.url)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    with pytest.raises(httpx.TransportError):  # no new connections once draining
+        httpx.post(f"{server.url}/generate", json=BODY, headers=headers, timeout=5)
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results["short"] == (200, [*["delta"] * (len(results["short"][1]) - 1), "result"]), results
+    cut = results["long"]
+    assert isinstance(cut, httpx.Response) and cut.status_code == 503, cut
+    assert "shutting down" in cut.json()["error"]["message"]
+    # uvicorn re-raises the signal after its graceful shutdown: exit by SIGTERM, not a crash and not a hang.
+    assert process.wait(timeout=120) in (0, -signal.SIGTERM)

@@ -1,18 +1,19 @@
 """A second replica on the session server's store, both on the real engine: each serves what the other publishes
-(a DSL, its versions and rollback, a LoRA adapter), and one whose engine dies stops being ready while the other
-goes on serving. (Restarts on the store are unit-tested: tests/unit/test_publishing.py.)"""
+(a DSL, its versions and rollback, a LoRA adapter); its per-tenant limit answers 429 over HTTP; and one whose
+engine dies stops being ready while the other goes on serving. (Restarts on the store are unit-tested:
+tests/unit/test_publishing.py.)"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import threading
+from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from service.adapter_uploads import pack_adapter
 from service.local_server import local_server
-from tests.helpers import eventually, make_random_adapter
+from tests.helpers import eventually, listening_process, make_random_adapter, wait_in_flight
 
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
 KV2 = 'start: "set " KEY " to " VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
@@ -22,11 +23,20 @@ ASK = {"dsl": "kv", "text": "set the port to 80", "max_tokens": 24}
 
 @pytest.fixture(scope="module")
 def second(server, tmp_path_factory):
-    """Another `nl2dsl serve` with the session server's settings and store. The module's last test kills its
-    engine."""
-    with local_server(env=server.env, log=tmp_path_factory.mktemp("second") / "server.log") as url, \
-            httpx.Client(base_url=url, headers=ALPHA, timeout=300) as client:
+    """Another `nl2dsl serve` with the session server's settings and store, allowing one request per tenant at a
+    time. The module's last test kills its engine."""
+    log = tmp_path_factory.mktemp("second") / "server.log"
+    with local_server(env={**server.env, "NL2DSL_TENANT_MAX_CONCURRENCY": "1"}, log=log) as url, \
+            Replica(url, log) as client:
         yield client
+
+
+class Replica(httpx.Client):
+    """alpha-corp's client of the second replica, which knows where that server logs."""
+
+    def __init__(self, url: str, log: Path) -> None:
+        super().__init__(base_url=url, headers=ALPHA, timeout=300)
+        self.url, self.log = url, log
 
 
 def test_two_replicas_on_one_store_serve_what_either_publishes(server, second, tmp_path):
@@ -54,11 +64,22 @@ def test_two_replicas_on_one_store_serve_what_either_publishes(server, second, t
         first.delete("/adapters/crm")
 
 
+def test_a_tenant_over_its_concurrency_gets_429_with_retry_after(second):
+    ask = {"dsl": "flow", "text": "when a form is submitted, post the answers to #sales", "max_tokens": 64}
+    first = threading.Thread(target=lambda: second.post("/generate", json=ask))
+    first.start()
+    wait_in_flight(second.url, 1, second.log)  # alpha-corp's request is being served
+    refused = second.post("/generate", json=ask)
+    other = second.post("/generate", json={**ask, "max_tokens": 8}, headers={"Authorization": "Bearer beta-key"})
+    first.join(timeout=300)
+    assert refused.status_code == 429 and refused.json()["error"]["detail"]["limit"] == "tenant"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert other.status_code == 200, other.text  # other tenants are not held back
+
+
 def test_a_replica_whose_engine_dies_stops_being_ready_and_the_other_goes_on(server, second):
     """The module's last test: it kills the second replica's engine."""
-    port = urlsplit(str(second.base_url)).port
-    [listener] = {c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
-    engine_processes = psutil.Process(listener).children(recursive=True)
+    engine_processes = listening_process(second.url).children(recursive=True)
     assert engine_processes
     for child in engine_processes:
         child.kill()
