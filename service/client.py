@@ -88,6 +88,10 @@ class NL2DSLClient:
         if response.status_code != 204:
             _check(response)
 
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: the served model's name and the engine's state."""
+        return self._http.get("/healthz").json()
+
     def ready(self) -> bool:
         try:
             return self._http.get("/readyz").status_code == 200

@@ -2,7 +2,8 @@
 
     dataset    every pair parsed with the grammar (rejects by line), duplicates out, train / held-out split
     register   the DSL published through the API (POST /dsls), its training pairs as retrieval examples
-    baseline   the base model, constrained, with 0 and k retrieved examples, on the held-out pairs
+    baseline   the base model, constrained, with 0 and k retrieved examples, on the held-out pairs (a re-run
+               keeps the last run's scores when none of what they depend on changed)
     train      a LoRA adapter on the train split within the time budget (steps from data size and budget,
                warm-up + cosine schedule, early stop on the held-out score, checkpoints: a re-run resumes)
     evaluate   the adapter as a candidate, with 0 and k examples, constrained and not
@@ -12,11 +13,13 @@
 
 Everything goes through the service's API (``--url`` with an API key, or a local service started here on the
 embedded model, with the store every later ``nl2dsl serve`` reads); only training runs in this process.
-Re-running with more pairs continues from the adapter the last run published.
+Re-running with more pairs continues from the adapter the last run published; re-running on the same pairs
+trains it further.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -123,9 +126,18 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
                               max_tokens=max_tokens),
                     RunConfig(f"base + {config.examples} examples", config.name, tenant=config.tenant,
                               adapter="base", examples=config.examples, max_tokens=max_tokens)]
-        report.rows += _stage(config, status, "baseline", lambda: _evaluate(url, config, baseline, dataset, grammar))
+        key = _baseline_key(client.health().get("model", ""), text, config, dataset, max_tokens)
+        kept_rows = _kept_baselines(config.work_dir / "report" / "ONBOARDING.json", key) if continuing else None
+        if kept_rows:
+            rows, eval_s = kept_rows
+            _say("baseline: the last run's scores kept (the same model, grammar, examples and held-out pairs)")
+            config.stages.append(("baseline", 0.0))
+        else:
+            rows = _stage(config, status, "baseline", lambda: _evaluate(url, config, baseline, dataset, grammar))
+            eval_s = config.stages[-1][1]
+        report.rows += rows
+        report.baseline = {"key": key, "seconds": eval_s}
         status.update(report=report)
-        eval_s = config.stages[-1][1]
         candidate = f"{config.name}-candidate"
         # What is left of the budget goes to training, less what evaluating the adapter will take: four
         # configurations, twice the two baselines, whose outputs are about as long as the codes rather than as
@@ -203,6 +215,33 @@ def _evaluate(url: str, config: OnboardConfig, configs: list[RunConfig], dataset
     summaries = score_together(url, configs, dataset.heldout, grammar, concurrency=2 * config.concurrency,
                                api_key=config.api_key)
     return list(zip(configs, summaries, strict=True))
+
+
+def _baseline_key(model: str, grammar_text: str, config: OnboardConfig, dataset: Dataset, max_tokens: int) -> str:
+    """A digest of everything the baselines' scores depend on: the model, the grammar, the retrieval examples
+    (the training pairs registered), the held-out pairs, the tenant, k and the output limit."""
+    parts = {"model": model, "grammar": grammar_text, "start": config.start, "tenant": config.tenant,
+             "examples": config.examples, "max_tokens": max_tokens,
+             "heldout": [asdict(r) for r in dataset.heldout], "retrieval": [asdict(r) for r in dataset.train[:2000]]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _kept_baselines(previous: Path, key: str) -> tuple[list[tuple[RunConfig, Summary]], float] | None:
+    """The last run's baseline rows and the seconds they took, if that run's baselines had ``key``.
+
+    A re-run on the same pairs (to train longer) then spends the budget on training, not on scoring the base
+    model again; more pairs change the retrieval examples, so the baselines are scored again.
+    """
+    try:
+        data = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("baseline", {}).get("key") != key:
+        return None
+    rows = [(RunConfig(**row["config"]), Summary(**{**row["summary"],
+                                                     "exact_match_ci": tuple(row["summary"]["exact_match_ci"])}))
+            for row in data["rows"] if row["config"]["adapter"] == "base"]
+    return (rows, float(data["baseline"]["seconds"])) if rows else None
 
 
 def _code_tokens(dataset: Dataset) -> list[int]:

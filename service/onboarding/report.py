@@ -33,6 +33,9 @@ class Report:
     stages: list[tuple[str, float]] = field(default_factory=list)
     #: Every configuration's output limit (half again the longest held-out code, at most --max-tokens).
     max_tokens: int = 0
+    #: What the baselines' scores depend on (``key``) and how long scoring them took (``seconds``): a re-run
+    #: with the same key keeps them.
+    baseline: dict[str, Any] = field(default_factory=dict)
 
 
 _COLUMNS = ("configuration", "constrained", "n", "exact match", "95% interval", "tree sim.", "valid",

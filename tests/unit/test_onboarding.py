@@ -11,7 +11,7 @@ from service.errors import RequestInvalid
 from service.evaluation.runner import Outcome, RunConfig, summarize
 from service.grammars import compile_grammar
 from service.onboarding import build_dataset
-from service.onboarding.pipeline import _gate
+from service.onboarding.pipeline import OnboardConfig, _baseline_key, _gate, _kept_baselines
 from service.onboarding.report import Report, write_report
 
 # A unit-conversion DSL nobody here wrote a generator for, with `*`, `%ignore` and an import.
@@ -108,6 +108,31 @@ def test_the_report_has_the_table_the_curve_and_the_verdict(tmp_path):
     text = markdown.read_text()
     assert "Not published" in text and "| base | yes | 10 | 0.200 |" in text and "| 4 | 0.300 |" in text
     assert chart.stat().st_size > 1000 and json.loads(data.read_text())["curve"] == [[2, 0.1], [4, 0.3]]
+
+
+def test_a_re_run_keeps_the_baselines_only_while_nothing_they_depend_on_changed(tmp_path):
+    """Re-running on the same pairs to train longer does not spend its budget scoring the base model again."""
+    grammar = compile_grammar("units", GRAMMAR, origin="upload")
+    pairs = [{"text": f"convert {i} km to miles", "code": f"{i} km -> mi"} for i in range(40)]
+    dataset = build_dataset(grammar, _pairs(tmp_path, pairs), heldout=0.25, seed=7)
+    config = OnboardConfig(grammar=tmp_path / "u.lark", pairs=tmp_path / "pairs.jsonl", name="units",
+                           work_dir=tmp_path)
+    key = _baseline_key("SmolLM2-135M-Instruct", GRAMMAR, config, dataset, 24)
+    baselines = [(RunConfig("base", "units", adapter="base", examples=0), _summary(2)),
+                 (RunConfig("base + 3 examples", "units", adapter="base", examples=3), _summary(4))]
+    report = Report(name="units", dsl="units", dataset=dataset.summary(), baseline={"key": key, "seconds": 812.5},
+                    rows=[*baselines, (RunConfig("adapter", "units", adapter="units-candidate"), _summary(9))])
+    _, _, data = write_report(report, tmp_path / "report")
+
+    assert _kept_baselines(data, key) == (baselines, 812.5)  # the rows as they were scored, the time they took
+    more = build_dataset(grammar, _pairs(tmp_path, [*pairs, {"text": "convert 7 kg to pounds", "code": "7 kg -> lb"}]),
+                         heldout=0.25, seed=7)
+    changed = [_baseline_key("Mistral-7B-Instruct-v0.3", GRAMMAR, config, dataset, 24),  # another base model
+               _baseline_key("SmolLM2-135M-Instruct", GRAMMAR + "\n", config, dataset, 24),  # the grammar
+               _baseline_key("SmolLM2-135M-Instruct", GRAMMAR, config, more, 24),  # more pairs: other examples
+               _baseline_key("SmolLM2-135M-Instruct", GRAMMAR, config, dataset, 32)]  # the output limit
+    assert key not in changed and all(_kept_baselines(data, other) is None for other in changed)
+    assert _kept_baselines(tmp_path / "none.json", key) is None
 
 
 def test_onboard_refuses_a_budget_it_cannot_read(tmp_path):
