@@ -1,4 +1,4 @@
-"""A short Locust run (every user class, 90 s) against the real service: no failed request, and the report."""
+"""A short Locust run (every user class, a minute) against the real service: no failed request, and the report."""
 
 from __future__ import annotations
 
