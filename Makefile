@@ -49,7 +49,7 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); }
 
 test: prepare system-deps lint deploy-check
-	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 unit: install $(HELM)
 	$(BIN)/python -m pytest -q tests/unit

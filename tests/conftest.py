@@ -50,41 +50,22 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), headers=headers, **kwargs)
 
 
-#: ``make test`` runs two workers (``-n 2``). One runs the tests of the one session server, in order. The other
-#: runs the unit tests (no engine), then start-up on servers of their own. vLLM's CPU engine binds one core and
-#: leaves the other to its API server, mostly idle while the engine works: the second worker's tests run there.
-#: (Two replicas on one store stay with the session server: a second session server there, beside the first,
-#: made every engine on the machine slower, since they all bind the same core.)
-SECOND_WORKER = ("tests/unit/", "tests/integration/test_startup.py")
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """Two groups of tests, one per worker (see ``SECOND_WORKER``), each run in collection order."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class TwoGroups(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "second" if nodeid.startswith(SECOND_WORKER) else "session server"
-
-    return TwoGroups(config, log)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The order of a run (the sort keeps the rest as collected):
 
     - the end-to-end tests (Locust, Prometheus, the browser) after the integration tests, on a warm server whose
       first requests (one-time grammar and adapter set-up) are behind it;
-    - start-up tests, which load engines of their own, after the unit tests, not while the session server loads;
+    - start-up tests, which load engines of their own, after the rest;
     - tests marked ``stops_server`` last: they end the session server.
 
-    Every test id must be unique: pytest-xdist runs tests by id, so tests sharing one would run once, silently.
+    Every test id must be unique: tools that pick tests by id (pytest-xdist, ``--lf``) would run only one of
+    tests sharing an id, silently. (schemathesis's own parametrize once gave 22 fuzzed operations one id.)
     """
     items.sort(key=lambda item: (item.get_closest_marker("stops_server") is not None,
                                  item.nodeid.startswith(("tests/e2e/", "tests/integration/test_startup.py"))))
     repeated = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
     if repeated:
-        raise pytest.UsageError(f"tests share an id, so pytest-xdist would run only one of each: {repeated}")
+        raise pytest.UsageError(f"tests share an id, so a tool picking tests by id would run one of each: {repeated}")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-
 KV2 = 'start: "set " KEY " to " VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
 ALPHA = {"Authorization": "Bearer alpha-key"}
 ASK = {"dsl": "kv", "text": "set the port to 80", "max_tokens": 24}
+SYNC_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +44,31 @@ def test_two_replicas_on_one_store_serve_what_either_publishes(server, second, t
     upload = {"name": "kv", "grammar": KV, "examples": [{"text": "listen on port 80", "code": "port=80"}]}
     assert second.post("/dsls", json=upload).status_code == 201
     adapter = pack_adapter(make_random_adapter(server.model_dir, tmp_path / "crm", seed=5, dsl="flow"))
+    # Replicas follow the store by polling it; the bound is generous for a busy 2-core machine, not a speed.
     with server.client("alpha-key") as first:
-        assert first.post("/adapters", content=adapter).status_code == 201
-        eventually(lambda: first.get("/dsls/kv").status_code == 200, "the first replica serves the DSL", timeout=60)
-        eventually(lambda: "crm" in [a["name"] for a in second.get("/adapters").json()],
-                   "the second replica serves the adapter", timeout=60)
-        for replica in (first, second):
-            generated = replica.post("/generate", json=ASK).json()
-            assert generated["finish_reason"] != "stop" or generated["valid"], generated
-            flow = replica.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales",
-                                                   "adapter": "crm", "max_tokens": 16})
-            assert flow.status_code == 200 and flow.json()["adapter"] == "crm", flow.text
-        # A new version published on one replica and a rollback on the other reach both.
-        assert first.post("/dsls", json={"name": "kv", "grammar": KV2}).json()["version"] == 2
-        eventually(lambda: second.get("/dsls/kv").json()["grammar"] == KV2, "the new version everywhere", timeout=60)
-        assert second.post("/dsls/kv/rollback", json={"version": 1}).json()["version"] == 3
-        eventually(lambda: first.get("/dsls/kv").json()["grammar"] == KV, "the rollback everywhere", timeout=60)
-        assert first.post("/generate", json=ASK).status_code == 200
-        first.delete("/dsls/kv")
-        first.delete("/adapters/crm")
+        try:
+            assert first.post("/adapters", content=adapter).status_code == 201
+            eventually(lambda: first.get("/dsls/kv").status_code == 200, "the first replica serves the DSL",
+                       timeout=SYNC_S)
+            eventually(lambda: "crm" in [a["name"] for a in second.get("/adapters").json()],
+                       "the second replica serves the adapter", timeout=SYNC_S)
+            for replica in (first, second):
+                generated = replica.post("/generate", json=ASK).json()
+                assert generated["finish_reason"] != "stop" or generated["valid"], generated
+                flow = replica.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales",
+                                                       "adapter": "crm", "max_tokens": 16})
+                assert flow.status_code == 200 and flow.json()["adapter"] == "crm", flow.text
+            # A new version published on one replica and a rollback on the other reach both.
+            assert first.post("/dsls", json={"name": "kv", "grammar": KV2}).json()["version"] == 2
+            eventually(lambda: second.get("/dsls/kv").json()["grammar"] == KV2, "the new version everywhere",
+                       timeout=SYNC_S)
+            assert second.post("/dsls/kv/rollback", json={"version": 1}).json()["version"] == 3
+            eventually(lambda: first.get("/dsls/kv").json()["grammar"] == KV, "the rollback everywhere",
+                       timeout=SYNC_S)
+            assert first.post("/generate", json=ASK).status_code == 200
+        finally:  # alpha-corp's DSL and adapter must not outlive the test, pass or fail (its quota, its flows)
+            first.delete("/dsls/kv")
+            first.delete("/adapters/crm")
 
 
 def test_a_tenant_over_its_concurrency_gets_429_with_retry_after(second):

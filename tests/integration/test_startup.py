@@ -1,5 +1,4 @@
-"""Start-up on servers of their own (no session server; in ``make test``, in the unit tests' worker): a start that
-fails, and SIGTERM while the model loads."""
+"""Start-up on servers of their own (no session server): a start that fails, and SIGTERM while the model loads."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def lifespan():
 
 
 #: Every operation by its label ("POST /generate"): one test each, named for it (schemathesis's own parametrize
-#: gives them all one test id, which pytest-xdist takes for a single test and runs once).
+#: gives them all one test id, which tools that pick tests by id take for a single test).
 OPERATIONS = {operation.label: operation for operation in (result.ok() for result in schema.get_all_operations())}
 
 
