@@ -19,6 +19,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import uuid
 from pathlib import Path
 
 import yaml
@@ -128,11 +129,18 @@ class AdapterPublisher:
                             owner=owner, version=version)
 
     def _unpack_into(self, data: bytes, folder: Path) -> None:
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        """Unpack beside ``folder``, then move it in place. A folder left incomplete by an earlier try (no
+        manifest) is replaced; one installed meanwhile by another publish of the same archive is kept."""
+        partial = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
         partial.mkdir(parents=True)
-        self._unpack(data, partial)
-        partial.replace(folder)
+        try:
+            self._unpack(data, partial)
+            if (folder / "manifest.yaml").exists():
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.replace(folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
 
     def _unpack(self, data: bytes, folder: Path) -> dict:
         """Unpack a .tar.gz of an adapter folder into ``folder``; its manifest (BadRequest when it is not one)."""
