@@ -204,7 +204,7 @@ def _register(client: NL2DSLClient, config: OnboardConfig, text: str, dataset: D
     """Publish the DSL and its training pairs as retrieval examples (never the held-out ones)."""
     client.upload_dsl(name=config.name, grammar=text, start=config.start, description=config.description)
     jsonl = "".join(json.dumps({k: v for k, v in asdict(r).items() if v is not None}) + "\n"
-                    for r in dataset.train[:2000])
+                    for r in _retrieval_examples(dataset))
     added = client.add_examples(config.name, jsonl)
     _say(f"registered {config.name}: {added['added']} examples for retrieval, {len(added['rejected'])} refused")
 
@@ -217,12 +217,18 @@ def _evaluate(url: str, config: OnboardConfig, configs: list[RunConfig], dataset
     return list(zip(configs, summaries, strict=True))
 
 
+def _retrieval_examples(dataset: Dataset) -> list:
+    """The training pairs registered as retrieval examples (what the baselines with examples retrieve from)."""
+    return dataset.train[:2000]
+
+
 def _baseline_key(model: str, grammar_text: str, config: OnboardConfig, dataset: Dataset, max_tokens: int) -> str:
     """A digest of everything the baselines' scores depend on: the model, the grammar, the retrieval examples
     (the training pairs registered), the held-out pairs, the tenant, k and the output limit."""
     parts = {"model": model, "grammar": grammar_text, "start": config.start, "tenant": config.tenant,
              "examples": config.examples, "max_tokens": max_tokens,
-             "heldout": [asdict(r) for r in dataset.heldout], "retrieval": [asdict(r) for r in dataset.train[:2000]]}
+             "heldout": [asdict(r) for r in dataset.heldout],
+             "retrieval": [asdict(r) for r in _retrieval_examples(dataset)]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
