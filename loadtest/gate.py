@@ -7,13 +7,13 @@ locustfile (exit code of a plain ``locust`` run) and by ``loadtest.run`` (the su
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-__all__ = ["Breach", "Row", "check", "load_thresholds", "rows_from_csv"]
+__all__ = ["Breach", "Row", "check", "load_thresholds", "read_rows", "write_rows"]
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent / "thresholds.yaml"
 
@@ -46,20 +46,17 @@ class Row:
         )
 
 
-def rows_from_csv(path: Path) -> list[Row]:
-    """From Locust's ``<prefix>_stats.csv``."""
-    with path.open(newline="") as f:
-        return [
-            Row(
-                name=line["Name"],
-                requests=int(line["Request Count"]),
-                failures=int(line["Failure Count"]),
-                p50_ms=float(line["50%"] if line["50%"] != "N/A" else 0),
-                p95_ms=float(line["95%"] if line["95%"] != "N/A" else 0),
-                rps=float(line["Requests/s"]),
-            )
-            for line in csv.DictReader(f)
-        ]
+def write_rows(path: Path, rows: list[Row]) -> None:
+    """The run's final statistics, for ``read_rows``: written by the locustfile once every request has ended.
+
+    Locust's own ``_stats.csv`` is rewritten once a second while it runs, so it can miss the requests that end in
+    the last second, as slow ones waited out by ``--stop-timeout`` do; the gate would then see a row as empty.
+    """
+    path.write_text(json.dumps([asdict(row) for row in rows], indent=1))
+
+
+def read_rows(path: Path) -> list[Row]:
+    return [Row(**row) for row in json.loads(path.read_text())]
 
 
 @dataclass(frozen=True)

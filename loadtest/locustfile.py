@@ -28,12 +28,12 @@ from pathlib import Path
 import gevent.pool
 from locust import HttpUser, between, events, task
 
-from loadtest.gate import Row, check, load_thresholds
+from loadtest.gate import Row, check, load_thresholds, write_rows
 from loadtest.requests_pool import random_ask
 
 #: Sent as ``Authorization: Bearer`` by every user (an admin's key, so users can act as any tenant).
 API_KEY = os.environ.get("NL2DSL_LOADTEST_API_KEY")
-MAX_TOKENS = 96  # flows are 30-80 tokens; a cut output is a valid 200 (finish_reason "length")
+MAX_TOKENS = 96  # flows are 30-80 tokens; a cut output is a valid 200 (finish_reason "length"); see --max-tokens
 SHARED_TENANTS = [f"tenant-{i:03d}" for i in range(50)]  # no adapter of their own: shared or base
 
 
@@ -64,6 +64,8 @@ class _Generating(_Authenticated):
     def on_start(self) -> None:
         super().on_start()
         self.rng = random.Random()
+        options = self.environment.parsed_options
+        self.max_tokens = options.max_tokens if options else MAX_TOKENS
 
     def generate(self, body: dict, *, name: str) -> None:
         with self.client.post("/generate", json=body, name=name, catch_response=True) as response:
@@ -75,7 +77,7 @@ class MixedUser(_Generating):
 
     @task(8)
     def generate_mixed(self) -> None:
-        self.generate(random_ask(self.rng).body(max_tokens=MAX_TOKENS), name="/generate")
+        self.generate(random_ask(self.rng).body(max_tokens=self.max_tokens), name="/generate")
 
     @task(1)
     def validate(self) -> None:
@@ -90,7 +92,7 @@ class StreamingUser(_Generating):
 
     @task
     def generate_streaming(self) -> None:
-        body = random_ask(self.rng).body(max_tokens=MAX_TOKENS, stream=True)
+        body = random_ask(self.rng).body(max_tokens=self.max_tokens, stream=True)
         started = time.perf_counter()
         first: float | None = None
         with self.client.post("/generate", json=body, name="/generate (stream)", stream=True,
@@ -132,7 +134,7 @@ class BurstUser(_Generating):
     def burst_of_requests(self) -> None:
         group = gevent.pool.Group()
         for _ in range(self.burst):
-            group.spawn(self.generate, random_ask(self.rng).body(max_tokens=MAX_TOKENS), name="/generate (burst)")
+            group.spawn(self.generate, random_ask(self.rng).body(max_tokens=self.max_tokens), name="/generate (burst)")
         group.join()
 
 
@@ -152,14 +154,15 @@ class AdapterChurnUser(_Generating):
     def generate_with_next_adapter(self) -> None:
         adapter, dsl = next(self.targets)
         ask = random_ask(self.rng, tenant=None, dsl=dsl)
-        body = {"dsl": dsl, "text": ask.text, "adapter": adapter, "max_tokens": MAX_TOKENS}
+        body = {"dsl": dsl, "text": ask.text, "adapter": adapter, "max_tokens": self.max_tokens}
         if ask.context:
             body["context"] = ask.context
         self.generate(body, name="/generate (adapter churn)")
 
     @task(1)
     def generate_as_many_tenants(self) -> None:
-        body = random_ask(self.rng, tenant=None).body(max_tokens=MAX_TOKENS, tenant=self.rng.choice(SHARED_TENANTS))
+        tenant = self.rng.choice(SHARED_TENANTS)
+        body = random_ask(self.rng, tenant=None).body(max_tokens=self.max_tokens, tenant=tenant)
         self.generate(body, name="/generate (adapter churn)")
 
 
@@ -197,6 +200,8 @@ def _options(parser) -> None:
     parser.add_argument("--thresholds", type=str, default="", help="release gate (default loadtest/thresholds.yaml)")
     parser.add_argument("--one-each", action="store_true", default=False,
                         help="exactly one user of each selected class (smoke runs), instead of by weight")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                        help="per generation (smoke runs ask for fewer: every path, sooner)")
 
 
 @events.init.add_listener
@@ -208,11 +213,14 @@ def _one_each(environment, **_kwargs) -> None:
 
 @events.quitting.add_listener
 def _gate(environment, **_kwargs) -> None:
-    """Fail the run (exit code 1) when the statistics break a threshold."""
+    """Fail the run (exit code 1) when the statistics break a threshold; with ``--csv PREFIX``, also write them to
+    ``PREFIX_final.json`` (what ``loadtest.run`` judges: Locust's CSV can miss the last second's requests)."""
     options = environment.parsed_options
     path = Path(options.thresholds) if options and options.thresholds else None
     rows = [Row.from_entry(e) for e in environment.stats.entries.values()]
     rows.append(Row.from_entry(environment.stats.total))
+    if options and options.csv_prefix:
+        write_rows(Path(f"{options.csv_prefix}_final.json"), rows)
     breaches = check(rows, load_thresholds(path))
     for breach in breaches:
         print(f"THRESHOLD BREACHED {breach}")

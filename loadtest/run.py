@@ -3,7 +3,7 @@
 Without ``--url`` it starts the embedded service (``max_loras`` 2, so the adapter-churn users force swaps)
 and stops it afterwards. Writes Locust's HTML report and CSVs plus ``summary.md`` (users, requests/s,
 p50/p95 per request name, failures, the gate's verdict) to ``--out`` and exits 1 on a breach.
-``--from-run DIR`` judges a finished run (its ``locust_stats.csv``) against ``--thresholds`` again, e.g. the
+``--from-run DIR`` judges a finished run (its ``locust_final.json``) against ``--thresholds`` again, e.g. the
 production gate, without running Locust.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest.gate import Row, check, load_thresholds, rows_from_csv
+from loadtest.gate import Row, check, load_thresholds, read_rows
 from service.local_server import local_server
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _judge(name: str, profile: dict, url: str, out: Path, thresholds: Path, locust_code: int) -> int:
     """Gate the run's statistics, write ``summary.md``; 1 on a breach (or when Locust itself failed)."""
-    rows = rows_from_csv(out / "locust_stats.csv")
+    final = out / "locust_final.json"
+    rows = read_rows(final) if final.exists() else []  # Locust died before writing them: nothing is proven
     breaches = check(rows, load_thresholds(thresholds))
     summary = _summary(name, profile, url, rows, breaches, thresholds)
     (out / "summary.md").write_text(summary)
@@ -82,6 +83,8 @@ def _locust_command(profile: dict, url: str, thresholds: Path, out: Path) -> lis
                     "--run-time", profile["run_time"]]
     if profile.get("one_each"):
         command.append("--one-each")
+    if "max_tokens" in profile:
+        command += ["--max-tokens", str(profile["max_tokens"])]
     return command + list(profile.get("user_classes", []))
 
 
