@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -121,8 +122,6 @@ def _own_url(settings: Settings) -> str:
 
 def build_serving(settings: Settings) -> GenerateServing:
     """The request path's pieces (registries, retriever, tokenizer, checks, admission; the engine's slot)."""
-    from transformers import AutoTokenizer
-
     tenants = TenantConfigs.load(settings.grammars_dir)
     sandbox = GrammarSandbox(workers=settings.grammar_workers, memory_mb=settings.grammar_worker_memory_mb,
                              compile_timeout_s=settings.grammar_compile_timeout_s,
@@ -141,12 +140,20 @@ def build_serving(settings: Settings) -> GenerateServing:
         grammars=grammars,
         adapters=registry,
         retriever=Retriever(grammars, settings.data_dir),
-        tokenizer=AutoTokenizer.from_pretrained(model),
+        tokenizer=_tokenizer(model),
         safety=SafetyChecker(tenants.policy, enabled=settings.safety),
         admission=Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency),
         engine=EngineSlot(model),
     )
     return serving
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model: str):
+    """The base model's tokenizer, loaded once per process (it is only read)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
 
 
 async def _start_engine(serving: GenerateServing, settings: Settings, stack: AsyncExitStack,

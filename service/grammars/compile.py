@@ -8,6 +8,7 @@ the line it comes from; warnings let it through and are reported to whoever uplo
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -80,9 +81,7 @@ def compile_grammar(
     ``origin``: "shipped" or "tenant" (default: "tenant" for tenant variants, else "shipped").
     """
     origin = origin or ("tenant" if tenant else "shipped")
-    checked = check_grammar(text, start=start, source=source, limits=limits, decoding_text=decoding_text,
-                            policy=policy)
-    metrics.GRAMMAR_COMPILE.labels(origin).observe(checked.seconds)
+    checked = _check_operator_grammar(text, start, source, limits, decoding_text, policy, origin)
     return Grammar(
         name=name,
         description=description,
@@ -99,6 +98,22 @@ def compile_grammar(
         bounded=checked.bounded,
         warnings=checked.warnings,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _check_operator_grammar(text: str, start: str, source: str, limits: DecodingLimits | None,
+                            decoding_text: str | None, policy: Policy | None, origin: Origin) -> Checked:
+    """``check_grammar`` once per process for the same grammar, policy and limits (a bounded cache).
+
+    Grammars the operator wrote (shipped ones and tenants' variants) are compiled again on every registry load:
+    at start-up and by every app a process builds (the unit tests build hundreds). The service compiles uploads
+    in its sandbox, not here, so no tenant's grammar is held by it. A grammar lark or the engine refuses raises,
+    and is not cached.
+    """
+    checked = check_grammar(text, start=start, source=source, limits=limits, decoding_text=decoding_text,
+                            policy=policy)
+    metrics.GRAMMAR_COMPILE.labels(origin).observe(checked.seconds)
+    return checked
 
 
 def _engine_check(engine_text: str, source: str, source_lines: dict[int, int]) -> tuple[str, ...]:
