@@ -7,6 +7,7 @@ import importlib.resources
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import llguidance
 import pytest
@@ -31,14 +32,21 @@ def _auth(key: str) -> dict[str, str]:
 
 @pytest.fixture()
 def replica(tmp_path):
-    """``replica(store)``: an app on the store folder ``store`` (several of them are several replicas)."""
+    """``replica(store)``: an app on the store folder ``store`` (several of them are several replicas).
+
+    They share a cache of their own (``tmp_path / "cache"``, the embedded model linked in), not the user's: what
+    they unpack there must not reach another run.
+    """
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(Path(Settings().cache_dir) / "models")
     keys = tmp_path / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [{"sha256": hash_key(k), **v} for k, v in KEYS.items()]}))
     opened = []
 
     def make(store: str = "store", pieces: tuple[str, ...] = ("port=80",), **settings) -> TestClient:
         options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / store), "auth": "keys",
-                   "api_keys_file": keys, "store_poll_s": 0.2, **settings}
+                   "api_keys_file": keys, "store_poll_s": 0.2, "cache_dir": str(cache), **settings}
         client = TestClient(create_app(Settings(**options), engine=_fake_engine(list(pieces))))
         client.__enter__()
         client.engine = client.app.state.engine_slot.engine
@@ -122,6 +130,28 @@ def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(r
     assert "crm" not in [a["name"] for a in second.get("/adapters", headers=_auth("beta")).json()]
     assert first.post("/adapters", content=good, headers=_auth("beta")).status_code == 201  # beta's own "crm"
     assert [v["version"] for v in first.get("/adapters/crm/versions", headers=_auth("alpha")).json()] == [1]
+
+
+def test_an_unpacked_copy_left_incomplete_by_an_earlier_run_is_replaced_not_a_500(replica, tmp_path):
+    # Each replica unpacks a published version into its cache, by content; the cache outlives runs. A copy an
+    # earlier try left without its manifest once failed every later install of that version ("Directory not empty").
+    cache = tmp_path / "cache"  # the replicas'
+    fingerprint = base_fingerprint(resolve_model(None, Settings().cache_dir))
+    built = tmp_path / "built"
+    built.mkdir()
+    good = pack_adapter(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
+    first = replica()
+    assert first.post("/adapters", content=good, headers=_auth("alpha")).status_code == 201
+    [copy] = (cache / "published-adapters").iterdir()
+    (copy / "manifest.yaml").unlink()  # as a try cut short leaves it
+
+    restarted = replica()  # a new process on the same store and cache
+    eventually(lambda: "crm" in [a["name"] for a in restarted.get("/adapters", headers=_auth("alpha")).json()],
+               "the restarted replica serves the adapter")
+    body = {"dsl": "flow", "text": "post form answers to #sales", "adapter": "crm"}
+    assert restarted.post("/generate", json=body, headers=_auth("alpha")).json()["adapter"] == "crm"
+    assert [p.name for p in (cache / "published-adapters").iterdir()] == [copy.name]  # no partial folder left
+    assert (copy / "manifest.yaml").exists()
 
 
 def test_adapter_archives_that_cannot_be_served_are_refused_with_the_reason(replica, tmp_path):
