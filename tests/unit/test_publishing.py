@@ -112,11 +112,16 @@ def test_replicas_on_one_store_serve_what_either_publishes(replica):
     eventually(lambda: first.get("/dsls/kv", headers=_auth("alpha")).status_code == 404, "the deletion reaches all")
 
 
-def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(replica, tmp_path):
-    fingerprint = base_fingerprint(resolve_model(None, Settings().cache_dir))
+def _crm_archive(tmp_path) -> bytes:
+    """An adapter "crm" for flow on the embedded base, packed as `POST /adapters` takes it."""
     built = tmp_path / "built"
     built.mkdir()
-    good = pack_adapter(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
+    fingerprint = base_fingerprint(resolve_model(None, Settings().cache_dir))
+    return pack_adapter(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
+
+
+def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(replica, tmp_path):
+    good = _crm_archive(tmp_path)
     first, second = replica(), replica()
     published = first.post("/adapters", content=good, headers=_auth("alpha"))
     assert published.status_code == 201, published.text
@@ -136,10 +141,7 @@ def test_an_unpacked_copy_left_incomplete_by_an_earlier_run_is_replaced_not_a_50
     # Each replica unpacks a published version into its cache, by content; the cache outlives runs. A copy an
     # earlier try left without its manifest once failed every later install of that version ("Directory not empty").
     cache = tmp_path / "cache"  # the replicas'
-    fingerprint = base_fingerprint(resolve_model(None, Settings().cache_dir))
-    built = tmp_path / "built"
-    built.mkdir()
-    good = pack_adapter(write_fake_adapter(built, "crm", fingerprint=fingerprint, dsl="flow", tenants=("*",)))
+    good = _crm_archive(tmp_path)
     first = replica()
     assert first.post("/adapters", content=good, headers=_auth("alpha")).status_code == 201
     [copy] = (cache / "published-adapters").iterdir()
