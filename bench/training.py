@@ -2,9 +2,10 @@
 
 ``python -m bench.training``. For cron (short prompts, short code), flow (long code) and sql (a schema in every
 prompt), the same batches of 8 are trained three ways, taking turns: the plain full-sequence step (every row
-whole, the output layer on every position), the output layer on learned tokens only, and that plus the rows'
-common prompt prefix computed once (what ``service/training/batching.py`` does). A step is forward, backward,
-clipping and the AdamW update with the trainer's LoRA (r=16 on all projections, float32). The results go to
+whole, the output layer on every position), the output layer on learned tokens only, that plus the rows'
+common prompt prefix computed once (what ``service/training/batching.py`` does), and, on a CPU with native
+bfloat16, that with the arithmetic in bfloat16 (what the trainer does there). A step is forward, backward,
+clipping and the AdamW update with the trainer's LoRA (r=16 on all projections, float32 weights). The results go to
 ``reports/bench/training.json`` (docs/BENCHMARKS.md) and to the "Training speed" section of docs/TRAINING.md.
 """
 
@@ -26,6 +27,7 @@ CASES = [("cron", "data/onboarding/cron/cron.lark", "data/onboarding/cron/pairs.
          ("flow", None, "data/flow/train.jsonl"),
          ("sql", None, "data/sql/train.jsonl")]
 VARIANTS = ("plain", "targets only", "shared prefix + targets")
+MIXED = "shared prefix + targets, bfloat16 arithmetic"
 REPEATS = 3
 BATCH = 8
 
@@ -61,11 +63,12 @@ def _step(model, params, optimizer, batch, variant: str):
     from service.training.batching import loss
 
     started = time.perf_counter()
-    if variant == "plain":
-        ids, labels, attention = batch.full()
-        value = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-    else:
-        value = loss(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == MIXED):
+        if variant == "plain":
+            ids, labels, attention = batch.full()
+            value = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        else:
+            value = loss(model, batch)
     value.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
@@ -74,20 +77,24 @@ def _step(model, params, optimizer, batch, variant: str):
 
 
 def main() -> None:
+    import torch
     from transformers import AutoTokenizer
 
     from service.config import Settings
     from service.grammars import load_examples
     from service.model import resolve_model
     from service.training.batching import Encoder, collate
+    from service.training.trainer import _compute_dtype
 
+    # The bfloat16 way only where the trainer takes it: emulated bfloat16 is slower than float32.
+    variants = VARIANTS + ((MIXED,) if _compute_dtype("auto", torch.device("cpu")) else ())
     settings = Settings()
     model_path = resolve_model(settings.model, settings.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model, params, optimizer = _model(model_path)
     comparisons, facts, rows = [], {}, []
     for dsl, grammar_file, pairs_file in CASES:
-        progress(f"{dsl}: {REPEATS} rounds of {len(VARIANTS)} ways to train the same batches of {BATCH}")
+        progress(f"{dsl}: {REPEATS} rounds of {len(variants)} ways to train the same batches of {BATCH}")
         encoder = Encoder(tokenizer, _grammar(dsl, grammar_file), examples=0)
         examples = load_examples(ROOT / pairs_file)
         chosen = random.Random(0).sample(examples, BATCH * 2)
@@ -95,8 +102,9 @@ def main() -> None:
         batches = {"plain": [collate(p, pad=tokenizer.pad_token_id, share=False) for p in pairs],
                    "targets only": [collate(p, pad=tokenizer.pad_token_id, share=False) for p in pairs],
                    "shared prefix + targets": [collate(p, pad=tokenizer.pad_token_id) for p in pairs]}
+        batches[MIXED] = batches["shared prefix + targets"]
         tokens = sum(b.tokens for b in batches["plain"])
-        seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        seconds: dict[str, list[float]] = {v: [] for v in variants}
 
         def case(variant: str, batches=batches, seconds=seconds, tokens=tokens):
             async def timed() -> float:
@@ -106,8 +114,8 @@ def main() -> None:
 
             return timed
 
-        medians = asyncio.run(interleaved({v: case(v) for v in VARIANTS}, REPEATS, warmup=True))
-        for variant in VARIANTS[1:]:
+        medians = asyncio.run(interleaved({v: case(v) for v in variants}, REPEATS, warmup=True))
+        for variant in variants[1:]:
             comparisons.append(Comparison(
                 group="LoRA training step (batch 8, r=16, 2 threads)", name=f"{dsl}: {variant}",
                 value=medians[variant], baseline=medians["plain"], unit="tokens/s", versus=(variant, "plain"),
@@ -118,32 +126,35 @@ def main() -> None:
         shared = sum(b.prefix.shape[1] * b.ids.shape[0] for b in batches["shared prefix + targets"])
         facts[dsl] = {"prompt_tokens_per_row": prompt / (2 * BATCH), "code_tokens_per_row": target / (2 * BATCH),
                       "padding_share": 1 - (prompt + target) / width, "shared_prefix_share": shared / tokens,
-                      **{f"tokens_per_s {v}": medians[v] for v in VARIANTS},
+                      **{f"tokens_per_s {v}": medians[v] for v in variants},
                       **{f"spread {v}": [round(tokens / max(s), 1), round(tokens / min(s), 1)]
                          for v, s in seconds.items()}}
         rows.append((dsl, facts[dsl], seconds, tokens))
     save("training", COMMAND, comparisons, facts)
-    _write_section(rows)
+    _write_section(rows, variants)
 
 
-def _write_section(rows) -> None:
+def _write_section(rows, variants: tuple[str, ...]) -> None:
     lines = ["## Training speed", "",
              "Where a LoRA training step's time goes on this 2-core CPU (batch 8, r=16 on all projections, "
-             "float32, 2 threads), and what `service/training/batching.py` saves: the same two batches per DSL, "
-             f"trained {REPEATS} rounds each way, taking turns (median, range of the rounds in brackets). Every "
-             "prompt starts with the DSL's system message, so the rows of a batch share their first tokens; "
+             "float32 weights, 2 threads), and what `service/training/batching.py` saves: the same two batches "
+             f"per DSL, trained {REPEATS} rounds each way, taking turns (median, range of the rounds in brackets). "
+             "Every prompt starts with the DSL's system message, so the rows of a batch share their first tokens; "
              "the plain step computes them once per row and applies the 49K-word output layer at every "
              "position, though only the code's tokens are learned. The shared-prefix step gives the same loss "
-             "and gradients (`tests/unit/test_batching.py`).", "",
+             "and gradients (`tests/unit/test_batching.py`)."
+             + (" Where the CPU has bfloat16 natively (AVX512-BF16 or AMX), the trainer also runs the arithmetic "
+                "in bfloat16 under autocast, weights and optimizer in float32: the last way."
+                if MIXED in variants else " This CPU has no native bfloat16: the trainer stays in float32."), "",
              "| DSL | prompt tokens / row | code tokens / row | shared prefix | padding | "
-             + " | ".join(f"{v} tokens/s" for v in VARIANTS) + " | speed-up |",
-             "|---|---|---|---|---|" + "---|" * len(VARIANTS) + "---|"]
+             + " | ".join(f"{v} tokens/s" for v in variants) + " | speed-up |",
+             "|---|---|---|---|---|" + "---|" * len(variants) + "---|"]
     for dsl, fact, seconds, tokens in rows:
         cells = []
-        for v in VARIANTS:
+        for v in variants:
             lo, hi = tokens / max(seconds[v]), tokens / min(seconds[v])
             cells.append(f"{statistics.median(tokens / s for s in seconds[v]):.0f} [{lo:.0f}-{hi:.0f}]")
-        speedup = fact["tokens_per_s shared prefix + targets"] / fact["tokens_per_s plain"]
+        speedup = fact[f"tokens_per_s {variants[-1]}"] / fact["tokens_per_s plain"]
         lines.append(f"| {dsl} | {fact['prompt_tokens_per_row']:.0f} | {fact['code_tokens_per_row']:.0f} | "
                      f"{fact['shared_prefix_share']:.0%} | {fact['padding_share']:.0%} | " + " | ".join(cells)
                      + f" | {speedup:.2f}x |")

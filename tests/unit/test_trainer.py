@@ -63,3 +63,25 @@ def test_the_learning_rate_warms_up_then_decays_to_five_percent():
     assert factors[0] == 0.25 and factors[3] == 1.0 and factors[4] == 1.0
     assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
     assert factors[100] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(("native", "dtype", "expected"), [(True, "auto", "bfloat16"), (False, "auto", None),
+                                                           (True, "float32", None)])
+def test_bfloat16_arithmetic_only_where_the_cpu_has_it_natively(monkeypatch, native, dtype, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    compute = trainer._compute_dtype(dtype, torch.device("cpu"))
+    assert compute == (getattr(torch, expected) if expected else None)
+
+
+def test_mixed_precision_training_writes_a_float32_adapter_the_cpu_engine_serves(tiny_model, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    result = _train(_config(tmp_path), tiny_model)
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert weights and {w.dtype for w in weights.values()} == {torch.float32}
+    assert result.steps == 6 and [step for step, _ in result.heldout_exact_match] == [2, 4, 6]
