@@ -80,6 +80,8 @@ class TrainResult:
     #: The step whose weights were written (the best held-out score; the last step without checks).
     best_step: int | None = None
     resumed_from: int | None = None
+    #: What the weights were kept in and what the arithmetic ran in ("float32", "float32, bfloat16 arithmetic").
+    precision: str = ""
 
 
 def train(
@@ -234,7 +236,9 @@ def train(
     result = TrainResult(config.output, step, losses[0], sum(losses[-5:]) / len(losses[-5:]), scores, wall,
                          tokens_per_s=tokens / stepping_s if stepping_s else 0.0, stopped=stopped,
                          best_step=kept_step,
-                         resumed_from=resumed_from)
+                         resumed_from=resumed_from,
+                         precision=str(dtype).removeprefix("torch.")
+                         + (f", {str(compute).removeprefix('torch.')} arithmetic" if compute else ""))
     _write_manifest(config, result, model_path=model_path, data_files=list(data_files))
     return result
 
@@ -314,6 +318,7 @@ def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str
             "tokens_per_s": round(result.tokens_per_s, 1),
             "stopped": result.stopped,
             "best_step": result.best_step,
+            "precision": result.precision,
         },
     }
     if config.init_from:

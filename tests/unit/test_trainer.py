@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from service.grammars import Example, compile_grammar
 from service.training import trainer
@@ -85,3 +86,5 @@ def test_mixed_precision_training_writes_a_float32_adapter_the_cpu_engine_serves
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert weights and {w.dtype for w in weights.values()} == {torch.float32}
     assert result.steps == 6 and [step for step, _ in result.heldout_exact_match] == [2, 4, 6]
+    manifest = yaml.safe_load((tmp_path / "adapter" / "manifest.yaml").read_text())
+    assert manifest["training"]["precision"] == "float32, bfloat16 arithmetic"  # what a reader needs to redo it
