@@ -1,12 +1,13 @@
 """Where a training step's time goes on this CPU, and what the shared-prefix batch saves: tokens/s side by side.
 
 ``python -m bench.training``. For cron (short prompts, short code), flow (long code) and sql (a schema in every
-prompt), the same batches of 8 are trained three ways, taking turns: the plain full-sequence step (every row
-whole, the output layer on every position), the output layer on learned tokens only, that plus the rows'
-common prompt prefix computed once (what ``service/training/batching.py`` does), and, on a CPU with native
-bfloat16, that with the arithmetic in bfloat16 (what the trainer does there). A step is forward, backward,
-clipping and the AdamW update with the trainer's LoRA (r=16 on all projections, float32 weights). The results go to
-``reports/bench/training.json`` (docs/BENCHMARKS.md) and to the "Training speed" section of docs/TRAINING.md.
+prompt), the same batches of 8 are trained in turns, three ways (four on a CPU with native bfloat16): the plain
+full-sequence step (every row whole, the output layer on every position), the output layer on learned tokens
+only, that plus the rows' common prompt prefix computed once (what ``service/training/batching.py`` does), and,
+on a CPU with native bfloat16, that with the arithmetic in bfloat16 (what the trainer does there). A step is
+forward, backward, clipping and the AdamW update with the trainer's LoRA (r=16 on all projections, float32
+weights). The results go to ``reports/bench/training.json`` (docs/BENCHMARKS.md) and to the "Training speed"
+section of docs/TRAINING.md.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def main() -> None:
     from service.grammars import load_examples
     from service.model import resolve_model
     from service.training.batching import Encoder, collate
-    from service.training.trainer import _compute_dtype
+    from service.training.trainer import _precision
 
     # The bfloat16 way only where the trainer takes it: emulated bfloat16 is slower than float32.
-    variants = VARIANTS + ((MIXED,) if _compute_dtype("auto", torch.device("cpu")) else ())
+    variants = VARIANTS + ((MIXED,) if _precision("auto", torch.device("cpu"))[1] else ())
     settings = Settings()
     model_path = resolve_model(settings.model, settings.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

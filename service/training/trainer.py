@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -111,11 +112,8 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     # A GPU where there is one (the onboarding Job on the gpu profile), else the CPU.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, config.dtype)
-    compute = _compute_dtype(config.dtype, device)
+    dtype, compute = _precision(config.dtype, device)
+    mixed = partial(torch.autocast, device.type, dtype=compute, enabled=compute is not None)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     if config.init_from:
         model = PeftModel.from_pretrained(base, str(config.init_from), is_trainable=True)
@@ -159,7 +157,7 @@ def train(
         batch = rng.sample(train_rows, min(len(train_rows), config.batch_size - n_replay)) + rng.sample(
             list(replay_rows), n_replay)
         encoded = encode.batch(batch).to(device)
-        with torch.autocast(device.type, dtype=compute, enabled=compute is not None):
+        with mixed():
             loss = batch_loss(model, encoded)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -192,7 +190,7 @@ def train(
                           f"(held-out check every {eval_every})")
         if step % eval_every == 0 or step == total[0]:
             check_started = time.monotonic()
-            with torch.autocast(device.type, dtype=compute, enabled=compute is not None):
+            with mixed():
                 em = _teacher_forced_exact_match(model, encode, heldout_rows[: config.eval_size])
             if config.budget_s is not None:
                 # Under a budget, checks may take at most a sixth of the stepping time: a check costs several
@@ -237,24 +235,30 @@ def train(
                          tokens_per_s=tokens / stepping_s if stepping_s else 0.0, stopped=stopped,
                          best_step=kept_step,
                          resumed_from=resumed_from,
-                         precision=str(dtype).removeprefix("torch.")
-                         + (f", {str(compute).removeprefix('torch.')} arithmetic" if compute else ""))
+                         precision=_name(dtype) + (f", {_name(compute)} arithmetic" if compute else ""))
     _write_manifest(config, result, model_path=model_path, data_files=list(data_files))
     return result
 
 
-def _compute_dtype(dtype: str, device):
-    """bfloat16 for the arithmetic of a float32 model on a CPU with native bfloat16 (mixed precision), else None.
+def _precision(dtype: str, device):
+    """(weights dtype, arithmetic dtype or None): what ``dtype`` ("auto" or a torch dtype's name) means on ``device``.
 
-    The weights, the optimizer and the written adapter stay float32, as the CPU engine serves them; only the
-    matrix products run in bfloat16. Without AVX512-BF16 or AMX, bfloat16 is emulated and slower: float32 then.
+    "auto": bfloat16 weights on a GPU; on the CPU float32 weights (the optimizer and the written adapter too, as
+    the CPU engine serves them), with the matrix products in bfloat16 under autocast where the CPU has it natively
+    (AVX512-BF16 or AMX). Elsewhere bfloat16 is emulated and slower: float32 throughout then.
     """
     import torch
 
-    if dtype != "auto" or device.type != "cpu":
-        return None
+    if dtype != "auto":
+        return getattr(torch, dtype), None
+    if device.type != "cpu":
+        return torch.bfloat16, None
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if native else None
+    return torch.float32, torch.bfloat16 if native else None
+
+
+def _name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _learning_rate_factor(step: int, warmup: int, total: int) -> float:

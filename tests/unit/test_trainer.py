@@ -73,7 +73,8 @@ def test_bfloat16_arithmetic_only_where_the_cpu_has_it_natively(monkeypatch, nat
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    compute = trainer._compute_dtype(dtype, torch.device("cpu"))
+    weights, compute = trainer._precision(dtype, torch.device("cpu"))
+    assert weights == torch.float32
     assert compute == (getattr(torch, expected) if expected else None)
 
 
