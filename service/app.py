@@ -31,6 +31,7 @@ from service.api.errors import install_error_handlers
 from service.api.generate import router as generate
 from service.api.generate.serving import GenerateServing
 from service.api.json_body import FormAsJSONMiddleware
+from service.api.openai import router as openai
 from service.api.request_metrics import GenerateMetricsMiddleware
 from service.api.same_origin import SameOriginMiddleware
 from service.config import Settings
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(SameOriginMiddleware)
     app.add_middleware(GenerateMetricsMiddleware)
     install_error_handlers(app)
-    for module in (generate, validate, dsls, adapters, onboarding, health, playground):
+    for module in (generate, openai, validate, dsls, adapters, onboarding, health, playground):
         app.include_router(module.router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)

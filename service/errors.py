@@ -17,7 +17,9 @@
     ├── EngineUnavailable (503)      the engine is not loaded (yet) or has died
     └── GenerationTimeout (504)      generation took longer than the request timeout (and was aborted)
 
-Every error renders as ``{"error": {"type", "message", "detail"}}`` with its status code.
+Every error renders as ``{"error": {"type", "message", "detail", "param", "code"}}`` with its status code:
+nl2dsl's stable ``type`` and structured ``detail``, and OpenAI's ``param`` (the field at fault, if one) and
+``code`` (the HTTP status, as vLLM's OpenAI server sends it), so OpenAI clients read our errors as theirs.
 """
 
 from __future__ import annotations
@@ -128,6 +130,15 @@ class GenerationTimeout(NL2DSLError):
     type = "timeout"
 
 
-def error_body(type_: str, message: str, detail: Any = None) -> dict[str, Any]:
-    """The one error shape: ``{"error": {"type", "message", "detail"}}``."""
-    return {"error": {"type": type_, "message": message, "detail": detail}}
+def error_body(type_: str, message: str, detail: Any = None, *, status: int) -> dict[str, Any]:
+    """The one error shape: ``{"error": {"type", "message", "detail", "param", "code"}}``."""
+    return {"error": {"type": type_, "message": message, "detail": detail, "param": _param(detail), "code": status}}
+
+
+def _param(detail: Any) -> str | None:
+    """The request field an error is about: the first of a field list, or the field a detail names."""
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        return detail[0].get("field") or None
+    if isinstance(detail, dict) and isinstance(detail.get("field"), str):
+        return detail["field"]
+    return None

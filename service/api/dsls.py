@@ -34,6 +34,8 @@ class DSLInfo(BaseModel):
     name: str
     description: str
     grammar: str
+    #: The grammar's start rule.
+    start: str = "start"
     examples: list[dict[str, str | None]]
     operations: list[str] | None = None
     #: The tenant whose private connectors this variant includes (the caller's own, or for admins any).
@@ -102,6 +104,7 @@ def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
         name=grammar.name,
         description=grammar.description,
         grammar=grammar.text,
+        start=grammar.start,
         examples=[vars(ex) for ex in grammar.examples[:3]],
         operations=[op.full_name for op in grammar.catalog.operations] if grammar.catalog else None,
         tenant=grammar.tenant,
@@ -118,9 +121,7 @@ def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
 @router.get("/dsls", response_model=list[DSLInfo], responses=error_responses(401, 413))
 async def list_dsls(grammars: GrammarsDep, caller: CallerDep) -> list[DSLInfo]:
     """List the DSLs the caller may use: shipped ones (its tenant's variant), shared uploads, its own uploads."""
-    shipped = [grammars.get(name, tenant=caller.tenant) for name in grammars.names() if caller.may_use_dsl(name)]
-    uploads = grammars.uploads(None) + (grammars.uploads(caller.tenant) if caller.tenant is not None else [])
-    return [_info(g, caller, grammars) for g in shipped + uploads]
+    return [_info(g, caller, grammars) for g in grammars.usable(caller)]
 
 
 @router.get("/dsls/{name}", response_model=DSLInfo, responses=error_responses(401, 403, 404, 413))

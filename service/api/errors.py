@@ -1,4 +1,4 @@
-"""One exception handler per error family, all rendering ``{"error": {"type", "message", "detail"}}``."""
+"""One exception handler per error family, all rendering the one error shape (:func:`service.errors.error_body`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
 
 def error_response(exc: NL2DSLError) -> JSONResponse:
     """The one error shape for ``exc`` (also what the middlewares answer before a route runs)."""
-    return JSONResponse(error_body(exc.type, exc.message, exc.detail), status_code=exc.status_code,
-                        headers=exc.headers)
+    return JSONResponse(error_body(exc.type, exc.message, exc.detail, status=exc.status_code),
+                        status_code=exc.status_code, headers=exc.headers)
 
 
 async def _nl2dsl_error(request: Request, exc: NL2DSLError) -> JSONResponse:
@@ -36,7 +36,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         for err in exc.errors()
     ]
     message = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields) or "invalid request"
-    return JSONResponse(error_body("invalid_request", message, fields), status_code=422)
+    return JSONResponse(error_body("invalid_request", message, fields, status=422), status_code=422)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -44,7 +44,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     headers = exc.headers
     if exc.status_code == 405:
         headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-    return JSONResponse(error_body(type_, str(exc.detail), None), status_code=exc.status_code, headers=headers)
+    return JSONResponse(error_body(type_, str(exc.detail), None, status=exc.status_code), status_code=exc.status_code,
+                        headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -62,7 +63,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("internal_error", "internal error", None), status_code=500)
+    return JSONResponse(error_body("internal_error", "internal error", None, status=500), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,5 @@
-"""ASGI middleware: count every ``POST /generate`` by HTTP status, whichever layer answered it.
+"""ASGI middleware: count every generate request (``POST /generate`` and its OpenAI twins) by HTTP status,
+whichever layer answered it.
 
 Validation errors (422) are answered before the handler runs and refusals (4xx) before the engine is
 asked, so counting in the handler would miss them. The handler labels the request with its DSL and
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 
-__all__ = ["GenerateMetricsMiddleware", "label_request"]
+__all__ = ["GENERATE_PATHS", "GenerateMetricsMiddleware", "label_request"]
 
 _LABELS = "nl2dsl_metric_labels"
 _CLIENT_GONE = "499"
@@ -25,13 +26,17 @@ def label_request(request: Request, *, dsl: str, adapter: str) -> None:
     setattr(request.state, _LABELS, (dsl, adapter))
 
 
+#: The routes that generate: nl2dsl's own and the OpenAI-compatible ones.
+GENERATE_PATHS = frozenset({"/generate", "/v1/completions", "/v1/chat/completions"})
+
+
 class GenerateMetricsMiddleware:
-    def __init__(self, app: ASGIApp, path: str = "/generate") -> None:
+    def __init__(self, app: ASGIApp, paths: frozenset[str] = GENERATE_PATHS) -> None:
         self.app = app
-        self.path = path
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})

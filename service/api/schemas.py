@@ -16,6 +16,8 @@ class ErrorBody(BaseModel):
     type: str = Field(description="Stable machine-readable error type, e.g. unknown_dsl.")
     message: str = Field(description="What went wrong, for a person.")
     detail: Any = Field(default=None, description="Structured detail (field errors, available names...).")
+    param: str | None = Field(default=None, description="The request field at fault, if one (as OpenAI's errors).")
+    code: int = Field(description="The HTTP status (as vLLM's OpenAI-compatible server sends it).")
 
 
 class ErrorResponse(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from service.grammars.grammar import Grammar, ParseResult
 from service.grammars.sandbox import GrammarSandbox
 from service.grammars.tenants import TenantConfig, TenantConfigs
 from service.policy import Policy
+from service.security import Caller
 
 __all__ = ["GrammarRegistry", "load_grammar_file"]
 
@@ -81,6 +83,25 @@ class GrammarRegistry:
             raise RuntimeError("uploaded grammars need the sandbox")
         return await self.sandbox.parse(grammar.text, code, start=grammar.start, source=f"<{grammar.name}>",
                                         limits=grammar.limits, owner=owner)
+
+    async def one_off(self, dsl: Grammar, text: str, *, owner: str | None) -> Grammar:
+        """``dsl`` decoded and parsed with ``text``, a grammar sent with one request: compiled in the sandbox like
+        an upload (GrammarInvalid if it does not compile, within the sandbox's bounds), used once, never kept."""
+        if self.sandbox is None:
+            raise RuntimeError("one-off grammars need the sandbox")
+        limits = DecodingLimits()
+        compiled = await self.sandbox.compile(text, start="start", source=f"<the request's grammar for {dsl.name}>",
+                                              limits=limits, owner=owner)
+        return replace(dsl, text=text, engine_text=compiled.engine_text, structure=text, parser=None, catalog=None,
+                       start="start", origin="upload", limits=limits, bounded=compiled.bounded,
+                       warnings=compiled.warnings, owner=owner, version=None)
+
+    def usable(self, caller: Caller) -> list[Grammar]:
+        """The DSLs ``caller`` may use: the shipped ones as its tenant sees them, shared uploads, its own."""
+        tenant = caller.tenant
+        shipped = [self.get(name, tenant=tenant) for name in self.names()]
+        uploads = self.uploads(None) + (self.uploads(tenant) if tenant is not None else [])
+        return [g for g in shipped + uploads if caller.may_use_dsl(g.name)]
 
     def names(self) -> list[str]:
         """The shipped DSLs."""

@@ -36,6 +36,10 @@ class GenerateRequest(BaseModel):
     examples: int | None = Field(default=None, ge=0, description="Few-shot examples to retrieve.")
     constrained: bool = Field(default=True, description="Constrain decoding to the DSL's grammar.")
     stream: bool = Field(default=False, description="Stream text deltas as server-sent events.")
+    grammar: str | None = Field(
+        default=None, description="A Lark grammar for this request only (start rule `start`): decoding and the "
+        "parse use it instead of the DSL's, while the DSL still chooses the prompt, examples and adapter. Compiled "
+        "like an upload (POST /dsls), within the same bounds; never kept.")
     timeout_s: float | None = Field(
         default=None, gt=0, description="Seconds before generation is aborted with 504 (default and maximum: "
         "the service's request timeout).")

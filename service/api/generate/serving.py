@@ -6,6 +6,7 @@
             adapters   which LoRA, by the one access rule
             retrieval  k similar examples of this DSL, the tenant's first          (worker thread)
             prompts    chat template -> token ids, within the model's length       (worker thread)
+            grammars   the request's own grammar, if it sends one                  (sandbox)
     run:    engine     stream deltas until the deadline; the engine request id is made here, unique
             grammars   parse the code, bounded in time                            (thread or sandbox)
             safety     the tenant's policy on the code
@@ -126,6 +127,8 @@ class GenerateServing:
                 f"{settings.max_model_len} tokens; shorten text, context or examples",
                 detail={"prompt_tokens": len(ids), "max_tokens": max_tokens, "max_model_len": settings.max_model_len},
             )
+        if req.grammar is not None:
+            grammar = await self.grammars.one_off(grammar, req.grammar, owner=tenant)
         params = GenerationParams(max_tokens=max_tokens, temperature=req.temperature, seed=req.seed,
                                   grammar=grammar.engine_text if req.constrained else None)
         client_id = client_request_id if client_request_id and _CLIENT_ID.match(client_request_id) else None
@@ -234,6 +237,9 @@ def _check_ranges(req: GenerateRequest, settings: Settings) -> None:
         problems.append(("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}"))
     if req.timeout_s is not None and req.timeout_s > settings.request_timeout_s:
         problems.append(("timeout_s", f"timeout_s must be at most {settings.request_timeout_s:g}"))
+    if req.grammar is not None and len(req.grammar) > settings.max_grammar_chars:
+        problems.append(("grammar", f"the grammar has {len(req.grammar)} characters; the limit is "
+                                    f"{settings.max_grammar_chars}"))
     if req.examples is not None and req.examples > settings.max_examples:
         problems.append(("examples", f"examples must be at most {settings.max_examples}"))
     if problems:

@@ -1,0 +1,224 @@
+"""The OpenAI protocol as nl2dsl speaks it: request bodies, answers, stream chunks and the model list.
+
+``model`` names a DSL (``flow``) or a DSL and an adapter (``flow:contoso``, ``sql:base`` for no adapter). Fields
+OpenAI clients send that change nothing here (``user``, ``n: 1``, zero penalties, ``top_p: 1``) are accepted;
+fields that would change the answer and that nl2dsl does not do (``stop``, ``logprobs``, ``n > 1``...) are
+refused with 422 rather than ignored. nl2dsl's own options ride along as extra fields (``extra_body`` in the
+OpenAI SDK): ``tenant``, ``examples``, ``constrained``, ``context``, ``timeout_s``; a one-off grammar comes as
+vLLM's ``guided_grammar`` or ``structured_outputs: {"grammar": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.api.generate.schemas import GenerateResponse, Timings
+from service.api.schemas import ParseErrorModel
+
+__all__ = ["ChatCompletion", "ChatCompletionRequest", "ChatMessage", "Completion", "CompletionRequest", "ModelCard",
+           "ModelList", "Nl2dslExtra", "OpenAIRequest", "Usage", "usage_of"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs``: nl2dsl takes its ``grammar`` (Lark)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grammar: str | None = None
+
+
+class OpenAIRequest(BaseModel):
+    """What completions and chat completions share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=_MODEL, description='A DSL ("flow") or a DSL and an adapter ("flow:contoso", '
+                       '"flow:base" for none); GET /v1/models lists them.')
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="Chat's newer name of max_tokens.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Default 0: greedy.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Accepted only where they change nothing: one choice, no penalties, the whole distribution.
+    n: Literal[1] = 1
+    top_p: Literal[1] | None = None
+    presence_penalty: Literal[0] | None = None
+    frequency_penalty: Literal[0] | None = None
+    user: str | None = Field(default=None, max_length=256, description="Accepted and ignored (tenancy is the key's).")
+    # vLLM's fields for a one-off grammar.
+    guided_grammar: str | None = None
+    structured_outputs: StructuredOutputs | None = None
+    # nl2dsl's own options (as POST /generate).
+    tenant: str | None = Field(default=None, pattern=_NAME, description="An admin acting for this tenant.")
+    examples: int | None = Field(default=None, ge=0)
+    constrained: bool = True
+    context: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_grammar(self) -> OpenAIRequest:
+        if self.guided_grammar is not None and self.structured_outputs and self.structured_outputs.grammar:
+            raise ValueError("send the grammar once: guided_grammar or structured_outputs.grammar")
+        return self
+
+    @property
+    def grammar(self) -> str | None:
+        return self.guided_grammar or (self.structured_outputs.grammar if self.structured_outputs else None)
+
+    @property
+    def dsl_and_adapter(self) -> tuple[str, str | None]:
+        dsl, _, adapter = self.model.partition(":")
+        return dsl, adapter or None
+
+
+class CompletionRequest(OpenAIRequest):
+    """``POST /v1/completions``: ``prompt`` is the request in natural language."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "flow", "prompt": "when a form is submitted, post the answers to #sales"}]})
+
+    prompt: str | list[str] = Field(description="The request text (a list of one string is accepted).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("one prompt per request")
+        return prompt
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(OpenAIRequest):
+    """``POST /v1/chat/completions``: the last user message is the request text."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model": "flow", "messages": [
+        {"role": "user", "content": "when a form is submitted, post the answers to #sales"}]}]})
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _a_user_message(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("no user message: the last one is the request")
+        return messages
+
+    @property
+    def text(self) -> str:
+        return next(m for m in reversed(self.messages) if m.role == "user").text
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Nl2dslExtra(BaseModel):
+    """What OpenAI's shape has no field for: whether the code parses, where not, and nl2dsl's ids and timings."""
+
+    valid: bool
+    error: ParseErrorModel | None = None
+    dsl: str
+    adapter: str
+    request_id: str
+    timings: Timings
+
+    @classmethod
+    def of(cls, result: GenerateResponse) -> Nl2dslExtra:
+        return cls(valid=result.valid, error=result.error, dsl=result.dsl, adapter=result.adapter,
+                   request_id=result.request_id, timings=result.timings)
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    #: The DSL code.
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    """``POST /v1/completions``'s answer (``text_completion``)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    nl2dsl: Nl2dslExtra
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    #: The DSL code.
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """``POST /v1/chat/completions``'s answer (``chat.completion``)."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    nl2dsl: Nl2dslExtra
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = Field(description='The tenant the DSL or adapter belongs to, or "shared".')
+    #: For "dsl:adapter": the DSL it generates (vLLM names a LoRA's base model here).
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def usage_of(result: GenerateResponse) -> Usage:
+    prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
