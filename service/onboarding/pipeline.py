@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+from nl2dsl_client import NL2DSLClient
 
 from service.adapter_uploads import pack_adapter
-from service.client import NL2DSLClient
 from service.config import Settings
 from service.evaluation.runner import RunConfig, Summary, score_together
 from service.grammars import Grammar, compile_grammar
