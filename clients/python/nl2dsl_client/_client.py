@@ -11,6 +11,7 @@ other error answer raises its :class:`~nl2dsl_client.APIError` subclass.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any, TypeVar
 
@@ -43,6 +44,25 @@ def _request(http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.R
 
 def _read(call: Call[T], response: httpx.Response) -> T:
     return call.read(response.json() if response.content else None)
+
+
+def _refused(policy: RetryPolicy, attempt: int, response: httpx.Response) -> float:
+    """Seconds to wait before asking again after an error answer; its exception if it is not to be retried."""
+    wait = policy.wait_s(attempt, response)
+    if wait is None:
+        raise error_of(response, retry_after=retry_after(response))
+    return wait
+
+
+def _unreached(policy: RetryPolicy, attempt: int, exc: httpx.TransportError, url: httpx.URL) -> float:
+    """Seconds to wait before trying again after no answer; the exception if not (a timeout never is: the
+    service may still be working on the request)."""
+    if isinstance(exc, httpx.TimeoutException):
+        raise APITimeoutError(f"no answer from {url} in time: {exc}") from exc
+    wait = policy.wait_s(attempt, None)
+    if wait is None:
+        raise APIConnectionError(f"cannot reach {url}: {exc}") from exc
+    return wait
 
 
 class NL2DSLClient:
@@ -122,26 +142,19 @@ class NL2DSLClient:
         return _read(call, self._send(call))
 
     def _send(self, call: Call[Any], *, stream: bool = False) -> httpx.Response:
-        attempt = 0
-        while True:
-            response = None
+        for attempt in itertools.count():
             try:
                 response = self._http.send(_request(self._http, call), stream=stream)
-            except httpx.TimeoutException as exc:
-                raise APITimeoutError(f"no answer from {self._http.base_url} in time: {exc}") from exc
             except httpx.TransportError as exc:
-                if (wait := self._retry.wait_s(attempt, None)) is None:
-                    raise APIConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
+                wait = _unreached(self._retry, attempt, exc, self._http.base_url)
             else:
                 if response.is_success:
                     return response
                 response.read()
                 response.close()
-                wait = self._retry.wait_s(attempt, response)
-                if wait is None:
-                    raise error_of(response, retry_after=retry_after(response))
+                wait = _refused(self._retry, attempt, response)
             time.sleep(wait)
-            attempt += 1
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._http.close()
@@ -201,25 +214,19 @@ class AsyncNL2DSLClient:
         return _read(call, await self._send(call))
 
     async def _send(self, call: Call[Any], *, stream: bool = False) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = await self._http.send(_request(self._http, call), stream=stream)
-            except httpx.TimeoutException as exc:
-                raise APITimeoutError(f"no answer from {self._http.base_url} in time: {exc}") from exc
             except httpx.TransportError as exc:
-                if (wait := self._retry.wait_s(attempt, None)) is None:
-                    raise APIConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
+                wait = _unreached(self._retry, attempt, exc, self._http.base_url)
             else:
                 if response.is_success:
                     return response
                 await response.aread()
                 await response.aclose()
-                wait = self._retry.wait_s(attempt, response)
-                if wait is None:
-                    raise error_of(response, retry_after=retry_after(response))
+                wait = _refused(self._retry, attempt, response)
             await asyncio.sleep(wait)
-            attempt += 1
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -168,16 +168,19 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class Completion(BaseModel):
-    """``POST /v1/completions``'s answer (``text_completion``)."""
-
+class _Answer(BaseModel):
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
     usage: Usage
     nl2dsl: Nl2dslExtra
+
+
+class Completion(_Answer):
+    """``POST /v1/completions``'s answer (``text_completion``)."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class AssistantMessage(BaseModel):
@@ -193,16 +196,11 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(_Answer):
     """``POST /v1/chat/completions``'s answer (``chat.completion``)."""
 
-    id: str
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: Usage
-    nl2dsl: Nl2dslExtra
 
 
 class ModelCard(BaseModel):
