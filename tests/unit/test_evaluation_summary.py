@@ -79,3 +79,6 @@ def test_bar_section_reports_met_and_not_met_per_tenant():
     assert "NOT met" not in text.split("- fabrikam")[0]
     assert text.split("- fabrikam")[1].split("\n")[0].endswith(": NOT met.")  # 0.05 below flow-general
     assert bar_lines(results[1:]) == []  # no flow-general run, no bar
+    # The matrix also runs every configuration without the grammar: the bar reads the constrained run.
+    free = Case(RunConfig("flow-general", "flow", constrained=False), "flow", 1), replace(base, exact_match=0.1)
+    assert "exact match 0.850 (bar >= 0.8: met)" in "\n".join(bar_lines([*results, free]))
