@@ -56,12 +56,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     - the end-to-end tests (Locust, Prometheus, the browser) after the integration tests, on a warm server whose
       first requests (one-time grammar and adapter set-up) are behind it;
     - start-up tests, which load engines of their own, after the rest;
+    - tests marked ``stops_replica`` after those: they end the second replica;
     - tests marked ``stops_server`` last: they end the session server.
 
     Every test id must be unique: tools that pick tests by id (pytest-xdist, ``--lf``) would run only one of
     tests sharing an id, silently. (schemathesis's own parametrize once gave 22 fuzzed operations one id.)
     """
     items.sort(key=lambda item: (item.get_closest_marker("stops_server") is not None,
+                                 item.get_closest_marker("stops_replica") is not None,
                                  item.nodeid.startswith(("tests/e2e/", "tests/integration/test_startup.py"))))
     repeated = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
     if repeated:
@@ -110,6 +112,19 @@ def server(tmp_path_factory) -> Server:
     try:
         with local_server(env=env, log=log, timeout=STARTUP_TIMEOUT_S) as url:
             yield Server(url=url, model_dir=model_dir, adapters_dir=adapters, log=log, env=env)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def replica(server, tmp_path_factory) -> Server:
+    """A second `nl2dsl serve` with the session server's settings and store that allows one request per tenant
+    at a time: a 429 whenever a test holds its tenant's slot. Tests marked ``stops_replica`` kill its engine."""
+    log = tmp_path_factory.mktemp("replica") / "server.log"
+    env = {**server.env, "NL2DSL_TENANT_MAX_CONCURRENCY": "1"}
+    try:
+        with local_server(env=env, log=log, timeout=STARTUP_TIMEOUT_S) as url:
+            yield Server(url=url, model_dir=server.model_dir, adapters_dir=server.adapters_dir, log=log, env=env)
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(str(exc))
 

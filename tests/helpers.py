@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -112,3 +113,41 @@ def wait_in_flight(url: str, count: int, log: Path, *, timeout: float = 120.0) -
         assert time.monotonic() < deadline, f"never {count} requests in flight; the server's log:\n" + \
             log.read_text()[-3000:]
         time.sleep(0.1)
+
+
+def assert_generation_stopped(client) -> None:
+    """The service let go of every request (none in flight) and the engine generates no more tokens: what a
+    client that went away should leave behind (``client``: an httpx client of the service)."""
+    import time
+
+    def metric(name: str) -> float:
+        return metric_value(client.get("/metrics").text, name)
+
+    deadline = time.monotonic() + 10
+    while metric("nl2dsl_requests_in_flight") > 0:
+        assert time.monotonic() < deadline, "the service still holds the request of a client that went away"
+        time.sleep(0.1)
+    time.sleep(1.0)  # let the engine process the abort
+    tokens = metric("vllm:generation_tokens_total")
+    time.sleep(3.0)  # ~20 tokens/s on this CPU: a long request would still be running
+    assert metric("vllm:generation_tokens_total") - tokens < 3, "the engine kept generating"
+
+
+@contextlib.contextmanager
+def holding_a_slot(url: str, key: str, log: Path):
+    """One request of ``key``'s tenant in flight on the service at ``url`` for the block's duration (a few
+    seconds of generation): on a replica allowing one request per tenant, the tenant's next request is a 429."""
+    import threading
+
+    import httpx
+
+    ask = {"dsl": "flow", "adapter": "base", "text": "describe every connector you know", "constrained": False,
+           "max_tokens": 96, "examples": 0}
+    held = threading.Thread(target=lambda: httpx.post(f"{url}/generate", json=ask, timeout=300,
+                                                      headers={"Authorization": f"Bearer {key}"}))
+    held.start()
+    try:
+        wait_in_flight(url, 1, log)
+        yield
+    finally:
+        held.join(timeout=300)

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from service.adapter_uploads import pack_adapter
-from service.local_server import local_server
 from tests.helpers import eventually, listening_process, make_random_adapter, wait_in_flight
 
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
@@ -23,12 +22,9 @@ SYNC_S = 180
 
 
 @pytest.fixture(scope="module")
-def second(server, tmp_path_factory):
-    """Another `nl2dsl serve` with the session server's settings and store, allowing one request per tenant at a
-    time. The module's last test kills its engine."""
-    log = tmp_path_factory.mktemp("second") / "server.log"
-    with local_server(env={**server.env, "NL2DSL_TENANT_MAX_CONCURRENCY": "1"}, log=log) as url, \
-            Replica(url, log) as client:
+def second(replica):
+    """alpha-corp's client of the second replica (one request per tenant at a time: tests/conftest.py)."""
+    with Replica(replica.url, replica.log) as client:
         yield client
 
 
@@ -84,8 +80,9 @@ def test_a_tenant_over_its_concurrency_gets_429_with_retry_after(second):
     assert other.status_code == 200, other.text  # other tenants are not held back
 
 
+@pytest.mark.stops_replica
 def test_a_replica_whose_engine_dies_stops_being_ready_and_the_other_goes_on(server, second):
-    """The module's last test: it kills the second replica's engine."""
+    """It kills the second replica's engine: run after every test that uses it."""
     engine_processes = listening_process(second.url).children(recursive=True)
     assert engine_processes
     for child in engine_processes:
