@@ -75,6 +75,7 @@ loadtest: prepare
 # Side-by-side ratios (docs/BENCHMARKS.md + .png): LoRA ops, engine features and peers, service vs raw engine.
 # About 20 min on 2 cores; run nothing else meanwhile (every comparison shares the CPU with whatever runs).
 bench: prepare
+	$(BIN)/python -m bench.binding
 	$(BIN)/python -m bench.lora_ops
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     seed: int = 0
     # vLLM CPU backend: KV cache size in GiB (1 GiB ~ 46k tokens for the embedded model).
     cpu_kvcache_gib: int = 1
+    # vLLM CPU backend: the cores that compute the model (vLLM's VLLM_CPU_OMP_THREADS_BIND: "auto", "nobind", a
+    # list such as "0-6"; "all": every core this process may use). None: the rule of docs/BENCHMARKS.md ("CPU
+    # threads"), service.engine.cpu_threads_bind.
+    cpu_threads_bind: str | None = None
     gpu_memory_utilization: float = 0.9
 
     # Multi-LoRA: adapters live in the batch (max_loras), in host memory (max_cpu_loras), up to this rank.

@@ -23,7 +23,11 @@ from service import metrics
 from service.config import Settings
 from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout, GrammarInvalid
 
-__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "open_engine"]
+__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "cpu_threads_bind", "open_engine"]
+
+#: Up to this many cores, every core computes the model: vLLM's own rule ("auto") keeps one core per worker for
+#: its scheduler, which on the 2-core default left the model one core (docs/BENCHMARKS.md, "CPU threads").
+_ALL_CORES_UP_TO = 4
 
 log = logging.getLogger("nl2dsl.engine")
 
@@ -173,8 +177,9 @@ class EngineSlot:
 @asynccontextmanager
 async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine]:
     """Start the AsyncLLM for ``model`` (a local folder) and always shut it down afterwards."""
-    # The vLLM CPU backend reads its KV-cache size from the environment; set before the engine starts.
+    # The vLLM CPU backend reads its KV-cache size and its cores from the environment: set before it starts.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(settings.cpu_threads_bind)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -210,6 +215,24 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
         yield Engine(llm, model=model, startup_s=time.monotonic() - started, max_cpu_loras=settings.max_cpu_loras)
     finally:
         llm.shutdown()
+
+
+def cpu_threads_bind(setting: str | None, *, cores: set[int] | None = None) -> str:
+    """vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` for a ``setting`` (service.config): "all" is every core this process
+    may run on (``cores``: that set); None applies the measured rule (docs/BENCHMARKS.md, "CPU threads")."""
+    cores = cores if cores is not None else os.sched_getaffinity(0)
+    if setting is None:
+        setting = "all" if len(cores) <= _ALL_CORES_UP_TO else "auto"
+    if setting != "all":
+        return setting
+    ranges: list[str] = []  # "0-3,8" for cores 0, 1, 2, 3 and 8
+    for core in sorted(cores):
+        first, _, last = ranges[-1].partition("-") if ranges else ("", "", "")
+        if ranges and int(last or first) + 1 == core:
+            ranges[-1] = f"{first}-{core}"
+        else:
+            ranges.append(str(core))
+    return ",".join(ranges)
 
 
 def _kill_engine_processes() -> None:

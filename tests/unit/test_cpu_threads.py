@@ -1,0 +1,23 @@
+"""Which cores the CPU engine computes on (service.engine.cpu_threads_bind): vLLM's VLLM_CPU_OMP_THREADS_BIND."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.engine import cpu_threads_bind
+
+
+@pytest.mark.parametrize("cores,expected", [({0, 1}, "0-1"), ({0, 1, 2, 3}, "0-3"), (set(range(16)), "auto")])
+def test_the_default_computes_on_every_core_of_a_small_machine_and_leaves_vllm_its_rule_on_a_large_one(
+        cores, expected):
+    assert cpu_threads_bind(None, cores=cores) == expected
+
+
+@pytest.mark.parametrize("cores,expected", [({3}, "3"), ({0, 1, 2, 5, 6, 9}, "0-2,5-6,9"), ({1, 3, 4}, "1,3-4")])
+def test_all_names_exactly_the_cores_this_process_may_use(cores, expected):
+    assert cpu_threads_bind("all", cores=cores) == expected
+
+
+@pytest.mark.parametrize("setting", ["auto", "nobind", "0-6", "0-3|4-7"])
+def test_any_other_setting_goes_to_vllm_as_written(setting):
+    assert cpu_threads_bind(setting, cores={0, 1}) == setting
