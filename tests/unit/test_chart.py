@@ -68,3 +68,18 @@ def test_no_job_unless_onboarding_is_enabled_and_a_missing_name_is_an_error():
     with pytest.raises(subprocess.CalledProcessError) as failure:
         _render("cpu", sets=("onboarding.enabled=true", "onboarding.apiKeySecret=k", "onboarding.dataConfigMap=d"))
     assert "onboarding.name is required" in failure.value.stderr
+
+
+def _engine_env(docs: list[dict]) -> dict[str, str]:
+    (deployment,) = _kind(docs, "Deployment")
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "nl2dsl"]
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_the_cpu_profile_binds_every_core_and_the_schema_refuses_a_malformed_binding():
+    assert _engine_env(_render("cpu"))["NL2DSL_CPU_THREADS_BIND"] == "all"
+    assert "NL2DSL_CPU_THREADS_BIND" not in _engine_env(_render("gpu"))  # left to the service's rule
+    assert _engine_env(_render("cpu", sets=("engine.cpuThreadsBind=0-3|4-7",)))["NL2DSL_CPU_THREADS_BIND"] == "0-3|4-7"
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("cpu", sets=("engine.cpuThreadsBind=cores 0 and 1",))
+    assert "cpuThreadsBind" in failure.value.stderr
