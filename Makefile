@@ -81,6 +81,7 @@ bench: prepare
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.report
+	$(BIN)/python -m bench.capacity
 
 # Helm (unpacked from a PyPI wheel: no Debian/npm package has it), the chart linted and both value profiles
 # rendered and validated against the Kubernetes schema, the Dockerfile linted.
