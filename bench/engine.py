@@ -5,7 +5,8 @@ model and the shipped ``flow-general`` adapter, prompts built by the service's r
 cases take turns in one run. Distinct adapters in the mixed-batch cases are copies of flow-general under new
 ids (vLLM treats each id as its own adapter: own slot, own load), so every case does the same work and only
 the mixing differs. Then the peer path (peft + transformers on the same mixed-adapter workload), a second
-engine with max_loras 16, and a third on vLLM's own CPU LoRA ops (our plugin off) for adapter vs base.
+engine with max_loras 64 (every distinct adapter in one batch), and a third on vLLM's own CPU LoRA ops (our
+plugin off) for adapter vs base.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ COMMAND = "python -m bench.engine"
 REPEATS = 3
 MIXED = (1, 4, 8, 16, 64)  # distinct adapters in a batch of 64 requests; the engine holds max_loras of them
 MIXED_REPEATS = 2
-WIDE = 16  # max_loras of the second engine
+WIDE = max(MIXED)  # max_loras of the second engine: every distinct adapter of the mixed cases fits one batch
 
 
 async def main_async() -> None:
@@ -122,7 +123,7 @@ async def main_async() -> None:
     wide = settings.model_copy(update={"max_loras": WIDE})
     progress(f"mixed adapters again with max_loras {WIDE}: the distinct adapters fit one batch (no swapping)")
     async with open_engine(wide, model=serving.engine.model) as engine:
-        comparisons += await _mixed(engine.llm, adapter_prompts, flow_general.path, (1, 8, WIDE), WIDE)
+        comparisons += await _mixed(engine.llm, adapter_prompts, flow_general.path, MIXED, WIDE)
     # The same comparison on vLLM's own CPU LoRA ops: no general plugin in the engine's processes. Its batches
     # are all-adapter or all-base, so the index -1 bug the plugin also fixes does not come into play.
     progress("adapter vs base model again, on vLLM's own CPU LoRA ops (VLLM_PLUGINS='': our plugin off)")
@@ -161,7 +162,7 @@ async def _mixed(llm, prompts, path, counts: tuple[int, ...], max_loras: int) ->
     """
     cases = {}
     for k in counts:
-        ids = [10_000 * k + i for i in range(k)]
+        ids = [10_000 + i for i in range(k)]  # shared by the cases: the largest fits the slots, no swapping
         jobs = [workload.job(p, constrained=False, max_tokens=12, ignore_eos=True,
                              lora=workload.lora_request(f"copy-{ids[i % k]}", ids[i % k], path))
                 for i, p in enumerate(prompts)]
@@ -169,7 +170,7 @@ async def _mixed(llm, prompts, path, counts: tuple[int, ...], max_loras: int) ->
     medians = await interleaved(cases, MIXED_REPEATS, warmup=True)
     return [Comparison("mixed adapters", f"{k} distinct adapters in 64 requests, max_loras {max_loras}",
                        medians[f"{k} adapters"], medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"),
-                       goal=">= 0.9" if k == 8 else "")
+                       goal=">= 0.9" if k == 8 else ">= 0.8" if k == 64 and max_loras >= k else "")
             for k in counts[1:]]
 
 

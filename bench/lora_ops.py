@@ -15,7 +15,7 @@ from bench.results import Comparison, interleaved, progress, save
 
 COMMAND = "python -m bench.lora_ops"
 RANK = 16
-SLOTS = 4  # max_loras
+SLOTS = 4  # max_loras, or as many as a case's adapters
 #: (name, hidden, intermediate, tokens per sequence, adapter slot of each sequence (-1: base model))
 CASES = [
     ("prefill, 1 prompt of 512 tokens, 1 adapter (SmolLM2 MLP)", 576, 1536, 512, [0]),
@@ -23,6 +23,8 @@ CASES = [
     ("decode, 32 sequences, 3 adapters + base (SmolLM2 MLP)", 576, 1536, 1, [0, 1, 2, -1] * 8),
     ("prefill, 1 prompt of 256 tokens, 1 adapter (Mistral-7B MLP)", 4096, 14336, 256, [0]),
     ("decode, 32 sequences, 3 adapters + base (Mistral-7B MLP)", 4096, 14336, 1, [0, 1, 2, -1] * 8),
+    ("decode, 64 sequences, 64 adapters (SmolLM2 MLP)", 576, 1536, 1, list(range(64))),
+    ("decode, 64 sequences, 64 adapters (Mistral-7B MLP)", 4096, 14336, 1, list(range(64))),
 ]
 REPEATS = 15
 
@@ -60,8 +62,9 @@ def main() -> None:
         progress(name)
         torch.manual_seed(0)
         x = torch.randn(tokens * len(slots), hidden)
-        lora_a = torch.randn(SLOTS, 1, RANK, hidden) * 0.02
-        lora_b = torch.randn(SLOTS, 1, intermediate, RANK) * 0.02
+        count = max(SLOTS, max(slots) + 1)
+        lora_a = torch.randn(count, 1, RANK, hidden) * 0.02
+        lora_b = torch.randn(count, 1, intermediate, RANK) * 0.02
         indices = torch.repeat_interleave(torch.tensor(slots), tokens)  # what sgmv_* does first
         expected = _layer(theirs, x, lora_a, lora_b, indices.clamp(min=0), intermediate)
         got = _layer(ours, x, lora_a, lora_b, indices, intermediate)

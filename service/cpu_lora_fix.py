@@ -4,8 +4,9 @@ The bug (docs/PLATFORM.md): the CPU LoRA ops index the stacked adapter weights w
 index, and a token with no adapter has index -1, which Python reads as "the last slot": a base request
 batched with adapter requests silently gets the last slot's adapter. The GPU kernels skip -1.
 The cost: those ops gather a full weight matrix per token, so a long prompt's prefill copies every LoRA
-matrix once per prompt token. The replacements do one matrix product per adapter present in the batch and
-give index -1 no LoRA delta (bench/lora_ops.py measures both against vLLM's own).
+matrix once per prompt token. The replacements group the batch's tokens by adapter, so the cost follows the
+tokens rather than the number of distinct adapters, and give index -1 no LoRA delta (bench/lora_ops.py measures
+them against vLLM's own).
 
 vLLM loads ``vllm.general_plugins`` entry points in every process, the engine's worker included (see
 pyproject.toml). The patch applies only to the CPU build and version it was checked on; anywhere else it
@@ -15,10 +16,17 @@ does nothing, and ``tests/integration/test_adapters.py`` catches a regression.
 from __future__ import annotations
 
 import importlib.metadata
+import weakref
+from dataclasses import dataclass
+
+import torch
 
 __all__ = ["CHECKED_VERSION", "register"]
 
 CHECKED_VERSION = "0.32.0"
+_WIDE = 8  # an adapter with at least this many tokens in a batch gets a matrix product of its own
+_GATHER_MAX = 64 * 1024  # weight matrices up to this many values are copied per token rather than looped over
+_PLANS_KEPT = 4
 
 
 def register() -> None:
@@ -42,52 +50,140 @@ def register() -> None:
     ops._nl2dsl_patched = True
 
 
-def _lora_product(inputs, weights, indices, dtype):
-    """Each token's input times its adapter's weights: (tokens, in) x (slots, [1,] out, in) -> (tokens, out).
+@dataclass(frozen=True)
+class _Plan:
+    """Which tokens meet which adapter's weights, worked out once per batch (every LoRA layer reuses it).
 
-    One matrix product per adapter present in the batch, over that adapter's tokens, instead of vLLM's gather of
-    a whole weight matrix per token followed by a batched matrix-vector product (a 500-token prompt copied the
-    matrix 500 times in every LoRA layer). Tokens with index -1 (no adapter) get zeros.
+    A batch lists each sequence's tokens together, so tokens come in runs of one adapter. A long run (a prompt)
+    gets one matrix product over its rows. The tokens between long runs (one decoding token per sequence,
+    typically) are "narrow": each gets a product with its own adapter's weights, gathered, in one batched product.
     """
-    import torch
 
+    indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
+    single: int | None  # the slot of every token, when the whole batch uses one adapter
+    runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
+    wide: list[tuple[int, int, int]]  # the long runs
+    narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
+    narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
+    narrow_mask: torch.Tensor  # ... and which of them have an adapter, (tokens, 1)
+
+
+_plans: list[_Plan] = []  # the most recent first; a step alternates between token and sampler indices
+
+
+def _plan(indices: torch.Tensor) -> _Plan:
+    """The plan for ``indices`` (slot per token, -1: no adapter), from the cache when the batch is the same."""
+    for plan in _plans:
+        if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
+            return plan
+    slots, counts = torch.unique_consecutive(indices, return_counts=True)
+    runs, start = [], 0
+    for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
+        runs.append((slot, start, start + count))
+        start += count
+    long = [run for run in runs if run[2] - run[1] >= _WIDE]
+    narrow, position = [], 0
+    for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
+        if run_start > position:
+            narrow.append((position, run_start))
+        position = run_stop
+    rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
+    narrow_slots = indices[rows]
+    single = slots.item() if len(slots) == 1 and slots.item() >= 0 else None
+    plan = _Plan(indices.clone(), single, [r for r in runs if r[0] >= 0], [r for r in long if r[0] >= 0], narrow,
+                 narrow_slots.clamp(min=0), (narrow_slots >= 0).unsqueeze(1))
+    _plans[:] = [plan, *_plans[: _PLANS_KEPT - 1]]
+    return plan
+
+
+@dataclass
+class _Rows:
+    """An adapter weight tensor (slots, n, k) laid out as rows (slots * k, n), for as long as it is unchanged."""
+
+    of: weakref.ref  # the weight tensor these rows were made from
+    version: int  # its version counter then (vLLM writes a slot in place when it loads an adapter there)
+    rows: torch.Tensor | None = None  # made on the second use of the same version, so not while slots churn
+
+
+_rows: dict[int, _Rows] = {}
+
+
+def _rows_of(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+    """``weights`` (the (slots, n, k) view of ``stacked``) as rows for ``embedding_bag``, or None the first time a
+    version is seen: a copy of every slot costs more than a step's products while adapters come and go."""
+    entry = _rows.get(id(stacked))
+    if entry is None or entry.of() is not stacked or entry.version != stacked._version:
+        _rows[id(stacked)] = _Rows(weakref.ref(stacked), stacked._version)
+        return None
+    if entry.rows is None:
+        entry.rows = weights.transpose(1, 2).reshape(-1, weights.shape[1]).contiguous()
+    return entry.rows
+
+
+def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = True) -> None:
+    """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale.
+
+    Grouped as SGMV does (Punica, S-LoRA), so the cost follows the tokens, not the number of adapters: one
+    product per prompt, written in place (``addmm_``), and, where copying a weight matrix costs less than a tensor
+    operation (``_GATHER_MAX``: the embedded model's shapes), one batched product for all the decoding tokens over
+    their gathered weights. Larger matrices are never copied: a product per run of tokens. vLLM's own ops gather a
+    whole weight matrix per token, a prompt's hundreds included. Tokens with index -1 (no adapter) get nothing.
+    """
+    stacked = weights
     if weights.dim() == 4:
         weights = weights.squeeze(dim=1)
-    inputs = inputs.to(dtype=dtype)
-    slots = torch.unique(indices).tolist()
-    if len(slots) == 1 and slots[0] >= 0:  # the common case: one adapter for the whole batch
-        return inputs @ weights[slots[0]].to(dtype=dtype).T
-    outputs = torch.zeros(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
-    for slot in slots:
-        if slot >= 0:
-            rows = indices == slot
-            outputs[rows] = inputs[rows] @ weights[slot].to(dtype=dtype).T
-    return outputs
+    whole = weights.shape[1] == out.shape[1] and weights.dtype == out.dtype
+    weights = weights[:, : out.shape[1]].to(dtype=out.dtype)
+    inputs = inputs.to(dtype=out.dtype)
+    if not add:
+        out.zero_()
+    plan = _plan(indices)
+    if not plan.runs:  # no token of this batch has an adapter (base-model requests only)
+        return
+    if plan.single is not None:  # the common case: one adapter for the whole batch
+        out.addmm_(inputs, weights[plan.single].T, alpha=scale)
+        return
+    gather = weights[0].numel() <= _GATHER_MAX
+    for slot, start, stop in plan.wide if gather else plan.runs:
+        out[start:stop].addmm_(inputs[start:stop], weights[slot].T, alpha=scale)
+    if not gather or not plan.narrow:
+        return
+    rows = torch.cat([inputs[start:stop] for start, stop in plan.narrow]) if len(plan.narrow) > 1 \
+        else inputs[plan.narrow[0][0] : plan.narrow[0][1]]
+    table = _rows_of(stacked, weights) if whole else None
+    if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
+        k = weights.shape[2]
+        picks = plan.narrow_slots.unsqueeze(1) * k + torch.arange(k)
+        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
+    else:
+        products = torch.bmm(weights[plan.narrow_slots], rows.unsqueeze(2)).squeeze(2)
+    products *= plan.narrow_mask
+    done = 0
+    for start, stop in plan.narrow:
+        out[start:stop].add_(products[done : done + stop - start], alpha=scale)
+        done += stop - start
 
 
-def _bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
-    outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
+    rank = lora_a_weights.shape[-2]
+    _add_lora(output_tensor[:, :rank], inputs, lora_a_weights, lora_indices_tensor, scale=scaling, add=False)
 
 
 def _bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs: bool = True):
-    outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    limit = output_tensor.shape[0]
-    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-        limit = 1
-    common_len = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common_len] += outputs[:limit, :common_len]
-    else:
-        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+    common_len = min(lora_b_weights.shape[-2], output_tensor.shape[1])
+    if inputs.shape[0] == 1 and output_tensor.shape[0] != 1:  # vLLM's own op broadcasts one row to all
+        row = output_tensor.new_zeros(1, common_len)
+        _add_lora(row, inputs, lora_b_weights, lora_indices_tensor)
+        if not add_inputs:
+            output_tensor[:, :common_len] = 0
+        output_tensor[:, :common_len] += row
+        return
+    _add_lora(output_tensor[:, :common_len], inputs, lora_b_weights, lora_indices_tensor, add=add_inputs)
 
 
 def _bgmv_expand_slice(
     inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int, slice_size: int,
     add_inputs: bool = True,
 ):
-    outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+    _add_lora(output_tensor[:, slice_offset : slice_offset + slice_size], inputs, lora_b_weights,
+              lora_indices_tensor, add=add_inputs)

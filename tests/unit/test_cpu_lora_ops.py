@@ -35,3 +35,30 @@ def test_expand_slice_writes_only_its_slice():
     cpu_lora_fix._bgmv_expand_slice(torch.ones(3, 2), torch.ones(2, 1, 4, 2), out, indices, 3, 4, True)
     assert out[:, :3].eq(0).all() and out[:, 7:].eq(0).all()
     assert out[0, 3:7].eq(2).all() and out[1].eq(0).all() and out[2, 3:7].eq(2).all()
+
+
+@pytest.mark.parametrize("gather_max", [cpu_lora_fix._GATHER_MAX, 0], ids=["small matrices", "large matrices"])
+def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch, gather_max):
+    """A decoding step of 64 adapters (one token each), a base-model token and two prompts: every token gets
+    exactly its adapter's delta, whether the weights are gathered, read as cached rows (from the second use of
+    the same weights), or multiplied per adapter (large matrices); and a slot rewritten in place (an adapter
+    loaded there) is read anew."""
+    monkeypatch.setattr(cpu_lora_fix, "_GATHER_MAX", gather_max)
+    torch.manual_seed(1)
+    slots = torch.tensor([*range(64), -1] + [5] * 20 + [7] * 12)  # two prompts of unequal length
+    x = torch.randn(len(slots), 16)
+    lora_a = torch.randn(64, 1, 4, 16)
+
+    def check(order: torch.Tensor) -> None:
+        buffer = torch.full((len(order), 4), 9.0)
+        cpu_lora_fix._bgmv_shrink(x, lora_a, buffer, order, 1.0)
+        for token, slot in enumerate(order.tolist()):
+            expected = torch.zeros(4) if slot < 0 else lora_a[slot, 0] @ x[token]
+            assert torch.allclose(buffer[token], expected, atol=1e-4), (token, slot)
+
+    check(slots)
+    check(slots.roll(7))  # the same weights again: the cached rows
+    check(slots.roll(7))
+    lora_a[3, 0].copy_(torch.randn(4, 16))  # vLLM loads another adapter into slot 3
+    check(slots.roll(7))
+    check(slots.roll(7))
