@@ -36,9 +36,10 @@ class Settings(BaseSettings):
     cpu_threads_bind: str | None = None
     gpu_memory_utilization: float = 0.9
 
-    # Multi-LoRA: adapters live in the batch (max_loras), in host memory (max_cpu_loras), up to this rank.
-    max_loras: int = 4
-    max_cpu_loras: int = 16
+    # Multi-LoRA: adapters live in the batch (max_loras), in host memory (max_cpu_loras), up to this rank. A batch
+    # holds at most max_loras distinct adapters (docs/BENCHMARKS.md, "mixed adapters"); each slot costs memory.
+    max_loras: int = 16
+    max_cpu_loras: int = 32
     max_lora_rank: int = 16
 
     grammars_dir: Path = PROJECT_ROOT / "grammars"
