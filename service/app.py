@@ -61,7 +61,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.serving = serving = build_serving(settings)
+            slot = EngineSlot(resolve_model(settings.model, settings.cache_dir))
+            opening = None
+            if engine is None:  # the engine starts first: its processes load while the rest is set up
+                log.info("starting the engine")
+                opening = asyncio.create_task(stack.enter_async_context(open_engine(settings, model=slot.model)))
+                stack.push_async_callback(_cancel, opening)
+            app.state.serving = serving = await asyncio.to_thread(build_serving, settings, slot)
             app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
             app.state.engine_slot = serving.engine
             stack.push_async_callback(serving.grammars.sandbox.close)
@@ -77,10 +83,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             stack.callback(app.state.onboarding_jobs.close)
             if settings.metrics_port is not None:
                 stack.callback(_serve_metrics(settings.host, settings.metrics_port))
-            if engine is not None:
+            if opening is None:
                 serving.engine.engine = engine
             else:
-                loading = asyncio.create_task(_start_engine(serving, settings, stack, follower))
+                loading = asyncio.create_task(_get_ready(serving, opening, settings, follower))
                 stack.push_async_callback(_cancel, loading)
             yield
 
@@ -121,7 +127,7 @@ def _own_url(settings: Settings) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
 
 
-def build_serving(settings: Settings) -> GenerateServing:
+def build_serving(settings: Settings, slot: EngineSlot | None = None) -> GenerateServing:
     """The request path's pieces (registries, retriever, tokenizer, checks, admission; the engine's slot)."""
     tenants = TenantConfigs.load(settings.grammars_dir)
     sandbox = GrammarSandbox(workers=settings.grammar_workers, memory_mb=settings.grammar_worker_memory_mb,
@@ -129,7 +135,7 @@ def build_serving(settings: Settings) -> GenerateServing:
                              parse_timeout_s=settings.parse_timeout_s)
     grammars = GrammarRegistry(settings.grammars_dir, tenants=tenants, narrow_to_policies=settings.safety,
                                sandbox=sandbox).load()
-    model = resolve_model(settings.model, settings.cache_dir)
+    model = slot.model if slot else resolve_model(settings.model, settings.cache_dir)
     registry = AdapterRegistry(settings.adapters_dir, base_fingerprint=base_fingerprint(model),
                                max_rank=settings.max_lora_rank).load()
     for adapter in registry.all():
@@ -144,7 +150,7 @@ def build_serving(settings: Settings) -> GenerateServing:
         tokenizer=_tokenizer(model),
         safety=SafetyChecker(tenants.policy, enabled=settings.safety),
         admission=Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency),
-        engine=EngineSlot(model),
+        engine=slot or EngineSlot(model),
     )
     return serving
 
@@ -157,10 +163,11 @@ def _tokenizer(model: str):
     return AutoTokenizer.from_pretrained(model)
 
 
-async def _start_engine(serving: GenerateServing, settings: Settings, stack: AsyncExitStack,
-                        follower: StoreFollower) -> None:
+async def _get_ready(serving: GenerateServing, opening: asyncio.Task, settings: Settings,
+                     follower: StoreFollower) -> None:
+    """Wait for the engine, warm it up and for the store's first pass, then hand it to the request path."""
     try:
-        engine = await stack.enter_async_context(open_engine(settings, model=serving.engine.model))
+        engine = await opening
         started = time.monotonic()
         await _warm_up(serving, engine)
         # Ready serves what the store holds too: wait for the first pass over it (not forever: a store that is

@@ -177,29 +177,9 @@ class EngineSlot:
 @asynccontextmanager
 async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine]:
     """Start the AsyncLLM for ``model`` (a local folder) and always shut it down afterwards."""
-    # The vLLM CPU backend reads its KV-cache size and its cores from the environment: set before it starts.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(settings.cpu_threads_bind)
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    args = AsyncEngineArgs(
-        model=model,
-        tokenizer=model,
-        dtype=_dtype(settings.dtype),
-        seed=settings.seed,
-        max_model_len=settings.max_model_len,
-        enable_lora=True,
-        max_loras=settings.max_loras,
-        max_cpu_loras=settings.max_cpu_loras,
-        max_lora_rank=settings.max_lora_rank,
-        enable_prefix_caching=True,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        structured_outputs_config={"backend": "guidance"},
-        generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
-    )
     started = time.monotonic()
-    loading = asyncio.ensure_future(asyncio.to_thread(AsyncLLM.from_engine_args, args))
+    # Importing vLLM takes seconds: in the loading thread, with the rest, never on the event loop.
+    loading = asyncio.ensure_future(asyncio.to_thread(_start_async_llm, settings, model))
     try:
         llm = await asyncio.shield(loading)
     except asyncio.CancelledError:
@@ -215,6 +195,31 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
         yield Engine(llm, model=model, startup_s=time.monotonic() - started, max_cpu_loras=settings.max_cpu_loras)
     finally:
         llm.shutdown()
+
+
+def _start_async_llm(settings: Settings, model: str):
+    """vLLM's AsyncLLM for ``model`` as the service configures it (blocking: run it in a thread)."""
+    # The vLLM CPU backend reads its KV-cache size and its cores from the environment: set before it starts.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(settings.cpu_threads_bind)
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(
+        model=model,
+        tokenizer=model,
+        dtype=_dtype(settings.dtype),
+        seed=settings.seed,
+        max_model_len=settings.max_model_len,
+        enable_lora=True,
+        max_loras=settings.max_loras,
+        max_cpu_loras=settings.max_cpu_loras,
+        max_lora_rank=settings.max_lora_rank,
+        enable_prefix_caching=True,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        structured_outputs_config={"backend": "guidance"},
+        generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
+    ))
 
 
 def cpu_threads_bind(setting: str | None, *, cores: set[int] | None = None) -> str:

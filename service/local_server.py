@@ -27,7 +27,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(*, env: dict[str, str] | None = None, log: Path, timeout: float = 300.0) -> Iterator[str]:
+def local_server(*, env: dict[str, str] | None = None, log: Path, timeout: float = 300.0,
+                 poll_s: float = 0.2) -> Iterator[str]:
     """Run ``nl2dsl serve`` with ``NL2DSL_*`` overrides in ``env``; yields its base URL once /readyz is 200.
 
     The server listens on loopback only and, unless ``env`` sets ``NL2DSL_AUTH``, without API keys
@@ -53,7 +54,7 @@ def local_server(*, env: dict[str, str] | None = None, log: Path, timeout: float
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server not ready after {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+            time.sleep(poll_s)
         yield url
     finally:
         proc.terminate()
