@@ -24,7 +24,7 @@ LOG = ROOT / "reports" / "bench" / "coldstart.log"
 
 #: (phase that ends at this line, pattern of the line). In log order; a phase missing from a log is skipped.
 MILESTONES = [
-    ("Python imports and app set-up", r"nl2dsl (starting the engine|loaded \d+ dsls)"),
+    ("Python imports and app set-up", r"nl2dsl starting the engine"),
     ("vLLM import and engine configuration", r"Resolved architecture"),
     ("engine-core process: spawn and imports", r"\(EngineCore pid=\d+\).*Initializing a V1 LLM engine"),
     ("worker process: spawn and imports", r"\(Worker pid=\d+\).*Starting to load model"),
