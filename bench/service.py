@@ -1,7 +1,7 @@
 """The service's own cost: ``POST /generate`` over HTTP against the raw AsyncLLM on the same prompts.
 
-``python -m bench.service``: starts the service (``nl2dsl serve`` on the embedded model, timed from spawn to
-ready: the cold start) and, in this process, a raw AsyncLLM configured the same way. Both get the same
+``python -m bench.service``: starts the service (``nl2dsl serve`` on the embedded model) and, in this process, a
+raw AsyncLLM configured the same way. Both get the same
 held-out flow requests (the raw engine gets the token ids, grammar and adapter the service's request path
 builds), greedy, grammar-constrained, flow-general, at concurrency 1, 8 and 32, taking turns after one
 unrecorded round each (so both engines have the prompts in their prefix caches alike).
@@ -36,15 +36,12 @@ async def main_async() -> None:
                                                       max_tokens=MAX_TOKENS)]
     facts: dict = {}
     comparisons: list[Comparison] = []
-    progress("starting the service (cold start: spawn to ready, warm-up included)")
-    started = time.monotonic()
+    progress("starting the service (its cold start is bench.coldstart's)")
     env = {"NL2DSL_TENANT_MAX_CONCURRENCY": "64", "NL2DSL_AUTH": "off"}
     with local_server(env=env, log=ROOT / "reports" / "bench" / "service.log") as url:
-        facts["service cold start to ready (s)"] = round(time.monotonic() - started, 1)
         progress("starting the raw engine in this process")
         async with open_engine(settings, model=serving.engine.model) as engine, \
                 httpx.AsyncClient(base_url=url, timeout=600) as client:
-            facts["raw AsyncLLM start (s)"] = round(engine.startup_s, 1)
             for concurrency, n in LOADS:
                 progress(f"concurrency {concurrency}: {n} requests, service vs raw engine")
                 checked: dict[str, int] = {}
