@@ -238,13 +238,14 @@ async def main_async() -> None:
                         note=f"same F32 weights and prompt tokens, greedy, {TOKENS} tokens; engine on {cores} cores"))
                     if concurrency == 1:
                         comparisons.append(Comparison(
-                            "against the limit (concurrency 1)", peer, medians[peer], floor_ms, "ms per token",
+                            "against the limit (concurrency 1)", "time per output token", medians[peer], floor_ms,
+                            "ms",
                             (peer, "weights / memory bandwidth"), higher_is_better=False,
                             note="1.00 would read every weight once per token at the measured bandwidth"))
                 if concurrency == 1:
                     comparisons.append(Comparison(
-                        "against the limit (concurrency 1)", "nl2dsl engine (vLLM)", medians["nl2dsl engine"],
-                        floor_ms, "ms per token", ("nl2dsl engine (vLLM)", "weights / memory bandwidth"),
+                        "against the limit (concurrency 1)", "time per output token", medians["nl2dsl engine"],
+                        floor_ms, "ms", ("nl2dsl engine (vLLM)", "weights / memory bandwidth"),
                         higher_is_better=False,
                         note="1.00 would read every weight once per token at the measured bandwidth"))
             for client in clients.values():
