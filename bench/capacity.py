@@ -78,6 +78,7 @@ ACTIVATION_RESERVE_GB = 2.0  # vLLM's profiling run, CUDA graphs, sampler buffer
 SWEEP = [(4, 210), (8, 377), (16, 644), (32, 975), (48, 1190)]
 SWEEP_PROMPT, SWEEP_OUTPUT = 256, 128
 
+SAMPLE = 40  # held-out requests per DSL whose prompt and output tokens are counted
 MAX_CONCURRENCY = 512
 MAX_LORAS_CHOICES = (4, 8, 16, 32, 64, 128)
 QUEUE_MARGIN = 1.5  # a request's round may take the p95 / 1.5; the rest is room for queueing ...
@@ -180,44 +181,32 @@ def measured_ratios() -> tuple[dict[str, float], str]:
     path = RESULTS_DIR / "engine.json"
     if not path.exists():
         return RECORDED_RATIOS, "docs/BENCHMARKS.md as recorded"
-    rows = json.loads(path.read_text())["comparisons"]
+    result = json.loads(path.read_text())
 
     def ratio(prefix: str) -> float:
-        return next(r["ratio"] for r in rows if r["name"].startswith(prefix))
+        return next(r["ratio"] for r in result["comparisons"] if r["name"].startswith(prefix))
 
-    finished = json.loads(path.read_text())["finished"]
     return {"adapter": ratio("LoRA adapter vs base model"), "grammar": ratio("grammar-constrained decoding")}, \
-        f"reports/bench/engine.json, `make bench` of {finished}"
+        f"reports/bench/engine.json, `make bench` of {result['finished']}"
 
 
 def measured_workloads() -> dict[str, Workload]:
     """Mean prompt and output tokens of flow and sql as the service builds them, with 0 and 3 examples."""
     import asyncio
 
-    from service.api.generate.schemas import GenerateRequest
-    from service.app import build_serving
+    from bench import workload
     from service.config import Settings
 
-    serving = build_serving(Settings())
-    tokenizer = serving.tokenizer
+    serving = workload.serving(Settings())
     workloads = {}
     for dsl in ("flow", "sql"):
-        rows = [json.loads(line) for line in (ROOT / "data" / dsl / "test.jsonl").read_text().splitlines()][:40]
-        outputs = statistics.mean(len(tokenizer.encode(r["code"])) + 1 for r in rows)  # + end of sequence
+        codes = [row["code"] for row in workload.test_rows(SAMPLE, dsl)]
+        outputs = statistics.mean(len(serving.tokenizer.encode(c)) + 1 for c in codes)  # + end of sequence
         for examples in (0, 3):
-            requests = [GenerateRequest(dsl=dsl, text=r["text"], examples=examples,
-                                        **({"context": r["context"]} if "context" in r else {})) for r in rows]
-            prompts = [asyncio.run(_prompt_tokens(serving, request)) for request in requests]
-            workloads[f"{dsl}, {examples} examples"] = Workload(statistics.mean(prompts), outputs)
+            prepared = asyncio.run(workload.prompts(serving, SAMPLE, dsl=dsl, examples=examples))
+            workloads[f"{dsl}, {examples} examples"] = Workload(
+                statistics.mean(len(p.prompt_token_ids) for p in prepared), outputs)
     return workloads
-
-
-async def _prompt_tokens(serving, request) -> int:
-    from service.security import DEVELOPER
-
-    job = await serving.start(DEVELOPER, request)
-    job.release()
-    return len(job.prompt_token_ids)
 
 
 @dataclass(frozen=True)

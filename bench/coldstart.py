@@ -61,7 +61,7 @@ def phases(log: str, spawned: float, ready: float) -> dict[str, float]:
 
 
 _ENGINE_ALONE = """
-import asyncio, sys
+import asyncio
 from service.config import Settings
 from service.engine import open_engine
 from service.model import resolve_model

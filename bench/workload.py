@@ -20,12 +20,11 @@ from service.api.generate.serving import Job as Prepared
 from service.config import PROJECT_ROOT, Settings
 from service.security import DEVELOPER
 
-FLOW_TEST = PROJECT_ROOT / "data" / "flow" / "test.jsonl"
 
-
-def test_rows(n: int) -> list[dict]:
-    """The first ``n`` held-out flow requests (repeated when ``n`` is larger than the set)."""
-    rows = [json.loads(line) for line in FLOW_TEST.read_text().splitlines() if line.strip()]
+def test_rows(n: int, dsl: str = "flow") -> list[dict]:
+    """The first ``n`` held-out requests of a shipped DSL (repeated when ``n`` is larger than the set)."""
+    lines = (PROJECT_ROOT / "data" / dsl / "test.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     return list(itertools.islice(itertools.cycle(rows), n))
 
 
@@ -35,11 +34,12 @@ def serving(settings: Settings) -> GenerateServing:
     return build_serving(settings)
 
 
-async def prompts(serving: GenerateServing, n: int, **request) -> list[Prepared]:
-    """``n`` prepared flow requests (``request``: more GenerateRequest fields, e.g. adapter, examples)."""
+async def prompts(serving: GenerateServing, n: int, *, dsl: str = "flow", **request) -> list[Prepared]:
+    """``n`` prepared requests of ``dsl`` (``request``: more GenerateRequest fields, e.g. adapter, examples)."""
     prepared = []
-    for row in test_rows(n):
-        job = await serving.start(DEVELOPER, GenerateRequest(dsl="flow", text=row["text"], **request))
+    for row in test_rows(n, dsl):
+        context = {"context": row["context"]} if "context" in row else {}  # sql rows carry their schema
+        job = await serving.start(DEVELOPER, GenerateRequest(dsl=dsl, text=row["text"], **context, **request))
         job.release()  # only its prompt is used, by the raw engine
         prepared.append(job)
     return prepared
