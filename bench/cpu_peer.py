@@ -220,34 +220,27 @@ async def main_async() -> None:
             # A connection per request: llama-server closes kept-alive ones after a few requests.
             clients = {t: httpx.AsyncClient(base_url=u, timeout=600, limits=httpx.Limits(max_keepalive_connections=0))
                        for t, u in urls.items()}
+            peers = {t: f"llama.cpp, {t} thread{'s' if t > 1 else ''}" for t in THREADS}
             for concurrency in LOADS:
                 progress(f"concurrency {concurrency}: time per output token")
                 cases = {"nl2dsl engine": _engine_tpot(engine.llm, prompts, concurrency)}
-                cases |= {f"llama.cpp, {t} thread{'s' if t > 1 else ''}": _llama_tpot(clients[t], prompts,
-                                                                                    concurrency)
-                          for t in THREADS}
+                cases |= {peers[t]: _llama_tpot(clients[t], prompts, concurrency) for t in THREADS}
                 medians = await interleaved(cases, REPEATS, warmup=True)
                 for name, value in medians.items():
                     facts[f"time per output token at concurrency {concurrency}, {name} (ms)"] = round(value, 1)
-                for t in THREADS:
-                    peer = f"llama.cpp, {t} thread{'s' if t > 1 else ''}"
-                    comparisons.append(Comparison(
-                        "CPU peer (time per output token)", f"concurrency {concurrency}", medians["nl2dsl engine"],
-                        medians[peer], "ms", ("nl2dsl engine (vLLM)", peer), higher_is_better=False,
-                        goal="<= 1.5" if concurrency == 1 and t == cores else "",
-                        note=f"same F32 weights and prompt tokens, greedy, {TOKENS} tokens; engine on {cores} cores"))
-                    if concurrency == 1:
-                        comparisons.append(Comparison(
-                            "against the limit (concurrency 1)", "time per output token", medians[peer], floor_ms,
-                            "ms",
-                            (peer, "weights / memory bandwidth"), higher_is_better=False,
-                            note="1.00 would read every weight once per token at the measured bandwidth"))
+                comparisons += [Comparison(
+                    "CPU peer (time per output token)", f"concurrency {concurrency}", medians["nl2dsl engine"],
+                    medians[peer], "ms", ("nl2dsl engine (vLLM)", peer), higher_is_better=False,
+                    goal="<= 1.5" if concurrency == 1 and t == cores else "",
+                    note=f"same F32 weights and prompt tokens, greedy, {TOKENS} tokens; engine on {cores} cores")
+                    for t, peer in peers.items()]
                 if concurrency == 1:
-                    comparisons.append(Comparison(
-                        "against the limit (concurrency 1)", "time per output token", medians["nl2dsl engine"],
-                        floor_ms, "ms", ("nl2dsl engine (vLLM)", "weights / memory bandwidth"),
-                        higher_is_better=False,
-                        note="1.00 would read every weight once per token at the measured bandwidth"))
+                    comparisons += [Comparison(
+                        "against the limit (concurrency 1)", "time per output token", medians[case], floor_ms, "ms",
+                        (label, "weights / memory bandwidth"), higher_is_better=False,
+                        note="1.00 would read every weight once per token at the measured bandwidth")
+                        for case, label in [*((p, p) for p in peers.values()),
+                                            ("nl2dsl engine", "nl2dsl engine (vLLM)")]]
             for client in clients.values():
                 await client.aclose()
     save("cpu_peer", COMMAND, comparisons, facts)
