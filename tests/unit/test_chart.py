@@ -83,3 +83,28 @@ def test_the_cpu_profile_binds_every_core_and_the_schema_refuses_a_malformed_bin
     with pytest.raises(subprocess.CalledProcessError) as failure:
         _render("cpu", sets=("engine.cpuThreadsBind=cores 0 and 1",))
     assert "cpuThreadsBind" in failure.value.stderr
+
+
+def test_the_cpu_profile_mounts_no_model_volume():
+    """The embedded model is inside the cpu image: a claim for the Mistral weights would keep its pod pending."""
+    (deployment,) = _kind(_render("cpu"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert "NL2DSL_MODEL" not in _engine_env(_render("cpu"))
+    (gpu,) = _kind(_render("gpu"), "Deployment")
+    assert any("persistentVolumeClaim" in v for v in gpu["spec"]["template"]["spec"]["volumes"])
+
+
+def test_keys_given_in_the_values_reach_the_service_as_a_keys_file_it_reads(tmp_path):
+    from service.security import KeyStore, hash_key
+
+    digest = hash_key("s3cret")
+    docs = _render("cpu", sets=(f"apiKeys.keys[0].sha256={digest}", "apiKeys.keys[0].tenant=contoso",
+                                "apiKeys.keys[0].dsls[0]=flow"))
+    (secret,) = _kind(docs, "Secret")
+    (tmp_path / "api-keys.yaml").write_text(secret["stringData"]["api-keys.yaml"])
+    caller = KeyStore(tmp_path / "api-keys.yaml").authenticate({"authorization": "Bearer s3cret"})
+    assert (caller.tenant, caller.may_use_dsl("flow"), caller.may_use_dsl("sql")) == ("contoso", True, False)
+    with pytest.raises(subprocess.CalledProcessError) as failure:  # a key in clear text is refused
+        _render("cpu", sets=("apiKeys.keys[0].sha256=s3cret", "apiKeys.keys[0].tenant=contoso"))
+    assert "sha256" in failure.value.stderr
