@@ -35,7 +35,7 @@ from service.api.openai import router as openai
 from service.api.request_metrics import GenerateMetricsMiddleware
 from service.api.same_origin import SameOriginMiddleware
 from service.config import Settings
-from service.engine import Engine, EngineSlot, GenerationParams, open_engine
+from service.engine import IMPORT_LOCK, Engine, EngineSlot, GenerationParams, open_engine
 from service.errors import NL2DSLError
 from service.grammars import GrammarRegistry, GrammarSandbox, TenantConfigs
 from service.grammars.uploads import DSLPublisher
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 log.info("starting the engine")
                 opening = asyncio.create_task(stack.enter_async_context(open_engine(settings, model=slot.model)))
                 stack.push_async_callback(_cancel, opening)
-            app.state.serving = serving = await asyncio.to_thread(build_serving, settings, slot)
+            app.state.serving = serving = await asyncio.to_thread(_build_serving_after_imports, settings, slot)
             app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
             app.state.engine_slot = serving.engine
             stack.push_async_callback(serving.grammars.sandbox.close)
@@ -125,6 +125,11 @@ def _own_url(settings: Settings) -> str:
     """This replica's API, as a child process on the same machine reaches it."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     return f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
+
+
+def _build_serving_after_imports(settings: Settings, slot: EngineSlot) -> GenerateServing:
+    with IMPORT_LOCK:
+        return build_serving(settings, slot)
 
 
 def build_serving(settings: Settings, slot: EngineSlot | None = None) -> GenerateServing:

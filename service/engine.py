@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -174,6 +175,13 @@ class EngineSlot:
         return self.engine
 
 
+#: Held while a thread imports vLLM, and while the request path is built beside it: two threads importing the same
+#: packages at once can meet one half-imported (transformers' and accelerate's circular imports: an ImportError at
+#: start-up, seen when the image first ran). The request path is built once vLLM is imported, while the engine's
+#: processes start.
+IMPORT_LOCK = threading.Lock()
+
+
 @asynccontextmanager
 async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine]:
     """Start the AsyncLLM for ``model`` (a local folder) and always shut it down afterwards."""
@@ -195,6 +203,9 @@ async def open_engine(settings: Settings, *, model: str) -> AsyncIterator[Engine
         yield Engine(llm, model=model, startup_s=time.monotonic() - started, max_cpu_loras=settings.max_cpu_loras)
     finally:
         llm.shutdown()
+        # Once is enough: AsyncLLM.__del__ shuts down again, and at interpreter exit (the app still holds the
+        # engine) vLLM's module globals are gone by then: a TypeError traceback as the last line of every stop.
+        llm.shutdown = lambda *args, **kwargs: None
 
 
 def _start_async_llm(settings: Settings, model: str):
@@ -202,8 +213,9 @@ def _start_async_llm(settings: Settings, model: str):
     # The vLLM CPU backend reads its KV-cache size and its cores from the environment: set before it starts.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(settings.cpu_threads_bind)
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
+    with IMPORT_LOCK:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
     return AsyncLLM.from_engine_args(AsyncEngineArgs(
         model=model,

@@ -111,6 +111,9 @@ def _convert_gguf(gguf: Path, out: Path, *, progress: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # safetensors writes its file 0600: whoever serves the model reads it too (the image's non-root user).
+    for file in out.iterdir():
+        file.chmod(0o644)
 
 
 def _say(enabled: bool, message: str) -> None:
