@@ -116,13 +116,15 @@ deploy-check: install $(HELM)
 
 # The cpu image built and run for real (docs/DEPLOY.md): podman builds the Dockerfile on a debootstrapped stand-in
 # for its Python base (no registry is reachable here), then runs it as the chart's cpu profile would, asks it for
-# flow and sql, and drains it with SIGTERM. About 5 min; not part of `make test`.
+# flow and sql, and drains it with SIGTERM. About 5 min; not part of `make test`. IMAGE_FLAVOR=gpu: the gpu flavour
+# on a stand-in for the CUDA image, checked as far as a machine without a GPU allows (after the cpu one; ~10 GB).
 IMAGE_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap
+IMAGE_FLAVOR ?= cpu
 image-check: install $(HELM)
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(IMAGE_PACKAGES); }
-	$(SUDO) $(BIN)/python deploy/tools/image_check.py
+	$(SUDO) $(BIN)/python deploy/tools/image_check.py --flavor $(IMAGE_FLAVOR)
 
 grammar-check: install
 	$(BIN)/nl2dsl grammar check

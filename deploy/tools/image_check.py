@@ -14,12 +14,15 @@
    flow, sql and its own DSL with its key; the code is parsed here, with the same grammars.
 7. drain: SIGTERM with generations in flight: each one finishes, new connections are refused, the exit code is 0.
 
-Writes reports/image-check/{build.log,container.log,result.json}; exits 1 when a check fails.
+``--flavor gpu`` builds the gpu flavour on a debootstrapped stand-in for the CUDA image (its Ubuntu release,
+without CUDA's own libraries) and checks what runs without a GPU: the install, the imports, ``nl2dsl serve``'s
+answer. Writes reports/image-check/ (build and container logs, result-<flavor>.json); exits 1 when a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -34,6 +37,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -57,6 +61,7 @@ JSON_DSL = {
                "%import common.ESCAPED_STRING\n%import common.SIGNED_NUMBER\n%import common.WS\n%ignore WS\n",
     "examples": [{"text": "a cat called Tom", "code": '{"name": "Tom", "kind": "cat"}'}],
 }
+UBUNTU = {"22.04": "jammy", "24.04": "noble"}
 REQUESTS = {
     "flow": {"dsl": "flow", "text": "when a form is submitted, post the answers to #sales"},
     "sql": {"dsl": "sql", "text": "count the orders per customer", "context": "orders(id, customer_id, total)"},
@@ -83,31 +88,83 @@ def python_base(dockerfile: Path) -> tuple[str, str]:
     return found.group(2), found.group(1)
 
 
-def ensure_base(release: str, python: str, mirror: str) -> str:
-    """A local stand-in for python:<python>-slim-<release>: debootstrapped, Debian's Python, apt lists removed."""
-    tag = f"localhost/nl2dsl-base:python{python}-{release}"
+def cuda_base(dockerfile: Path) -> str:
+    """The Ubuntu release of the Dockerfile's default ``CUDA_IMAGE`` (nvidia/cuda:<version>-runtime-ubuntuYY.MM)."""
+    found = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-ubuntu(\d+\.\d+)\s*$", dockerfile.read_text(), re.M)
+    if not found or found.group(1) not in UBUNTU:
+        raise SystemExit(f"Dockerfile: ARG CUDA_IMAGE=nvidia/cuda:<version>-ubuntu<one of {sorted(UBUNTU)}> not found")
+    return UBUNTU[found.group(1)]
+
+
+def ensure_base(tag: str, release: str, mirror: str, *, include: tuple[str, ...] = (), keyring: Path | None = None,
+                check: Callable[[Path], None] | None = None) -> str:
+    """A debootstrapped image of ``release`` (minbase + ``include``), apt lists removed, made once."""
     if run("podman", "image", "exists", tag, check=False).returncode == 0:
         say(f"base image {tag} already here")
         return tag
     with tempfile.TemporaryDirectory(prefix="nl2dsl-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         say(f"debootstrap {release} from {mirror} (about a minute) ...")
-        subprocess.run(["debootstrap", "--variant=minbase",
-                        "--include=python3,python3-venv,python-is-python3,ca-certificates",
-                        release, str(rootfs), mirror], check=True, stdout=subprocess.DEVNULL)
-        version = run("chroot", str(rootfs), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
-        if version.stdout.strip() != python:
-            raise SystemExit(f"Debian {release} has Python {version.stdout.strip()}, the Dockerfile's base {python}")
+        options = ["--variant=minbase"] + ([f"--include={','.join(include)}"] if include else [])
+        options += [f"--keyring={keyring}"] if keyring else []
+        # Debian's debootstrap knows Ubuntu releases up to its own; every Ubuntu release uses the "gutsy" script.
+        script = [] if (Path("/usr/share/debootstrap/scripts") / release).exists() else [
+            "/usr/share/debootstrap/scripts/gutsy"]
+        subprocess.run(["debootstrap", *options, release, str(rootfs), mirror, *script], check=True,
+                       stdout=subprocess.DEVNULL)
+        if check:
+            check(rootfs)
         for leftovers in ("var/lib/apt/lists", "var/cache/apt"):
             shutil.rmtree(rootfs / leftovers)
             (rootfs / leftovers).mkdir()
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["podman", "import", "--change", "ENV=LANG=C.UTF-8", "--change", 'CMD=["python3"]',
-                        "-", tag], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["podman", "import", "--change", "ENV=LANG=C.UTF-8", "-", tag], stdin=tar.stdout,
+                       check=True, stdout=subprocess.DEVNULL)
         if tar.wait() != 0:
             raise SystemExit("tar of the debootstrapped tree failed")
     say(f"base image {tag} made")
     return tag
+
+
+def python_stand_in(mirror: str) -> str:
+    """For python:X.Y-slim-<release>: Debian's own Python of that release, which must be X.Y."""
+    release, python = python_base(ROOT / "Dockerfile")
+
+    def same_python(rootfs: Path) -> None:
+        found = run("chroot", str(rootfs), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+        if found.stdout.strip() != python:
+            raise SystemExit(f"Debian {release} has Python {found.stdout.strip()}, the Dockerfile's base {python}")
+
+    return ensure_base(f"localhost/nl2dsl-base:python{python}-{release}", release, mirror,
+                       include=("python3", "python3-venv", "python-is-python3", "ca-certificates"), check=same_python)
+
+
+def cuda_stand_in(mirror: str) -> str:
+    """For nvidia/cuda:<version>-runtime-ubuntu<release>: that Ubuntu release, without CUDA's libraries (torch's
+    wheels carry the ones it loads). Ubuntu's keyring comes from the release's own index, over HTTPS."""
+    release = cuda_base(ROOT / "Dockerfile")
+    tag = f"localhost/nl2dsl-base:ubuntu-{release}"
+    if run("podman", "image", "exists", tag, check=False).returncode == 0:
+        return ensure_base(tag, release, mirror)
+    with tempfile.TemporaryDirectory(prefix="nl2dsl-keyring-") as tmp:
+        index = httpx.get(f"{mirror.replace('http:', 'https:')}/dists/{release}/main/binary-amd64/Packages.gz",
+                          timeout=60).raise_for_status()
+        stanza = re.search(r"^Package: ubuntu-keyring\n.*?\n\n", gzip.decompress(index.content).decode(), re.M | re.S)
+        filename = re.search(r"^Filename: (\S+)$", stanza.group(0), re.M).group(1)
+        sha256 = re.search(r"^SHA256: (\S+)$", stanza.group(0), re.M).group(1)
+        deb = httpx.get(f"{mirror.replace('http:', 'https:')}/{filename}", timeout=60).raise_for_status().content
+        if hashlib.sha256(deb).hexdigest() != sha256:
+            raise SystemExit(f"{filename}: SHA256 differs from the release's index")
+        (Path(tmp) / "keyring.deb").write_bytes(deb)
+        run("dpkg-deb", "-x", str(Path(tmp) / "keyring.deb"), tmp)
+
+        def ubuntu_sources(rootfs: Path) -> None:  # as in Ubuntu's own images: every pocket and component
+            (rootfs / "etc/apt/sources.list").write_text("".join(
+                f"deb {mirror} {release}{pocket} main restricted universe multiverse\n"
+                for pocket in ("", "-updates", "-backports", "-security")))
+
+        return ensure_base(tag, release, mirror, keyring=Path(tmp) / "usr/share/keyrings/ubuntu-archive-keyring.gpg",
+                           check=ubuntu_sources)
 
 
 # ------------------------------------------------------------------------------------------------ 2. build
@@ -155,15 +212,15 @@ def pip_build_config(listing: str, out: Path) -> list[str]:
     return volumes
 
 
-def build(tag: str, base: str, log: Path) -> float:
-    """Build the cpu flavour; progress is the Dockerfile's steps. Returns the seconds it took."""
+def build(tag: str, flavor: str, base_arg: str, log: Path) -> float:
+    """Build ``flavor`` with ``base_arg`` (NAME=image); progress is the Dockerfile's steps. Returns the seconds."""
     with tempfile.TemporaryDirectory(prefix="nl2dsl-pip-") as tmp:
         listing = run(sys.executable, "-m", "pip", "config", "list").stdout
         pip_volumes = pip_build_config(listing, Path(tmp))
         os.chmod(tmp, 0o755)
         # --format docker: OCI images have no HEALTHCHECK, and the Dockerfile's must survive.
         command = ["podman", "build", "--runtime", RUNTIME, "--network", "host", "--format", "docker",
-                   "--build-arg", "FLAVOR=cpu", "--build-arg", f"PYTHON_IMAGE={base}", *pip_volumes,
+                   "--build-arg", f"FLAVOR={flavor}", "--build-arg", base_arg, *pip_volumes,
                    "--tag", tag, str(ROOT)]
         say(f"podman build (log: {log.relative_to(ROOT)}) ...")
         started = time.monotonic()
@@ -446,28 +503,75 @@ def check(results: dict) -> list[str]:
     return failures
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", default=None, help="default: localhost/nl2dsl:<version>-cpu")
-    parser.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for debootstrap")
-    parser.add_argument("--skip-build", action="store_true", help="check an image built before")
-    parser.add_argument("--keep", action="store_true", help="leave the stopped container for inspection")
-    args = parser.parse_args(argv)
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    tag = args.tag or f"localhost/nl2dsl:{version}-cpu"
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    results: dict = {"image": tag}
+_GPU_SMOKE = """
+import json, torch, vllm
+from service.app import create_app
+from service.config import Settings
+create_app(Settings(auth="off"))
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "vllm": vllm.__version__,
+                  "gpus": torch.cuda.device_count()}))
+"""
 
-    release, python = python_base(ROOT / "Dockerfile")
-    results["base"] = ensure_base(release, python, args.mirror)
-    if not args.skip_build:
-        results["build_s"] = round(build(tag, results["base"], REPORTS / "build.log"))
-        say(f"built {tag} in {results['build_s']} s")
-    results["lean"] = inspect_image(tag)
-    lean = results["lean"]
-    say(f"image: {lean['size_mb']} MB; compilers {lean['compilers'] or 'none'}, test packages "
-        f"{lean['test_packages'] or 'none'}, pip caches {lean['pip_caches'] or 'none'}")
 
+def _copy_embedded_model(cpu_tag: str, into: Path) -> str:
+    """Copy the converted embedded model out of the cpu image (built first) into ``into``; its folder name."""
+    container = run("podman", "create", cpu_tag).stdout.strip()
+    try:
+        run("podman", "cp", f"{container}:/opt/nl2dsl/models/.", str(into))
+    finally:
+        run("podman", "rm", container, check=False)
+    (folder,) = [p for p in into.iterdir() if p.is_dir()]
+    into.chmod(0o755)
+    return folder.name
+
+
+def _probes_after_failure(url: str, timeout_s: float) -> dict:
+    """What the probes say once the engine has failed: /healthz 503 (the kubelet restarts the pod), /readyz why."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{url}/healthz", timeout=5)
+            if health.status_code == 503:
+                ready = httpx.get(f"{url}/readyz", timeout=5)
+                return {"healthz": 503, "readyz": ready.status_code,
+                        "reason": ready.json().get("error", {}).get("message")}
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    return {"healthz": "still 200 or no answer", "after_s": timeout_s}
+
+
+def check_gpu(tag: str, results: dict) -> list[str]:
+    """The gpu flavour without a GPU: what it installed, that the service imports and builds its app as the chart's
+    user with a read-only root, and that ``nl2dsl serve`` without a GPU fails its liveness probe with the reason."""
+    user = ["--user", "10001:10001", "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL"]
+    base = ["podman", "run", "--runtime", RUNTIME, "--rm", *host_ulimits(), *user, "--tmpfs", "/tmp"]
+    smoke = run(*base, "--entrypoint", "python", tag, "-c", _GPU_SMOKE, check=False)
+    results["imports"] = json.loads(smoke.stdout.splitlines()[-1]) if smoke.returncode == 0 else smoke.stderr[-2000:]
+    say(f"imports as uid 10001, read-only root: {results['imports']}")
+    with tempfile.TemporaryDirectory(prefix="nl2dsl-model-") as models:
+        # The model as the chart mounts one (read-only, NL2DSL_MODEL): the cpu image's converted SmolLM2.
+        model = _copy_embedded_model(tag.rsplit("-", 1)[0] + "-cpu", Path(models))
+        name, port = f"nl2dsl-image-check-gpu-{os.getpid()}", free_port()
+        run("podman", "run", "--runtime", RUNTIME, "--detach", "--name", name, *host_ulimits(), *user,
+            "--tmpfs", "/tmp", "--env", "HOME=/tmp", "--volume", f"{models}:/models:ro",
+            "--env", f"NL2DSL_MODEL=/models/{model}", "--publish", f"127.0.0.1:{port}:8000", tag, "--port", "8000")
+        try:
+            results["serve_without_gpu"] = _probes_after_failure(f"http://127.0.0.1:{port}", timeout_s=300)
+        finally:
+            (REPORTS / "container-gpu.log").write_text(run("podman", "logs", name, check=False).stdout)
+            run("podman", "rm", "--force", name, check=False)
+    say(f"nl2dsl serve without a GPU: {results['serve_without_gpu']}")
+    failures = [] if smoke.returncode == 0 else [f"the service does not import: {results['imports']}"]
+    if results["serve_without_gpu"].get("healthz") != 503:
+        failures.append(f"no GPU, yet the liveness probe does not fail: {results['serve_without_gpu']}")
+    if results["lean"]["test_packages"] or results["lean"]["pip_caches"]:
+        failures.append(f"not lean: {results['lean']}")
+    return failures
+
+
+def check_cpu(tag: str, results: dict, keep: bool) -> list[str]:
+    """The cpu flavour run as the chart's cpu profile: ready, used, drained."""
     key = secrets.token_urlsafe(24)
     keys = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": TENANT}]
     repository, _, image_tag = tag.rpartition(":")
@@ -504,14 +608,44 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             run("podman", "stop", "--time", "5", name, check=False)
             logs.wait(timeout=30)
-            if not args.keep:
+            if not keep:
                 run("podman", "rm", "--force", name, check=False)
     results["container_log_tracebacks"] = (REPORTS / "container.log").read_text().count("Traceback")
-    (REPORTS / "result.json").write_text(json.dumps(results, indent=2) + "\n")
-    failures = check(results)
+    return check(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flavor", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: built on a stand-in for the CUDA image and checked as far as no GPU allows")
+    parser.add_argument("--tag", default=None, help="default: localhost/nl2dsl:<version>-<flavor>")
+    parser.add_argument("--mirror", default=None, help="for debootstrap (default: Debian's or Ubuntu's archive)")
+    parser.add_argument("--skip-build", action="store_true", help="check an image built before")
+    parser.add_argument("--keep", action="store_true", help="leave the stopped container for inspection")
+    args = parser.parse_args(argv)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    tag = args.tag or f"localhost/nl2dsl:{version}-{args.flavor}"
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    results: dict = {"image": tag}
+
+    if args.flavor == "cpu":
+        results["base"] = python_stand_in(args.mirror or "http://deb.debian.org/debian")
+        base_arg = f"PYTHON_IMAGE={results['base']}"
+    else:
+        results["base"] = cuda_stand_in(args.mirror or "http://archive.ubuntu.com/ubuntu")
+        base_arg = f"CUDA_IMAGE={results['base']}"
+    if not args.skip_build:
+        results["build_s"] = round(build(tag, args.flavor, base_arg, REPORTS / f"build-{args.flavor}.log"))
+        say(f"built {tag} in {results['build_s']} s")
+    results["lean"] = lean = inspect_image(tag)
+    say(f"image: {lean['size_mb']} MB; compilers {lean['compilers'] or 'none'}, test packages "
+        f"{lean['test_packages'] or 'none'}, pip caches {lean['pip_caches'] or 'none'}")
+
+    failures = check_cpu(tag, results, args.keep) if args.flavor == "cpu" else check_gpu(tag, results)
+    (REPORTS / f"result-{args.flavor}.json").write_text(json.dumps(results, indent=2) + "\n")
     for failure in failures:
         say("FAILED: " + failure)
-    say("passed" if not failures else f"{len(failures)} check(s) failed; {REPORTS / 'result.json'}")
+    say("passed" if not failures else f"{len(failures)} check(s) failed; {REPORTS / f'result-{args.flavor}.json'}")
     return 1 if failures else 0
 
 
