@@ -496,7 +496,8 @@ def check(results: dict) -> list[str]:
         if result["status"] != 200 or not result["parses_here"]:
             failures.append(f"generate {dsl}: {result}")
     d = results["drain"]
-    if d["finished"] != d["sent"] or not d["new_connection_refused"] or d["exit_code"] != 0:
+    if d["in_flight_at_sigterm"] < 1 or d["finished"] != d["sent"] or not d["new_connection_refused"] \
+            or d["exit_code"] != 0:
         failures.append(f"drain: {d}")
     if results["container_log_tracebacks"]:
         failures.append("the container's log has a traceback")
@@ -515,6 +516,8 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "vllm"
 
 def _copy_embedded_model(cpu_tag: str, into: Path) -> str:
     """Copy the converted embedded model out of the cpu image (built first) into ``into``; its folder name."""
+    if run("podman", "image", "exists", cpu_tag, check=False).returncode != 0:
+        raise SystemExit(f"{cpu_tag} is missing: the gpu check borrows its model, run `make image-check` first")
     container = run("podman", "create", cpu_tag).stdout.strip()
     try:
         run("podman", "cp", f"{container}:/opt/nl2dsl/models/.", str(into))
