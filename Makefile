@@ -124,7 +124,7 @@ image-check: install $(HELM)
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(IMAGE_PACKAGES); }
-	$(SUDO) $(BIN)/python deploy/tools/image_check.py --flavor $(IMAGE_FLAVOR)
+	$(SUDO) $(BIN)/python -m deploy.image_check --flavor $(IMAGE_FLAVOR)
 
 grammar-check: install
 	$(BIN)/nl2dsl grammar check

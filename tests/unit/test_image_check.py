@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.tools.image_check import pip_build_config, podman_run_args
+from deploy.image_check.build import pip_build_config
+from deploy.image_check.pod import podman_run_args
 from service.config import PROJECT_ROOT
 from tests.unit.test_chart import _render
 
