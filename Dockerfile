@@ -6,6 +6,8 @@
 # root filesystem is read-only) and answer GET /healthz for the health check.
 
 ARG FLAVOR=gpu
+# vllm==0.32.0 brings torch 2.13.0+cu130 with CUDA 13's own libraries: GPU nodes need a driver for CUDA 13 (580 or
+# newer), whatever this base carries (docs/DEPLOY.md, "The gpu flavour").
 ARG CUDA_IMAGE=nvidia/cuda:12.9.1-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
