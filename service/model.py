@@ -48,6 +48,9 @@ def embedded_model_dir(cache_dir: Path, *, progress: bool = True) -> Path:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     _convert_gguf(gguf, tmp, progress=progress)
+    # safetensors writes its file 0600: whoever serves the model reads it too (the image's non-root user).
+    for file in tmp.iterdir():
+        file.chmod(0o644)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # atomic: a half-converted folder is never taken for a model
     _say(progress, f"[nl2dsl] converted in {time.monotonic() - started:.0f} s")
@@ -111,9 +114,6 @@ def _convert_gguf(gguf: Path, out: Path, *, progress: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    # safetensors writes its file 0600: whoever serves the model reads it too (the image's non-root user).
-    for file in out.iterdir():
-        file.chmod(0o644)
 
 
 def _say(enabled: bool, message: str) -> None:
