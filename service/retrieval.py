@@ -11,6 +11,7 @@ For catalog DSLs (flow) :func:`catalog_hints` also picks the operations a reques
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ class ExampleIndex:
     def __init__(self, examples: Sequence[Example]) -> None:
         import bm25s
 
+        # bm25s sets its own logger to DEBUG when imported: a line per index in the service's log, else.
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.examples = list(examples)
         self._bm25 = bm25s.BM25()
         if self.examples:

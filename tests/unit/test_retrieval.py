@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from service.config import Settings
 from service.grammars import Example, GrammarRegistry
@@ -41,3 +42,20 @@ def test_catalog_hints_pick_the_mentioned_connectors():
     names = [op.full_name for op in catalog_hints(catalog, "when a ticket is created, send an email to ops")]
     assert "email.send" in names and any(n.startswith("tickets.") for n in names)
     assert catalog_hints(catalog, "zzz qqq") == []
+
+
+def test_building_an_index_writes_no_debug_lines_into_the_service_log():
+    """The service logs at INFO (basicConfig); bm25s sets its own logger to DEBUG and would print every index."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        ExampleIndex([Example(text="when a form is submitted", code="x")])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert not [r for r in records if r.name.startswith("bm25s")]
