@@ -22,7 +22,6 @@ answer. Writes reports/image-check/ (build and container logs, result-<flavor>.j
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import secrets
@@ -34,10 +33,12 @@ import tomllib
 from pathlib import Path
 
 from deploy.image_check.build import build, inspect_image
-from deploy.image_check.pod import free_port, podman_run_args, render_chart
-from deploy.image_check.process import REPORTS, ROOT, RUNTIME, host_ulimits, run, say
+from deploy.image_check.pod import podman_run_args, render_chart
+from deploy.image_check.process import REPORTS, ROOT, podman_run, run, say
 from deploy.image_check.stand_ins import cuda_stand_in, python_stand_in
 from deploy.image_check.use import JSON_DSL, REQUESTS, drain, generate, probes_after_failure, publish, wait_ready
+from service.local_server import free_port
+from service.security import hash_key
 
 TENANT = "image-check"
 
@@ -91,17 +92,17 @@ def check_gpu(tag: str, results: dict) -> list[str]:
     """The gpu flavour without a GPU: what it installed, that the service imports and builds its app as the chart's
     user with a read-only root, and that ``nl2dsl serve`` without a GPU fails its liveness probe with the reason."""
     user = ["--user", "10001:10001", "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL"]
-    base = ["podman", "run", "--runtime", RUNTIME, "--rm", *host_ulimits(), *user, "--tmpfs", "/tmp"]
-    smoke = run(*base, "--entrypoint", "python", tag, "-c", _GPU_SMOKE, check=False)
+    smoke = run(*podman_run("--rm", *user, "--tmpfs", "/tmp", "--entrypoint", "python"), tag, "-c", _GPU_SMOKE,
+                check=False)
     results["imports"] = json.loads(smoke.stdout.splitlines()[-1]) if smoke.returncode == 0 else smoke.stderr[-2000:]
     say(f"imports as uid 10001, read-only root: {results['imports']}")
     with tempfile.TemporaryDirectory(prefix="nl2dsl-model-") as models:
         # The model as the chart mounts one (read-only, NL2DSL_MODEL): the cpu image's converted SmolLM2.
         model = _copy_embedded_model(tag.rsplit("-", 1)[0] + "-cpu", Path(models))
         name, port = f"nl2dsl-image-check-gpu-{os.getpid()}", free_port()
-        run("podman", "run", "--runtime", RUNTIME, "--detach", "--name", name, *host_ulimits(), *user,
-            "--tmpfs", "/tmp", "--env", "HOME=/tmp", "--volume", f"{models}:/models:ro",
-            "--env", f"NL2DSL_MODEL=/models/{model}", "--publish", f"127.0.0.1:{port}:8000", tag, "--port", "8000")
+        run(*podman_run("--detach", "--name", name, *user, "--tmpfs", "/tmp", "--env", "HOME=/tmp",
+                        "--volume", f"{models}:/models:ro", "--env", f"NL2DSL_MODEL=/models/{model}",
+                        "--publish", f"127.0.0.1:{port}:8000"), tag, "--port", "8000")
         try:
             results["serve_without_gpu"] = probes_after_failure(f"http://127.0.0.1:{port}", timeout_s=300)
         finally:
@@ -119,7 +120,7 @@ def check_gpu(tag: str, results: dict) -> list[str]:
 def check_cpu(tag: str, results: dict, keep: bool) -> list[str]:
     """The cpu flavour run as the chart's cpu profile: ready, used, drained."""
     key = secrets.token_urlsafe(24)
-    keys = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": TENANT}]
+    keys = [{"sha256": hash_key(key), "tenant": TENANT}]
     repository, _, image_tag = tag.rpartition(":")
     objects = render_chart({"image": {"repository": repository, "tag": image_tag}, "apiKeys": {"keys": keys}})
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
@@ -134,8 +135,7 @@ def check_cpu(tag: str, results: dict, keep: bool) -> list[str]:
         container_args = pod["containers"][0].get("args", [])
         say(f"podman run as the chart's cpu profile: {' '.join(options)}")
         started = time.monotonic()
-        run("podman", "run", "--runtime", RUNTIME, "--detach", "--name", name, *host_ulimits(), *options, tag,
-            *container_args)
+        run(*podman_run("--detach", "--name", name, *options), tag, *container_args)
         logs = subprocess.Popen(["podman", "logs", "--follow", name], stdout=(REPORTS / "container.log").open("w"),
                                 stderr=subprocess.STDOUT)
         try:

@@ -13,7 +13,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from deploy.image_check.process import ROOT, RUNTIME, host_ulimits, run, say
+from deploy.image_check.process import ROOT, RUNTIME, podman_run, run, say
 
 #: pip settings carried into the build; files are copied next to pip.conf, local indexes mounted read-only.
 _PIP_FILES = ("cert", "constraint")
@@ -105,9 +105,9 @@ def dev_packages() -> list[str]:
 def inspect_image(tag: str) -> dict:
     """Size, what must not be in it, and the largest installed packages."""
     size = int(run("podman", "image", "inspect", "--format", "{{.Size}}", tag).stdout)
-    base = ["podman", "run", "--runtime", RUNTIME, "--rm", *host_ulimits(), "--user", "0", "--entrypoint"]
-    found = json.loads(run(*base, "python", tag, "-c", _INSPECT, ",".join(dev_packages())).stdout)
-    largest = run(*base, "sh", tag, "-c",
+    as_root = podman_run("--rm", "--user", "0", "--entrypoint")
+    found = json.loads(run(*as_root, "python", tag, "-c", _INSPECT, ",".join(dev_packages())).stdout)
+    largest = run(*as_root, "sh", tag, "-c",
                   "du -sm /opt/venv/lib/python3*/site-packages/* /opt/nl2dsl | sort -n | tail -8").stdout
     found["size_mb"] = round(size / 1e6)
     found["largest_mb"] = {Path(p).name: int(mb) for mb, p in (line.split() for line in largest.splitlines())}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -118,9 +117,3 @@ def podman_run_args(objects: list[dict], files: Path, ports: dict[int, int], cpu
     for port in container.get("ports", []):
         args += ["--publish", f"127.0.0.1:{ports[port['containerPort']]}:{port['containerPort']}"]
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -21,7 +21,7 @@ def run(*command: str, check: bool = True, **kwargs) -> subprocess.CompletedProc
     return subprocess.run(command, check=check, text=True, capture_output=True, **kwargs)
 
 
-def host_ulimits() -> list[str]:
+def _ulimits() -> list[str]:
     """podman's default open-files and process limits, lowered to this machine's hard limits where they are
     lower (raising a hard limit is refused in some sandboxes, this one among them)."""
     limits = []
@@ -30,3 +30,8 @@ def host_ulimits() -> list[str]:
         value = default if hard == resource.RLIM_INFINITY else min(default, hard)
         limits += ["--ulimit", f"{name}={value}:{value}"]
     return limits
+
+
+def podman_run(*options: str) -> list[str]:
+    """``podman run`` on this machine (its runtime and limits) with ``options``, image and arguments after them."""
+    return ["podman", "run", "--runtime", RUNTIME, *_ulimits(), *options]

@@ -47,14 +47,10 @@ def parses(dsl: str, code: str) -> bool:
     import lark
 
     from service.grammars import load_grammar_file
+    from service.grammars.grammar import parse_with
 
     if dsl == JSON_DSL["name"]:
-        parser = lark.Lark(JSON_DSL["grammar"], parser="earley")
-        try:
-            parser.parse(code)
-            return True
-        except lark.LarkError:
-            return False
+        return parse_with(lark.Lark(JSON_DSL["grammar"], parser="earley"), code).valid
     return load_grammar_file(ROOT / "grammars" / f"{dsl}.lark").parse(code).valid
 
 
