@@ -8,6 +8,8 @@ two random ones, and one that claims another base model.
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from service.security import hash_key
 from tests.helpers import make_random_adapter
 
 STARTUP_TIMEOUT_S = 300
+#: How long the interpreter may take to exit once the run is over.
+EXIT_GRACE_S = 120
 
 
 #: The test server's API keys (stored hashed in its keys file): an admin and three tenants.
@@ -68,6 +72,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     repeated = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
     if repeated:
         raise pytest.UsageError(f"tests share an id, so a tool picking tests by id would run one of each: {repeated}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A run that is over must also end. Past ``EXIT_GRACE_S`` every thread's stack is printed and the process
+    exits 1: a thread left blocked (a lifespan never shut down, a worker waiting on a lock) otherwise holds the
+    interpreter's exit until CI's own limit, with nothing to say which."""
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

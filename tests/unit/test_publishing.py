@@ -3,6 +3,7 @@ adapters published as archives. Around a fake engine; the grammar sandbox and th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import io
 import json
@@ -42,20 +43,18 @@ def replica(tmp_path):
     (cache / "models").symlink_to(Path(Settings().cache_dir) / "models")
     keys = tmp_path / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [{"sha256": hash_key(k), **v} for k, v in KEYS.items()]}))
-    opened = []
+    with contextlib.ExitStack() as opened:  # every replica is stopped, even when stopping another one fails
 
-    def make(store: str = "store", pieces: tuple[str, ...] = ("port=80",), **settings) -> TestClient:
-        options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / store), "auth": "keys",
-                   "api_keys_file": keys, "store_poll_s": 0.2, "cache_dir": str(cache), **settings}
-        client = TestClient(create_app(Settings(**options), engine=_fake_engine(list(pieces))))
-        client.__enter__()
-        client.engine = client.app.state.engine_slot.engine
-        opened.append(client)
-        return client
+        def make(store: str = "store", pieces: tuple[str, ...] = ("port=80",), **settings) -> TestClient:
+            options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / store),
+                       "auth": "keys", "api_keys_file": keys, "store_poll_s": 0.2, "cache_dir": str(cache),
+                       **settings}
+            client = opened.enter_context(TestClient(create_app(Settings(**options),
+                                                                engine=_fake_engine(list(pieces)))))
+            client.engine = client.app.state.engine_slot.engine
+            return client
 
-    yield make
-    for client in opened:
-        client.__exit__(None, None, None)
+        yield make
 
 
 def _prompt(client) -> str:

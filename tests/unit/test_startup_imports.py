@@ -48,8 +48,9 @@ def test_the_engine_thread_imports_vllm_holding_the_import_lock(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", module("arg_utils", "AsyncEngineArgs", dict))
     monkeypatch.setitem(sys.modules, "vllm.v1.engine.async_llm", module("async_llm", "AsyncLLM", AsyncLLM))
-    for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):  # what it sets is undone afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
     assert _start_async_llm(Settings(), "/models/m") == "engine"
     assert held == {"AsyncEngineArgs": True, "AsyncLLM": True, "from_engine_args": False}
