@@ -178,7 +178,8 @@ async def _get_ready(serving: GenerateServing, opening: asyncio.Task, settings: 
         # Ready serves what the store holds too: wait for the first pass over it (not forever: a store that is
         # down must not keep the shipped DSLs from being served).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(follower.synced.wait(), timeout=10 * settings.store_poll_s + 30)
+            async with asyncio.timeout(10 * settings.store_poll_s + 30):
+                await follower.synced.wait()
         serving.engine.engine = engine  # only now does /readyz answer 200
         log.info("engine ready in %.1f s (warm-up %.1f s)", engine.startup_s, time.monotonic() - started)
     except asyncio.CancelledError:
@@ -221,7 +222,8 @@ def _serve_metrics(host: str, port: int):
 
 
 async def _cancel(task: asyncio.Task) -> None:
-    if not task.done():
+    """Cancel ``task`` and wait until it has ended, cancelling it again should code on its way swallow a
+    cancellation (Python 3.11's ``asyncio.wait_for`` does, when what it waits for finishes at that moment)."""
+    while not task.done():
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait([task], timeout=1.0)

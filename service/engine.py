@@ -273,10 +273,8 @@ async def _until(stream, deadline: float | None):
     iterator = aiter(stream)
     while True:
         try:
-            if deadline is None:
+            async with asyncio.timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 item = await anext(iterator)
-            else:
-                item = await asyncio.wait_for(anext(iterator), max(0.0, deadline - time.monotonic()))
         except StopAsyncIteration:
             return
         except TimeoutError:

@@ -92,7 +92,8 @@ class _Worker:
             readable = loop.create_future()
             loop.add_reader(fd, lambda f=readable: f.done() or f.set_result(None))
             try:
-                await asyncio.wait_for(readable, max(0.0, min(_MEMORY_CHECK_S, deadline - loop.time())))
+                async with asyncio.timeout(max(0.0, min(_MEMORY_CHECK_S, deadline - loop.time()))):
+                    await readable
                 break
             except TimeoutError:
                 if self._rss_limit is not None and (_resident_bytes(self.process.pid) or 0) > self._rss_limit:
@@ -105,11 +106,13 @@ class _Worker:
                 # half-way, read here or sent by :meth:`send`. Blocking again while nothing watches it.
                 os.set_blocking(fd, True)
         # The message is arriving: read it beside the loop (a parse tree can be large).
-        return await asyncio.wait_for(asyncio.to_thread(self.conn.recv), timeout)
+        async with asyncio.timeout(timeout):
+            return await asyncio.to_thread(self.conn.recv)
 
     async def send(self, job: tuple[Any, ...], timeout: float) -> None:
         """Hand the worker a job beside the loop; one larger than the pipe holds waits while the worker reads it."""
-        await asyncio.wait_for(asyncio.to_thread(self.conn.send, job), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.to_thread(self.conn.send, job)
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -208,7 +211,8 @@ class GrammarSandbox:
             while self._busy[owner] >= self.per_owner or not (self._idle or len(self._all) < self.workers):
                 remaining = deadline - loop.time()
                 try:
-                    await asyncio.wait_for(self._changed.wait(), max(0.0, remaining))
+                    async with asyncio.timeout(max(0.0, remaining)):
+                        await self._changed.wait()
                 except TimeoutError:
                     raise RateLimited("the grammar workers are busy; retry later", detail={"limit": "grammar_workers"},
                                       headers={"Retry-After": str(int(self.wait_s))}) from None
@@ -223,6 +227,9 @@ class GrammarSandbox:
             if not worker.alive and worker.process.pid is None:
                 await worker.start()
             yield worker
+        except asyncio.CancelledError:
+            worker.kill()  # cut off mid-job: the answer still on its way would reach the next job
+            raise
         finally:
             async with self._changed:
                 self._busy[owner] -= 1

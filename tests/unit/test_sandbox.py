@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 
 import uvloop
@@ -36,3 +37,32 @@ def test_a_job_larger_than_the_pipe_reaches_a_worker_slow_to_read_it():
     compiled = uvloop.run(main())
     assert [r.valid for r in compiled.results] == [False] * 40 + [True]
     assert compiled.results[0].error.column == 1
+
+
+def test_a_cancelled_compile_ends_cancelled_and_the_next_one_gets_its_own_answer():
+    """A replica shutting down cancels the store follower mid-install, a client that leaves cancels its upload.
+    Python 3.11's ``asyncio.wait_for`` returned the worker's answer instead when the cancellation met it, and the
+    follower ran on: shutdown waited for it forever (a CI run hung at exit this way). A worker cut off mid-job
+    went back to the pool with its answer still on the way, for the next job to read as its own."""
+    pace = random.Random(0)
+
+    async def main():
+        sandbox = GrammarSandbox(workers=1)
+        compile_ = dict(start="start", source="kv.lark", limits=DecodingLimits(), owner="contoso")
+        try:
+            outcomes = []
+            for _ in range(8):
+                await sandbox.compile(KV, **compile_)  # a worker is up (the last one was stopped with its job)
+                task = asyncio.create_task(sandbox.compile(KV, codes=["!"] * 2000, **compile_))  # ~0.3 s of answers
+                await asyncio.sleep(pace.uniform(0, 0.05))
+                if task.cancel():
+                    done, _ = await asyncio.wait([task], timeout=30)
+                    outcomes.append("cancelled" if task in done and task.cancelled() else "ran on")
+            after = await sandbox.compile(KV, codes=["a=1", "b=2"], **compile_)
+            return outcomes, [r.valid for r in after.results]
+        finally:
+            await sandbox.close()
+
+    outcomes, after = uvloop.run(main())
+    assert outcomes and set(outcomes) == {"cancelled"}, outcomes
+    assert after == [True, True]
