@@ -42,7 +42,7 @@ def test_a_job_larger_than_the_pipe_reaches_a_worker_slow_to_read_it():
 def test_a_cancelled_compile_ends_cancelled_and_the_next_one_gets_its_own_answer():
     """A replica shutting down cancels the store follower mid-install, a client that leaves cancels its upload.
     Python 3.11's ``asyncio.wait_for`` returned the worker's answer instead when the cancellation met it, and the
-    follower ran on: shutdown waited for it forever (a CI run hung at exit this way). A worker cut off mid-job
+    follower ran on: shutdown waited for it forever (most likely how a CI run hung at exit). A worker cut off mid-job
     went back to the pool with its answer still on the way, for the next job to read as its own."""
     pace = random.Random(0)
 
