@@ -22,8 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.adapter_uploads import AdapterPublisher
-from service.adapters import AdapterRegistry
+from service.adapters import AdapterPublisher, AdapterRegistry, BaseShapes
 from service.api import adapters, dsls, health, onboarding, playground, validate
 from service.api.auth import AuthMiddleware
 from service.api.body_limit import BodyLimitMiddleware
@@ -43,11 +42,13 @@ from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
 from service.onboarding.jobs import OnboardingJobs
 from service.prompts import prompt_token_ids
+from service.publishing import OwnerGate
 from service.retrieval import Retriever
 from service.safety import SafetyChecker
 from service.security import Caller, KeyStore
 from service.store import Versions, open_store
 from service.sync import StoreFollower
+from service.upload_pool import UploadPool
 
 __all__ = ["build_serving", "create_app"]
 
@@ -73,8 +74,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             stack.push_async_callback(serving.grammars.sandbox.close)
             versions = Versions(open_store(settings.store or str(settings.cache_dir / "store"),
                                            endpoint_url=settings.s3_endpoint_url))
-            app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings)
-            app.state.adapter_publisher = AdapterPublisher(serving.adapters, versions, settings, serving.engine)
+            gate = OwnerGate(versions, max_bytes=settings.max_store_bytes_per_tenant,
+                             per_minute=settings.publishes_per_minute)
+            pool = UploadPool(workers=settings.upload_workers)
+            stack.callback(pool.close)
+            app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
+                                                   gate=gate, pool=pool)
+            app.state.adapter_publisher = AdapterPublisher(serving.adapters, versions, settings, serving.engine,
+                                                           gate=gate, pool=pool)
             follower = StoreFollower(versions, [app.state.dsl_publisher, app.state.adapter_publisher],
                                      poll_s=settings.store_poll_s)
             stack.push_async_callback(_cancel, asyncio.create_task(follower.follow()))
@@ -115,8 +122,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_error_handlers(app)
     for module in (generate, openai, validate, dsls, adapters, onboarding, health, playground):
         app.include_router(module.router)
-    if settings.metrics_port is None:
+    if settings.serves_metrics_on_api:
         app.include_router(health.metrics_router)
+    elif settings.metrics_port is None:
+        log.warning("/metrics is not served: API keys are on, so the API port does not serve it; set "
+                    "NL2DSL_METRICS_PORT (the chart sets 9090), or NL2DSL_METRICS_ON_API=true")
     app.mount("/playground", playground.static_files(), name="playground")
     return app
 
@@ -142,7 +152,7 @@ def build_serving(settings: Settings, slot: EngineSlot | None = None) -> Generat
                                sandbox=sandbox).load()
     model = slot.model if slot else resolve_model(settings.model, settings.cache_dir)
     registry = AdapterRegistry(settings.adapters_dir, base_fingerprint=base_fingerprint(model),
-                               max_rank=settings.max_lora_rank).load()
+                               base=BaseShapes.of(model), max_rank=settings.max_lora_rank).load()
     for adapter in registry.all():
         if adapter.error:
             log.warning("adapter %s cannot be served: %s", adapter.name, adapter.error)

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     max_adapters_per_tenant: int = 10
     max_adapter_bytes: int = 64 * 2**20
     max_store_bytes_per_tenant: int = 512 * 2**20
+    # Publishes, rollbacks and deletions (DSLs, adapters, examples) per tenant and minute, on each replica.
+    publishes_per_minute: int = 30
+    # Threads that unpack and check uploads (service/upload_pool.py), apart from the request path's.
+    upload_workers: int = 2
+    # POST /dsls/{name}/examples: lines read per request, and rejected lines before the request is refused.
+    max_example_lines: int = 2000
+    max_rejected_lines: int = 100
 
     # POST /onboarding runs `nl2dsl onboard` on this replica (one run at a time), its files under this folder
     # (default: <cache_dir>/onboarding), for at most this many seconds each.
@@ -110,6 +117,16 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    #: Serve /metrics on this port instead of the API port (its labels name adapters: keep it off the API).
+    #: Serve /metrics on this port (Prometheus's own server), apart from the API.
     metrics_port: int | None = None
+    #: Serve /metrics on the API port, without a key. None: only with auth off (`make serve`) and no
+    #: metrics_port; with API keys on, the API port serves no metrics unless this says so (they describe every
+    #: tenant's traffic).
+    metrics_on_api: bool | None = None
+
+    @property
+    def serves_metrics_on_api(self) -> bool:
+        if self.metrics_on_api is not None:
+            return self.metrics_on_api
+        return self.auth == "off" and self.metrics_port is None
     log_level: str = "info"

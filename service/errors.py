@@ -10,11 +10,16 @@
     ├── NotFound (404)
     │   ├── UnknownDSL (404)         no grammar of that name
     │   └── UnknownAdapter (404)     no adapter of that name that the caller may use
-    ├── AdapterUnavailable (409)     the adapter exists but cannot be used (other base model, broken files)
+    ├── Conflict (409)
+    │   ├── AdapterUnavailable (409) the adapter exists but cannot be used (other base model, broken files,
+    │   │                            quarantined after the engine refused it)
+    │   └── OnboardingBusy (409)     an onboarding run is already going on this replica
     ├── PayloadTooLarge (413)        the body is larger than the service reads
     ├── RequestInvalid (422)         a field is out of range (also used for pydantic's validation errors)
     ├── RateLimited (429)            the queue or the tenant's concurrency is full (with Retry-After)
+    │   └── QuotaExceeded (429)      a tenant's DSLs, adapters, stored bytes, publishes a minute or disk
     ├── EngineUnavailable (503)      the engine is not loaded (yet) or has died
+    ├── StoreUnavailable (503)       the store cannot be read or written now (what is loaded keeps serving)
     └── GenerationTimeout (504)      generation took longer than the request timeout (and was aborted)
 
 Every error renders as ``{"error": {"type", "message", "detail", "param", "code"}}`` with its status code:
@@ -29,17 +34,21 @@ from typing import Any
 __all__ = [
     "AdapterUnavailable",
     "BadRequest",
+    "Conflict",
     "EngineUnavailable",
     "Forbidden",
     "GenerationTimeout",
     "GrammarInvalid",
     "NL2DSLError",
     "NotFound",
+    "OnboardingBusy",
     "ParseLimit",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RateLimited",
     "RequestInvalid",
     "SafetyBlocked",
+    "StoreUnavailable",
     "Unauthorized",
     "UnknownAdapter",
     "UnknownDSL",
@@ -100,9 +109,17 @@ class UnknownAdapter(NotFound):
     type = "unknown_adapter"
 
 
-class AdapterUnavailable(NL2DSLError):
+class Conflict(NL2DSLError):
     status_code = 409
+    type = "conflict"
+
+
+class AdapterUnavailable(Conflict):
     type = "adapter_unavailable"
+
+
+class OnboardingBusy(Conflict):
+    type = "onboarding_busy"
 
 
 class PayloadTooLarge(NL2DSLError):
@@ -120,9 +137,18 @@ class RateLimited(NL2DSLError):
     type = "rate_limited"
 
 
+class QuotaExceeded(RateLimited):
+    type = "quota_exceeded"
+
+
 class EngineUnavailable(NL2DSLError):
     status_code = 503
     type = "engine_unavailable"
+
+
+class StoreUnavailable(NL2DSLError):
+    status_code = 503
+    type = "store_unavailable"
 
 
 class GenerationTimeout(NL2DSLError):

@@ -27,11 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service import safe_yaml
 from service.errors import Forbidden, Unauthorized
+from service.names import NAME_PATTERN
 
-__all__ = ["DEVELOPER", "Caller", "KeyStore", "hash_key"]
+__all__ = ["DEVELOPER", "Caller", "KeyEntry", "KeyStore", "hash_key", "presented_key"]
 
 log = logging.getLogger("nl2dsl.security")
 
@@ -96,7 +98,7 @@ class KeyStore:
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """The caller of the request's key; Unauthorized (401) when there is none or it is unknown."""
-        key = _presented_key(headers)
+        key = presented_key(headers)
         if not key:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'",
                                headers={"WWW-Authenticate": "Bearer"})
@@ -124,7 +126,7 @@ class KeyStore:
             try:
                 self._by_digest = _read(self.path)
                 log.info("API keys file changed: %d keys", len(self._by_digest))
-            except (OSError, ValueError, yaml.YAMLError) as exc:  # half-written: keep the last good keys
+            except (OSError, ValueError) as exc:  # half-written or malformed: keep the last good keys
                 log.error("API keys file changed but cannot be read (%s); keeping the previous keys", exc)
         finally:
             self._lock.release()
@@ -139,24 +141,49 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
+class KeyEntry(BaseModel):
+    """One key of the keys file; a malformed entry refuses the whole file when it is read (ValueError)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    tenant: str | None = Field(default=None, pattern=NAME_PATTERN)
+    admin: bool = False
+    dsls: list[str] | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _someone(self) -> KeyEntry:
+        if not (self.tenant or self.admin):
+            raise ValueError("a key needs a tenant or admin: true")
+        return self
+
+
+class _KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[KeyEntry] = Field(default_factory=list, max_length=100_000)
+
+
 def _read(path: Path) -> dict[str, Caller]:
-    entries = (yaml.safe_load(path.read_text()) or {}).get("keys") or []
-    callers = {}
-    for number, entry in enumerate(entries, start=1):
-        digest = str(entry.get("sha256", "")).lower()
-        if len(digest) != 64 or not (entry.get("tenant") or entry.get("admin")):
-            raise ValueError(f"{path.name}: key {number} needs a 64-hex sha256 and a tenant or admin: true")
-        dsls = entry.get("dsls")
-        callers[digest] = Caller(
-            key_id=digest[:8],
-            tenant=entry.get("tenant"),
-            admin=bool(entry.get("admin", False)),
-            dsls=frozenset(dsls) if dsls is not None else None,
-        )
-    return callers
+    try:
+        raw = safe_yaml.load(path.read_bytes(), max_bytes=32 * 2**20, max_nodes=1_000_000) or {}
+        entries = _KeysFile.model_validate(raw).keys
+    except safe_yaml.YAMLRefused as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part + 1) if isinstance(part, int) else str(part) for part in first["loc"])
+        raise ValueError(f"{path.name}: {where}: {first['msg']} (each key needs a 64-hex sha256 and a tenant or "
+                         "admin: true)") from None
+    return {
+        entry.sha256.lower(): Caller(key_id=entry.sha256.lower()[:8], tenant=entry.tenant, admin=entry.admin,
+                                     dsls=frozenset(entry.dsls) if entry.dsls is not None else None)
+        for entry in entries
+    }
 
 
-def _presented_key(headers: Mapping[str, str]) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request presents: ``Authorization: Bearer <key>`` (any case) or ``X-API-Key``."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
 
-from service.errors import NL2DSLError, RateLimited
+from service.errors import StoreUnavailable
 
 __all__ = ["SHARED", "DirectoryStore", "S3Store", "Store", "StoreUnavailable", "Version", "Versions", "open_store",
            "owner_key", "tenant_of"]
@@ -42,13 +42,6 @@ def owner_key(tenant: str | None) -> str:
 def tenant_of(owner: str) -> str | None:
     return None if owner == SHARED else owner
 _VERSION = re.compile(r"^(\d{8})\.(json|tar\.gz|deleted)$")
-
-
-class StoreUnavailable(NL2DSLError):
-    """The store cannot be read or written now (what is loaded keeps being served)."""
-
-    status_code = 503
-    type = "store_unavailable"
 
 
 class Exists(Exception):
@@ -185,6 +178,19 @@ class Versions:
                 found.append(Version(kind, owner, name, int(match.group(1)), obj.size, obj.key))
         return sorted(found, key=lambda v: v.number)
 
+    def live_names(self, kind: str, owner: str) -> set[str]:
+        """The items of ``kind`` that ``owner`` has whose newest version is not a deletion."""
+        newest: dict[str, tuple[int, bool]] = {}
+        for obj in _unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"):
+            parts = obj.key.split("/")
+            match = _VERSION.match(parts[-1]) if len(parts) == 4 else None
+            if match:
+                number = int(match.group(1))
+                name = unquote(parts[2])
+                if number > newest.get(name, (0, False))[0]:
+                    newest[name] = (number, match.group(2) == "deleted")
+        return {name for name, (_, deleted) in newest.items() if not deleted}
+
     def owner_bytes(self, owner: str) -> int:
         """What ``owner`` stores, every version of every item counted."""
         return sum(o.size for kind in ("dsls", "adapters")
@@ -199,14 +205,6 @@ class Versions:
         if earlier is None:
             return None
         return self.publish(kind, owner, name, self.read(earlier), suffix=earlier.key.split(".", 1)[1])
-
-    def publish_within(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str,
-                       max_owner_bytes: int) -> Version:
-        """:meth:`publish`, refused (429) when it would take ``owner`` past ``max_owner_bytes`` in the store."""
-        if self.owner_bytes(owner) + len(data) > max_owner_bytes:
-            raise RateLimited(f"the store holds at most {max_owner_bytes} bytes per tenant",
-                              detail={"limit": "store_bytes", "max": max_owner_bytes})
-        return self.publish(kind, owner, name, data, suffix=suffix)
 
     def publish(self, kind: str, owner: str, name: str, data: bytes | None, *, suffix: str) -> Version:
         """Write ``data`` as the next version (None: a deletion); the next number again if another replica won."""

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from service.errors import NL2DSLError
-from service.store import StoreUnavailable, Version, Versions
+from service.errors import NL2DSLError, StoreUnavailable
+from service.store import Version, Versions
 
 __all__ = ["StoreFollower"]
 

@@ -46,24 +46,38 @@ def make_random_adapter(model_dir: str, folder: Path, *, seed: int, rank: int = 
 
 def write_fake_adapter(root: Path, name: str, *, fingerprint: str, dsl: str | None = "flow",
                        tenants: tuple[str, ...] = ("*",), rank: int = 8, weights: bytes = b"w") -> Path:
-    """An adapter folder the registry accepts (manifest, config, a tiny real safetensors file), for tests
-    that never load it into an engine."""
+    """An adapter folder the registry accepts for the embedded base (manifest, config, and real LoRA weights of
+    layer 0's q_proj shaped for SmolLM2-135M), for tests that never load it into an engine."""
     folder = root / name
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "peft_type": "LORA"}))
-    write_fake_weights(folder, weights)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 2 * rank, "peft_type": "LORA",
+                                                            "target_modules": ["q_proj"]}))
+    write_fake_weights(folder, weights, rank=rank)
     manifest = {"name": name, "dsl": dsl, "tenants": list(tenants), "rank": rank,
                 "base_model": {"id": "test-base", "fingerprint": fingerprint}}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     return folder
 
 
-def write_fake_weights(folder: Path, seed: bytes) -> None:
-    """A real (tiny) safetensors file whose content depends on ``seed``."""
+#: The embedded base model's dimensions (SmolLM2-135M): what fake adapters are shaped for.
+SMOLLM2 = {"layers": 30, "hidden": 576, "q": 576, "kv": 192, "intermediate": 1536}
+
+
+def write_fake_weights(folder: Path, seed: bytes, *, rank: int = 8,
+                       shapes: dict[str, list[int]] | None = None) -> None:
+    """LoRA weights of layer 0's q_proj for the embedded base, whose values depend on ``seed`` (``shapes``
+    replaces the shape of a tensor, by name, to make one that does not fit)."""
+    import hashlib
+
     import numpy as np
     import safetensors.numpy
 
-    (folder / "adapter_model.safetensors").write_bytes(safetensors.numpy.save({"w": np.frombuffer(seed, np.uint8)}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    wanted = {f"{prefix}.lora_A.weight": [rank, SMOLLM2["hidden"]], f"{prefix}.lora_B.weight": [SMOLLM2["q"], rank],
+              **(shapes or {})}
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed).digest()[:8], "little"))
+    tensors = {key: rng.standard_normal(shape).astype(np.float32) * 0.01 for key, shape in wanted.items()}
+    (folder / "adapter_model.safetensors").write_bytes(safetensors.numpy.save(tensors))
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float:

@@ -13,10 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel
 
-from service.adapter_uploads import NAME_PATTERN
 from service.adapters import Adapter
 from service.api.deps import AdapterPublisherDep, AdaptersDep, CallerDep
 from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
+from service.names import NAME_PATTERN
 
 __all__ = ["AdapterInfo", "router"]
 

@@ -11,8 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.adapter_uploads import AdapterPublisher
-from service.adapters import AdapterRegistry
+from service.adapters import AdapterPublisher, AdapterRegistry
 from service.api.generate.serving import GenerateServing
 from service.config import Settings
 from service.engine import EngineSlot

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.deps import CallerDep, DSLPublisherDep, GrammarsDep
 from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
 from service.grammars import DecodingLimits, Example, Grammar
+from service.names import DSL_NAME_PATTERN
 from service.security import Caller
 
 __all__ = ["DSLInfo", "router"]
@@ -24,10 +25,8 @@ __all__ = ["DSLInfo", "router"]
 router = APIRouter(tags=["dsls"])
 
 
-#: What a published DSL may be called (so its name is also a safe key in the store).
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 #: A published DSL named in the path: a name no DSL can have is a 422, before the store is asked.
-DSLName = Annotated[str, Path(pattern=NAME_PATTERN)]
+DSLName = Annotated[str, Path(pattern=DSL_NAME_PATTERN)]
 
 
 class DSLInfo(BaseModel):
@@ -91,7 +90,7 @@ class DSLUpload(BaseModel):
         }]},
     )
 
-    name: str = Field(pattern=NAME_PATTERN, description="Name to generate with (dsl field).")
+    name: str = Field(pattern=DSL_NAME_PATTERN, description="Name to generate with (dsl field).")
     grammar: str = Field(min_length=1, description="Lark grammar text.")
     start: str = Field(default="start", pattern=r"^[a-z_][a-z0-9_]{0,31}$")
     description: str = Field(default="", max_length=500)
@@ -148,8 +147,11 @@ async def upload_dsl(body: DSLUpload, grammars: GrammarsDep, publisher: DSLPubli
 class ExamplesAdded(BaseModel):
     dsl: DSLInfo
     added: int
-    #: Lines that were not added: not JSON with "text" and "code", or code that does not parse (with where).
+    #: The first lines that were not added (at most 20): not JSON with string "text" and "code", or code that
+    #: does not parse (with where).
     rejected: list[dict[str, Any]]
+    #: How many lines were not added in all.
+    rejected_count: int = 0
 
 
 @router.post("/dsls/{name}/examples", response_model=ExamplesAdded,
@@ -160,9 +162,9 @@ async def add_examples(name: DSLName, request: Request, grammars: GrammarsDep, p
                        caller: CallerDep) -> ExamplesAdded:
     """Add examples to one of the caller's DSLs: JSONL, one ``{"text", "code", "context"?}`` a line, each
     parsed with the grammar; those that do not are reported by line. Retrieval uses the rest at once."""
-    grammar, added, rejected = await publisher.add_examples(
-        owner=caller.tenant, name=name, jsonl=(await request.body()).decode("utf-8", "replace"))
-    return ExamplesAdded(dsl=_info(grammar, caller, grammars), added=added, rejected=rejected)
+    grammar, added, rejected, count = await publisher.add_examples(owner=caller.tenant, name=name,
+                                                                   jsonl=await request.body())
+    return ExamplesAdded(dsl=_info(grammar, caller, grammars), added=added, rejected=rejected, rejected_count=count)
 
 
 @router.get("/dsls/{name}/versions", response_model=list[VersionInfo],

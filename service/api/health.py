@@ -1,7 +1,8 @@
 """Probes and metrics: ``/healthz`` (process alive), ``/readyz`` (engine loaded), ``/metrics`` (Prometheus).
 
-``/metrics`` is served here only when ``NL2DSL_METRICS_PORT`` is not set; with it, Prometheus scrapes that
-port and the API port does not expose the metrics (their labels name adapters).
+``/metrics`` is served here only in development (auth off, no ``NL2DSL_METRICS_PORT``) or when
+``NL2DSL_METRICS_ON_API`` says so; otherwise Prometheus scrapes ``NL2DSL_METRICS_PORT`` and the API port does
+not expose the metrics (``Settings.serves_metrics_on_api``).
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import CallerDep, OnboardingJobsDep, SettingsDep
-from service.api.dsls import NAME_PATTERN
 from service.api.schemas import error_responses
 from service.errors import RequestInvalid
+from service.names import DSL_NAME_PATTERN
+from service.security import presented_key
 
 __all__ = ["OnboardingStart", "router"]
 
@@ -35,7 +36,7 @@ class OnboardingStart(BaseModel):
     # Strict: `"examples": false` or `"steps": "2"` is a client's mistake, not a number to guess at.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(pattern=NAME_PATTERN, description="The DSL's and the adapter's name.")
+    name: str = Field(pattern=DSL_NAME_PATTERN, description="The DSL's and the adapter's name.")
     grammar: str = Field(min_length=1, max_length=100_000, description="Lark grammar text, as written.")
     pairs: str = Field(min_length=1, description='JSONL, one {"text", "code", "context"?} per line.')
     tenant: str | None = Field(default=None, description="An admin's run for this tenant.")
@@ -58,7 +59,7 @@ async def start_onboarding(body: OnboardingStart, request: Request, jobs: Onboar
         raise RequestInvalid(f"budget_s may be at most {settings.onboarding_max_budget_s:.0f} s on this service",
                              detail={"max_budget_s": settings.onboarding_max_budget_s})
     tenant = caller.tenant_for(body.tenant)
-    key = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
+    key = presented_key(request.headers)
     options = body.model_dump(exclude={"name", "grammar", "pairs", "tenant"})
     return await asyncio.to_thread(jobs.start, body.name, body.grammar, body.pairs, options, tenant=tenant,
                                    api_key=key)

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import CallerDep, GrammarsDep
 from service.api.schemas import ParseErrorModel, error_responses
+from service.names import NAME_PATTERN
 
 __all__ = ["ValidateRequest", "ValidateResponse", "router"]
 
@@ -16,9 +17,9 @@ router = APIRouter(tags=["validate"])
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dsl: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    dsl: str = Field(pattern=NAME_PATTERN)
     code: str = Field(max_length=20_000)
-    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+    tenant: str | None = Field(default=None, pattern=NAME_PATTERN,
                                description="Validate with this tenant's variant of the DSL.")
 
 

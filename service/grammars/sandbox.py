@@ -170,7 +170,7 @@ class GrammarSandbox:
         key = hashlib.sha256(f"{start}\0{limits}\0{text}".encode()).hexdigest()
         async with self._worker(owner) as worker:
             try:
-                await worker.send((key, source, text, start, limits, list(codes)), self.compile_timeout_s)
+                await worker.send((key, owner, source, text, start, limits, list(codes)), self.compile_timeout_s)
             except (TimeoutError, OSError) as exc:
                 worker.kill()
                 limit = "time" if isinstance(exc, TimeoutError) else "crash"

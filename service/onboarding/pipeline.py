@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 from nl2dsl_client import NL2DSLClient
 
-from service.adapter_uploads import pack_adapter
+from service.adapters import pack_adapter
 from service.config import Settings
 from service.evaluation.runner import RunConfig, Summary, score_together
 from service.grammars import Grammar, compile_grammar

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.adapter_uploads import pack_adapter
+from service.adapters import pack_adapter
 from tests.helpers import eventually, listening_process, make_random_adapter, wait_in_flight
 
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 from unittest.mock import MagicMock
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
 from service.engine import Delta, Engine
 from service.model import resolve_model
+from service.security import hash_key
 
+#: The tenants' keys of :func:`replica`: key -> what the keys file says of it.
+KEYS = {"alpha": {"tenant": "alpha-corp"}, "beta": {"tenant": "beta-corp"}, "admin": {"admin": True}}
 FLOW_CODE = 'when forms.submitted(form: "Contact us")\nthen chat.post_message(channel: "#sales", text: "New")'
 
 
@@ -62,3 +68,29 @@ def tiny_model(tmp_path_factory) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture()
+def replica(tmp_path):
+    """``replica(store)``: an app on the store folder ``store`` (several of them are several replicas).
+
+    They share a cache of their own (``tmp_path / "cache"``, the embedded model linked in), not the user's: what
+    they unpack there must not reach another run.
+    """
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(Path(Settings().cache_dir) / "models")
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"sha256": hash_key(k), **v} for k, v in KEYS.items()]}))
+    with contextlib.ExitStack() as opened:  # every replica is stopped, even when stopping another one fails
+
+        def make(store: str = "store", pieces: tuple[str, ...] = ("port=80",), **settings) -> TestClient:
+            options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / store),
+                       "auth": "keys", "api_keys_file": keys, "store_poll_s": 0.2, "cache_dir": str(cache),
+                       **settings}
+            client = opened.enter_context(TestClient(create_app(Settings(**options),
+                                                                engine=_fake_engine(list(pieces)))))
+            client.engine = client.app.state.engine_slot.engine
+            return client
+
+        yield make

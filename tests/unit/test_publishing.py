@@ -3,58 +3,24 @@ adapters published as archives. Around a fake engine; the grammar sandbox and th
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import llguidance
 import pytest
-import yaml
-from fastapi.testclient import TestClient
 
-from service.adapter_uploads import pack_adapter
-from service.app import create_app
+from service.adapters import pack_adapter
 from service.config import Settings
 from service.model import base_fingerprint, resolve_model
-from service.security import hash_key
 from tests.helpers import eventually, write_fake_adapter
-from tests.unit.conftest import _fake_engine
 
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
-KEYS = {"alpha": {"tenant": "alpha-corp"}, "beta": {"tenant": "beta-corp"}, "admin": {"admin": True}}
 
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture()
-def replica(tmp_path):
-    """``replica(store)``: an app on the store folder ``store`` (several of them are several replicas).
-
-    They share a cache of their own (``tmp_path / "cache"``, the embedded model linked in), not the user's: what
-    they unpack there must not reach another run.
-    """
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "models").symlink_to(Path(Settings().cache_dir) / "models")
-    keys = tmp_path / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [{"sha256": hash_key(k), **v} for k, v in KEYS.items()]}))
-    with contextlib.ExitStack() as opened:  # every replica is stopped, even when stopping another one fails
-
-        def make(store: str = "store", pieces: tuple[str, ...] = ("port=80",), **settings) -> TestClient:
-            options = {"adapters_dir": tmp_path, "data_dir": tmp_path, "store": str(tmp_path / store),
-                       "auth": "keys", "api_keys_file": keys, "store_poll_s": 0.2, "cache_dir": str(cache),
-                       **settings}
-            client = opened.enter_context(TestClient(create_app(Settings(**options),
-                                                                engine=_fake_engine(list(pieces)))))
-            client.engine = client.app.state.engine_slot.engine
-            return client
-
-        yield make
 
 
 def _prompt(client) -> str:

@@ -42,11 +42,21 @@ def test_no_key_or_an_unknown_key_is_401_with_the_error_shape(keyed_client):
     with keyed_client() as client:
         missing = client.post("/generate", json=BODY)
         unknown = client.post("/generate", json=BODY, headers=_auth("guess"))
-        probes = [client.get(p).status_code for p in ("/healthz", "/readyz", "/metrics")]
+        probes = [client.get(p).status_code for p in ("/healthz", "/readyz")]
     assert missing.status_code == unknown.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
     assert missing.json()["error"]["type"] == "unauthorized" and "API key" in missing.json()["error"]["message"]
-    assert probes == [200, 200, 200]  # probes and metrics stay open for Kubernetes and Prometheus
+    assert probes == [200, 200]  # probes stay open for Kubernetes
+
+
+def test_with_keys_on_the_api_port_serves_no_metrics_unless_told_to(keyed_client):
+    # Metrics describe every tenant's traffic: with keys on they are off the API port by default (the chart
+    # serves them on NL2DSL_METRICS_PORT, which only Prometheus's namespaces reach).
+    with keyed_client() as client:
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/metrics", headers=_auth("contoso-secret")).status_code == 404
+    with keyed_client(metrics_on_api=True) as client:
+        assert "nl2dsl_requests_in_flight" in client.get("/metrics").text
 
 
 def test_a_tenant_key_runs_as_its_tenant_and_cannot_name_another(keyed_client):
@@ -69,10 +79,11 @@ def test_a_key_limited_to_some_dsls_gets_403_for_the_others(keyed_client):
 
 def test_keys_never_reach_the_logs_or_metrics(keyed_client, caplog):
     caplog.set_level(logging.DEBUG)
-    with keyed_client() as client:
+    with keyed_client(metrics_on_api=True) as client:
         client.post("/generate", json=BODY, headers=_auth("contoso-secret"))
         client.post("/generate", json=BODY, headers=_auth("not-a-key-xyz"))
         metrics = client.get("/metrics").text
+    assert "nl2dsl_requests_total" in metrics
     for secret in ("contoso-secret", "not-a-key-xyz", hash_key("contoso-secret")):
         assert secret not in caplog.text and secret not in metrics
 

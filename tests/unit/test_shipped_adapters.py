@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.adapters import AdapterRegistry
+from service.adapters import AdapterRegistry, BaseShapes
 from service.config import Settings
 from service.model import base_fingerprint, resolve_model
 from service.security import Caller
@@ -16,7 +16,7 @@ def test_the_four_adapters_ship_for_the_embedded_base_and_each_tenant_gets_its_o
     settings = Settings()
     model = resolve_model(None, settings.cache_dir)
     registry = AdapterRegistry(settings.adapters_dir, base_fingerprint=base_fingerprint(model),
-                               max_rank=settings.max_lora_rank).load()
+                               base=BaseShapes.of(model), max_rank=settings.max_lora_rank).load()
     adapters = {a.name: a for a in registry.all()}
     assert set(SHIPPED) <= set(adapters)
     for name, (dsl, tenants) in SHIPPED.items():

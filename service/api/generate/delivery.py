@@ -37,7 +37,7 @@ async def admit(request: Request, caller: Caller, serving: GenerateServing, body
     label_request(request, dsl=known, adapter="unknown")
     serving.engine.ready()  # 503 at once while the engine loads or after it died
     job = await serving.start(caller, body, client_request_id=request.headers.get("x-request-id"))
-    label_request(request, dsl=job.grammar.metric_label, adapter=job.adapter_name)
+    label_request(request, dsl=job.grammar.metric_label, adapter=job.adapter_label)
     return job
 
 

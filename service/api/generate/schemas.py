@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.schemas import ParseErrorModel
+from service.names import NAME_PATTERN
 
 __all__ = ["GenerateRequest", "GenerateResponse", "Timings", "Usage"]
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = NAME_PATTERN
 
 
 class GenerateRequest(BaseModel):

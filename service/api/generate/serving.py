@@ -36,8 +36,9 @@ from service.api.generate.schemas import GenerateRequest, GenerateResponse, Timi
 from service.api.schemas import ParseErrorModel
 from service.config import Settings
 from service.engine import EngineSlot, GenerationParams
-from service.errors import NL2DSLError, ParseLimit, RateLimited, RequestInvalid
+from service.errors import AdapterUnavailable, NL2DSLError, ParseLimit, RateLimited, RequestInvalid
 from service.grammars import Grammar, GrammarRegistry, ParseError, ParseResult
+from service.grammars.uploads import grammar_size_problem
 from service.limits import Admission, Ticket
 from service.prompts import prompt_token_ids
 from service.retrieval import Retriever, catalog_hints
@@ -71,6 +72,11 @@ class Job:
     @property
     def adapter_name(self) -> str:
         return self.adapter.name if self.adapter else BASE
+
+    @property
+    def adapter_label(self) -> str:
+        """The ``adapter`` label in metrics (bounded, and the same for every owner's adapters)."""
+        return self.adapter.metric_label if self.adapter else BASE
 
     def release(self) -> None:
         """Give the admission slot back (idempotent)."""
@@ -140,7 +146,7 @@ class GenerateServing:
 
         Closing the iterator early aborts the engine request. The admission ticket is the caller's to release.
         """
-        dsl, adapter = job.grammar.name, job.adapter_name
+        dsl, adapter, adapter_label = job.grammar.name, job.adapter_name, job.adapter_label
         started = time.perf_counter()
         ttft: float | None = None
         parts: list[str] = []
@@ -180,8 +186,13 @@ class GenerateServing:
                 timings=Timings(queue=last.queue_s if last else None, ttft=ttft, total=time.perf_counter() - started),
             )
             status = "ok" if parsed.valid else "invalid"
-            _observe(response, dsl_label=job.grammar.metric_label)
+            _observe(response, dsl_label=job.grammar.metric_label, adapter_label=adapter_label)
             yield response
+        except AdapterUnavailable as exc:  # the engine refused the adapter: never hand it this version again
+            if job.adapter is not None:
+                self.adapters.quarantine(job.adapter, "the engine could not load it on this replica")
+            status = exc.type
+            raise
         except NL2DSLError as exc:
             status = "blocked" if status == "blocked" else exc.type
             raise
@@ -193,7 +204,7 @@ class GenerateServing:
             if ttft is None:
                 metrics.QUEUED.dec()
             total = time.perf_counter() - started
-            metrics.REQUEST_DURATION.labels(job.grammar.metric_label, adapter, status).observe(total)
+            metrics.REQUEST_DURATION.labels(job.grammar.metric_label, adapter_label, status).observe(total)
             log.info(json.dumps({
                 "request_id": job.request_id,
                 "client_request_id": job.client_request_id,
@@ -237,9 +248,8 @@ def _check_ranges(req: GenerateRequest, settings: Settings) -> None:
         problems.append(("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}"))
     if req.timeout_s is not None and req.timeout_s > settings.request_timeout_s:
         problems.append(("timeout_s", f"timeout_s must be at most {settings.request_timeout_s:g}"))
-    if req.grammar is not None and len(req.grammar) > settings.max_grammar_chars:
-        problems.append(("grammar", f"the grammar has {len(req.grammar)} characters; the limit is "
-                                    f"{settings.max_grammar_chars}"))
+    if req.grammar is not None and (problem := grammar_size_problem(req.grammar, settings)):
+        problems.append(("grammar", problem))
     if req.examples is not None and req.examples > settings.max_examples:
         problems.append(("examples", f"examples must be at most {settings.max_examples}"))
     if problems:
@@ -249,8 +259,8 @@ def _check_ranges(req: GenerateRequest, settings: Settings) -> None:
         )
 
 
-def _observe(response: GenerateResponse, *, dsl_label: str) -> None:
-    dsl, adapter = dsl_label, response.adapter
+def _observe(response: GenerateResponse, *, dsl_label: str, adapter_label: str) -> None:
+    dsl, adapter = dsl_label, adapter_label
     metrics.PROMPT_TOKENS.labels(dsl, adapter).inc(response.usage.prompt_tokens)
     metrics.COMPLETION_TOKENS.labels(dsl, adapter).inc(response.usage.completion_tokens)
     if response.timings.ttft is not None:

@@ -16,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.api.generate.schemas import GenerateResponse, Timings
 from service.api.schemas import ParseErrorModel
+from service.names import NAME_PATTERN
 
 __all__ = ["ChatCompletion", "ChatCompletionRequest", "ChatMessage", "Completion", "CompletionRequest", "ModelCard",
            "ModelList", "Nl2dslExtra", "OpenAIRequest", "Usage", "usage_of"]
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"
+_NAME = NAME_PATTERN
+_MODEL = rf"{NAME_PATTERN[:-1]}(:{NAME_PATTERN[1:-1]})?$"
 
 
 class StreamOptions(BaseModel):

@@ -11,8 +11,12 @@ An adapter is a PEFT folder (``adapter_config.json`` + ``adapter_model.safetenso
 
 An adapter made for another base model, or with a rank above ``max_lora_rank``, or with missing files, is
 kept in the registry with the reason it cannot be served (listed by ``GET /adapters`` to those who may use it);
-requests for it get a clear 409 and the service stays up. Integer ids for vLLM are derived from the name and
-the weights' hash: stable across restarts, and new when the weights change (vLLM caches adapters by id).
+requests for it get a clear 409 and the service stays up. Every file is checked against the served base model
+(:mod:`service.adapters.validation`) before the adapter is registered as servable. The registry makes the
+integer ids vLLM caches adapters by: one per (owner, name, weights digest), from a counter, so two adapters
+never share one (a hash of name and weights, cut to 31 bits, could collide by construction), and new weights
+get a new id. An adapter the engine could not load on this replica is quarantined here: kept with the reason,
+listed to its owner, never handed to the engine again.
 
 One rule says who may use an adapter (:meth:`Adapter.usable_by`): its own tenants, everyone for a shared one,
 admins always. Resolution, listing and warm-up all ask it, before anything else about the adapter is looked
@@ -22,15 +26,15 @@ at: to a tenant, another tenant's adapter is exactly as unknown as one that does
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-import json
-import zlib
+import itertools
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from service.adapters.validation import AdapterInvalid, BaseShapes, check_folder, read_manifest
 from service.engine import AdapterRef
 from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
 from service.security import Caller
@@ -40,6 +44,8 @@ __all__ = ["BASE", "Adapter", "AdapterRegistry", "read_adapter"]
 #: The adapter name that asks for the base model with no adapter.
 BASE = "base"
 _SHARED = "*"
+#: More than a manifest may hold: read_manifest refuses it with the reason.
+_MANIFEST_READ = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,19 @@ class Adapter:
     #: another adapter); None: shipped in the adapters folder, or published by an admin.
     owner: str | None = None
     version: int | None = None
+    #: SHA-256 of the weights file: with owner and name, what the registry's engine id stands for.
+    digest: str = ""
 
     @property
     def key(self) -> tuple[str | None, str]:
         return self.owner, self.name
+
+    @property
+    def metric_label(self) -> str:
+        """The ``adapter`` label in metrics: a shipped adapter's name; "custom" for every published one, whose
+        names their owners choose (a tenant's "flow-general" must not land in the shipped one's series, and
+        publishing must not add series without bound)."""
+        return "custom" if self.version is not None else self.name
 
     @property
     def shared(self) -> bool:
@@ -96,12 +111,35 @@ class AdapterRegistry:
     """The shipped adapters (a folder) and those published at run time; ``resolve`` picks the one a request
     gets, ``usable`` lists a caller's."""
 
-    def __init__(self, directory: Path | None, *, base_fingerprint: str, max_rank: int) -> None:
+    def __init__(self, directory: Path | None, *, base_fingerprint: str, base: BaseShapes, max_rank: int) -> None:
         self.directory = Path(directory) if directory else None
         self.base_fingerprint = base_fingerprint
+        self.base = base
         self.max_rank = max_rank
         self._shipped: dict[tuple[str | None, str], Adapter] = {}
         self._published: dict[tuple[str | None, str], Adapter] = {}
+        self._ids: dict[tuple[str | None, str, str], int] = {}
+        self._next_id = itertools.count(1)
+        self._ids_lock = threading.Lock()  # scans run in threads
+        #: Why the engine refused an adapter version on this replica, by engine id.
+        self._quarantined: dict[int, str] = {}
+
+    def read(self, folder: Path, *, owner: str | None = None, version: int | None = None) -> Adapter:
+        """Read and check one adapter folder against the base (blocking: run it in a thread); with its id."""
+        adapter = read_adapter(folder, base_fingerprint=self.base_fingerprint, base=self.base,
+                               max_rank=self.max_rank, owner=owner, version=version)
+        with self._ids_lock:
+            lora_id = self._ids.setdefault((owner, adapter.name, adapter.digest), next(self._next_id))
+        return dataclasses.replace(adapter, lora_id=lora_id, error=adapter.error or self._quarantined.get(lora_id))
+
+    def quarantine(self, adapter: Adapter, reason: str) -> Adapter:
+        """Never hand ``adapter`` (this version) to the engine again on this replica; its owner sees ``reason``."""
+        self._quarantined[adapter.lora_id] = reason
+        quarantined = dataclasses.replace(adapter, error=reason)
+        table = self._published if adapter.version is not None else self._shipped
+        if (current := table.get(adapter.key)) is not None and current.lora_id == adapter.lora_id:
+            table[adapter.key] = quarantined
+        return quarantined
 
     def load(self) -> AdapterRegistry:
         """Register every adapter folder under the directory (a bad one is kept with its error)."""
@@ -116,7 +154,7 @@ class AdapterRegistry:
         found: dict[tuple[str | None, str], Adapter] = {}
         if self.directory and self.directory.is_dir():
             for folder in sorted(p for p in self.directory.iterdir() if p.is_dir()):
-                adapter = read_adapter(folder, base_fingerprint=self.base_fingerprint, max_rank=self.max_rank)
+                adapter = self.read(folder)
                 found[adapter.key] = adapter
         return found
 
@@ -184,83 +222,40 @@ def _servable(adapter: Adapter) -> Adapter:
     return adapter
 
 
-def read_adapter(folder: Path, *, base_fingerprint: str, max_rank: int, owner: str | None = None,
+def read_adapter(folder: Path, *, base_fingerprint: str, base: BaseShapes, max_rank: int, owner: str | None = None,
                  version: int | None = None) -> Adapter:
-    """Read one adapter folder; problems become ``Adapter.error`` rather than exceptions."""
-    manifest: dict[str, Any] = {}
-    errors: list[str] = []
-    manifest_path = folder / "manifest.yaml"
-    try:
-        manifest = yaml.safe_load(manifest_path.read_text()) or {}
-    except FileNotFoundError:
-        errors.append("no manifest.yaml")
-    except yaml.YAMLError as exc:
-        errors.append(f"manifest.yaml is not valid YAML (line {_yaml_line(exc)})")
-    name = str(manifest.get("name") or folder.name)
-    config: dict[str, Any] = {}
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text())
-    except FileNotFoundError:
-        errors.append("no adapter_config.json")
-    except json.JSONDecodeError as exc:
-        errors.append(f"adapter_config.json is not valid JSON (line {exc.lineno})")
+    """Read one adapter folder; problems become ``Adapter.error`` rather than exceptions. Its ``lora_id`` is
+    0 until a registry gives it one (:meth:`AdapterRegistry.read`)."""
     weights = folder / "adapter_model.safetensors"
-    if not weights.is_file():
-        errors.append("no adapter_model.safetensors")
-    elif problem := _safetensors_problem(weights):
-        errors.append(f"adapter_model.safetensors is corrupt: {problem}")
-    rank = manifest.get("rank") or config.get("r")
-    if rank is not None and int(rank) > max_rank:
-        errors.append(f"rank {rank} is above the served max_lora_rank {max_rank}")
-    base = manifest.get("base_model") or {}
-    if manifest and base.get("fingerprint") != base_fingerprint:
-        errors.append(
-            f"made for base model {base.get('id', '?')} (fingerprint {base.get('fingerprint')}), "
-            f"but the service runs fingerprint {base_fingerprint}"
-        )
-    tenants = manifest.get("tenants") or [_SHARED]
-    return Adapter(
-        name=name,
-        path=folder.resolve(),
-        lora_id=_lora_id(f"{owner}/{name}" if owner is not None else name, weights),
-        dsl=manifest.get("dsl"),
-        tenants=tuple(str(t) for t in tenants),
-        rank=int(rank) if rank is not None else None,
-        base_model=dict(base),
-        manifest=manifest,
-        error="; ".join(errors) or None,
-        owner=owner,
-        version=version,
-    )
-
-
-def _yaml_line(exc: yaml.YAMLError) -> int | str:
-    mark = getattr(exc, "problem_mark", None)
-    return mark.line + 1 if mark is not None else "?"
-
-
-def _lora_id(name: str, weights: Path) -> int:
-    digest = hashlib.sha256(name.encode())
-    if weights.is_file():
-        digest.update(hashlib.sha256(weights.read_bytes()).digest())
-    # vLLM needs a positive int32-sized id.
-    return zlib.crc32(digest.digest()) % 2_000_000_000 + 1
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be read (bad header, truncated data), without loading the tensors."""
-    size = path.stat().st_size
+    fallback = Adapter(name=folder.name, path=folder.resolve(), lora_id=0, owner=owner, version=version,
+                       tenants=(owner,) if owner is not None else (_SHARED,), digest=_digest(weights))
     try:
-        with path.open("rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if header_len <= 0 or 8 + header_len > size:
-                return "the header is cut short"
-            header = json.loads(f.read(header_len))
-    except (OSError, ValueError):
-        return "the header is unreadable"
-    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
-    if not ends:
-        return "it holds no tensors"
-    if 8 + header_len + max(ends) > size:
-        return f"the data is cut short ({size} bytes, {8 + header_len + max(ends)} expected)"
-    return None
+        manifest = read_manifest(folder.joinpath("manifest.yaml").read_bytes()[:_MANIFEST_READ])
+    except FileNotFoundError:
+        manifest = None
+    except AdapterInvalid as exc:
+        return dataclasses.replace(fallback, error=str(exc))
+    if manifest is not None:
+        fallback = dataclasses.replace(fallback, name=manifest.name or folder.name, dsl=manifest.dsl,
+                                       tenants=tuple(manifest.tenants), rank=manifest.rank,
+                                       base_model=manifest.base_model.model_dump(), manifest=manifest.model_dump())
+    try:
+        _, config = check_folder(folder, base=base, max_rank=max_rank)
+    except AdapterInvalid as exc:
+        return dataclasses.replace(fallback, error=str(exc))
+    assert manifest is not None  # check_folder read it
+    error = None
+    if manifest.base_model.fingerprint != base_fingerprint:
+        error = (f"made for base model {manifest.base_model.id} (fingerprint {manifest.base_model.fingerprint}), "
+                 f"but the service runs fingerprint {base_fingerprint}")
+    return dataclasses.replace(fallback, rank=config.r, error=error)
+
+
+def _digest(weights: Path) -> str:
+    if not weights.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

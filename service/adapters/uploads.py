@@ -1,0 +1,192 @@
+"""Adapters published at run time (``POST /adapters``): checked, versioned in the store, served by every replica.
+
+The body is the PEFT folder as a ``.tar.gz`` (``tar czf contoso.tar.gz -C adapters/contoso .``): its
+``manifest.yaml`` (name, dsl, tenants...), ``adapter_config.json`` and ``adapter_model.safetensors``. On the
+upload pool (:mod:`service.upload_pool`, never the request path's threads) it is unpacked as a metered stream
+(:mod:`service.adapters.archive`) and every file is checked against the served base model
+(:mod:`service.adapters.validation`). Then, on a replica whose engine runs, the engine loads it once as a
+trial: an adapter the engine refuses is a 400 and nothing is stored. Only then is it written to the store,
+through the owner's quotas (:mod:`service.publishing`). A tenant's adapter serves that tenant only (its
+manifest's ``tenants`` is set so) and lives in the tenant's own namespace; an admin's is shared.
+
+Each replica unpacks a version it follows into its cache (checked again: the store is not trusted more than a
+tenant) and loads it into the engine; a version the engine refuses there is quarantined
+(:meth:`AdapterRegistry.quarantine`): listed with the reason to its owner, never loaded again, so it cannot
+fail the engine in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import shutil
+import tarfile
+import tempfile
+import uuid
+from pathlib import Path
+
+import yaml
+
+from service.adapters.archive import ArchiveRefused, unpack
+from service.adapters.registry import Adapter, AdapterRegistry
+from service.adapters.validation import AdapterInvalid, read_manifest
+from service.config import Settings
+from service.engine import EngineSlot
+from service.errors import AdapterUnavailable, BadRequest, Forbidden, UnknownAdapter
+from service.names import is_name
+from service.publishing import OwnerGate
+from service.store import Version, Versions, owner_key, tenant_of
+from service.upload_pool import UploadPool
+
+__all__ = ["AdapterPublisher", "pack_adapter"]
+
+log = logging.getLogger("nl2dsl.adapters")
+
+_KIND = "adapters"
+
+
+class AdapterPublisher:
+    """Publish, roll back and delete an owner's adapters; install versions on this replica."""
+
+    kind = _KIND
+
+    def __init__(self, registry: AdapterRegistry, versions: Versions, settings: Settings, engine: EngineSlot, *,
+                 gate: OwnerGate, pool: UploadPool) -> None:
+        self.registry = registry
+        self.versions = versions
+        self.settings = settings
+        self.engine = engine
+        self.gate = gate
+        self.pool = pool
+        self.cache = Path(settings.cache_dir) / "published-adapters"
+        #: The version of each (owner, name) this replica serves (a deletion included), for service.sync.
+        self.installed: dict[tuple[str, str], int] = {}
+
+    async def publish(self, *, owner: str | None, archive: bytes, name: str | None = None) -> Adapter:
+        """Check ``archive`` and publish it as the next version of the adapter it holds (or ``name``)."""
+        with tempfile.TemporaryDirectory(prefix="nl2dsl-adapter-") as folder:
+            adapter, data = await self.pool.run(owner, self._prepare, archive, Path(folder), owner, name)
+            await self._trial_load(adapter)
+            version = await self.gate.publish(_KIND, owner_key(owner), adapter.name, data, suffix="tar.gz",
+                                              max_items=self.settings.max_adapters_per_tenant)
+        return await self._install(version, data)
+
+    def _prepare(self, archive: bytes, folder: Path, owner: str | None, name: str | None) -> tuple[Adapter, bytes]:
+        """On an upload thread: unpack, name, check against the base, and pack what will be stored."""
+        try:
+            unpack(archive, folder, max_bytes=self.settings.max_adapter_bytes)
+            manifest = read_manifest((folder / "manifest.yaml").read_bytes())
+        except FileNotFoundError:
+            raise BadRequest("the archive has no manifest.yaml") from None
+        except (ArchiveRefused, AdapterInvalid) as exc:
+            raise BadRequest(f"the body is not an adapter this service takes: {exc}",
+                             detail={"reason": str(exc)}) from None
+        name = name or manifest.name or ""
+        if not is_name(name):
+            raise BadRequest("an adapter's name: letters, digits, _ . - (at most 64), starting with a letter or digit",
+                             detail={"field": "name"})
+        if owner is None and name in self.registry.shipped_names():
+            raise Forbidden(f"{name!r} is a shipped adapter; choose another name", detail={"name": name})
+        fields = manifest.model_dump(exclude_none=True)
+        fields.update(name=name, tenants=[owner] if owner is not None else manifest.tenants)
+        (folder / "manifest.yaml").write_text(yaml.safe_dump(fields, sort_keys=False))
+        checked = self.registry.read(folder, owner=owner)
+        if checked.error:
+            raise BadRequest(f"adapter {name!r} cannot be served: {checked.error}",
+                             detail={"adapter": name, "reason": checked.error})
+        return checked, pack_adapter(folder)
+
+    async def _trial_load(self, adapter: Adapter) -> None:
+        """Have this replica's engine load the adapter before anything is stored (400 if it cannot)."""
+        engine = self.engine.engine
+        if engine is None or not engine.ready:
+            return  # still starting: the checks above are what every replica's install repeats
+        try:
+            await engine.load(adapter.ref)
+        except AdapterUnavailable as exc:
+            self.registry.quarantine(adapter, "the engine could not load it")
+            raise BadRequest(f"adapter {adapter.name!r} cannot be served: the engine could not load it",
+                             detail={"adapter": adapter.name}) from exc
+
+    async def history(self, *, owner: str | None, name: str) -> list[Version]:
+        history = await asyncio.to_thread(self.versions.history, _KIND, owner_key(owner), name)
+        if not history:
+            raise UnknownAdapter(f"no published adapter {name!r} of yours", detail={"adapter": name})
+        return history
+
+    async def rollback(self, *, owner: str | None, name: str, version: int) -> Adapter:
+        """Publish version ``version``'s content again as the newest, within the owner's quotas."""
+        earlier = next((v for v in await self.history(owner=owner, name=name)
+                        if v.number == version and not v.deleted), None)
+        if earlier is None:
+            raise UnknownAdapter(f"adapter {name!r} of yours has no version {version}",
+                                 detail={"adapter": name, "version": version})
+        data = await asyncio.to_thread(self.versions.read, earlier)
+        published = await self.gate.publish(_KIND, owner_key(owner), name, data, suffix="tar.gz",
+                                            max_items=self.settings.max_adapters_per_tenant)
+        adapter = await self._install(published, data)
+        assert adapter is not None
+        return adapter
+
+    async def delete(self, *, owner: str | None, name: str) -> None:
+        if not any(a.owner == owner and a.name == name and a.version is not None for a in self.registry.all()):
+            raise UnknownAdapter(f"no published adapter {name!r} of yours", detail={"adapter": name})
+        await self.install(await self.gate.withdraw(_KIND, owner_key(owner), name, suffix="tar.gz"))
+
+    async def install(self, version: Version) -> None:
+        """Serve ``version`` on this replica (a deletion: stop serving the adapter)."""
+        await self._install(version, None)
+
+    async def _install(self, version: Version, data: bytes | None) -> Adapter | None:
+        owner = tenant_of(version.owner)
+        self.installed[(version.owner, version.name)] = version.number
+        if version.deleted:
+            self.registry.withdraw(owner, version.name)
+            return None
+        data = data if data is not None else await asyncio.to_thread(self.versions.read, version)
+        folder = self.cache / hashlib.sha256(data).hexdigest()[:32]  # by content: the same archive, one folder
+        adapter = await self.pool.run(owner, self._unpacked, data, folder, owner, version.number)
+        self.registry.publish(adapter)
+        engine = self.engine.engine
+        if adapter.error is None and engine is not None and engine.ready:
+            try:  # loaded now, on every replica, rather than by the first request that needs it
+                await engine.load(adapter.ref)
+            except AdapterUnavailable:
+                adapter = self.registry.quarantine(adapter, "the engine could not load it on this replica")
+                log.error("published adapter %s/%s version %d quarantined: the engine could not load it",
+                          version.owner, version.name, version.number)
+        return adapter
+
+    def _unpacked(self, data: bytes, folder: Path, owner: str | None, number: int) -> Adapter:
+        """On an upload thread: the version unpacked into the cache (once) and checked like an upload."""
+        if not (folder / "manifest.yaml").exists():
+            self._unpack_into(data, folder)
+        return self.registry.read(folder, owner=owner, version=number)
+
+    def _unpack_into(self, data: bytes, folder: Path) -> None:
+        """Unpack beside ``folder``, then move it in place. A folder left incomplete by an earlier try (no
+        manifest) is replaced; one installed meanwhile by another publish of the same archive is kept."""
+        partial = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
+        partial.mkdir(parents=True)
+        try:
+            try:
+                unpack(data, partial, max_bytes=self.settings.max_adapter_bytes)
+            except ArchiveRefused as exc:
+                raise BadRequest(f"the stored archive is not an adapter: {exc}") from None
+            if (folder / "manifest.yaml").exists():
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.replace(folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def pack_adapter(folder: Path) -> bytes:
+    """An adapter folder as the .tar.gz `POST /adapters` takes (its files at the top)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.add(path, arcname=path.name)
+    return buffer.getvalue()

@@ -1,0 +1,82 @@
+"""What DSLs and adapters share when a tenant makes a version live: one gate, per owner, for every path.
+
+Publishing, adding examples and rolling back each write a new version that replicas then serve, so each goes
+through :meth:`OwnerGate.publish`; deleting goes through :meth:`OwnerGate.withdraw`. The gate:
+
+- takes one version of an owner at a time on this replica (8 concurrent ``POST /dsls`` with a limit of 3 gave
+  8 x 201 when the count was read, then written, without a lock);
+- allows ``per_minute`` changes per owner (publish/delete cycles were unlimited engine loads);
+- counts the owner's live items of that kind and every byte the owner stores *in the store*, so the count is
+  the same on every replica and a rollback counts like a publish (rollbacks once skipped both quotas);
+- reads the count again after writing: should another replica have made a new item live at the same moment
+  and the owner now holds more than allowed, the new item is withdrawn again (a deletion version) and the
+  publish refused, so the limit holds across replicas without a lock server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+
+from service.errors import QuotaExceeded
+from service.store import Version, Versions
+
+__all__ = ["OwnerGate"]
+
+_WINDOW_S = 60.0
+
+
+class OwnerGate:
+    """Quotas and the rate of change per owner (a store owner key: a tenant, or the shared owner)."""
+
+    def __init__(self, versions: Versions, *, max_bytes: int, per_minute: int) -> None:
+        self.versions = versions
+        self.max_bytes = max_bytes
+        self.per_minute = per_minute
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._changes: dict[str, deque[float]] = defaultdict(deque)
+
+    async def publish(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str, max_items: int) -> Version:
+        """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them)."""
+        async with self._locks[owner]:
+            self._count_change(owner)
+            return await asyncio.to_thread(self._publish, kind, owner, name, data, suffix, max_items)
+
+    async def withdraw(self, kind: str, owner: str, name: str, *, suffix: str) -> Version:
+        """Write a deletion of ``owner``'s ``name`` (counted against the rate of change)."""
+        async with self._locks[owner]:
+            self._count_change(owner)
+            return await asyncio.to_thread(self.versions.publish, kind, owner, name, None, suffix=suffix)
+
+    def _count_change(self, owner: str) -> None:
+        now = time.monotonic()
+        changes = self._changes[owner]
+        while changes and changes[0] < now - _WINDOW_S:
+            changes.popleft()
+        if len(changes) >= self.per_minute:
+            retry = max(1, round(changes[0] + _WINDOW_S - now))
+            raise QuotaExceeded(f"at most {self.per_minute} publishes, rollbacks and deletions a minute per tenant",
+                                detail={"limit": "changes_per_minute", "max": self.per_minute},
+                                headers={"Retry-After": str(retry)})
+        changes.append(now)
+
+    def _publish(self, kind: str, owner: str, name: str, data: bytes, suffix: str, max_items: int) -> Version:
+        live = self.versions.live_names(kind, owner)
+        new = name not in live
+        if new and len(live) >= max_items:
+            raise _too_many(kind, max_items)
+        if self.versions.owner_bytes(owner) + len(data) > self.max_bytes:
+            raise QuotaExceeded(f"the store holds at most {self.max_bytes} bytes per tenant",
+                                detail={"limit": "store_bytes", "max": self.max_bytes})
+        version = self.versions.publish(kind, owner, name, data, suffix=suffix)
+        if new and len(self.versions.live_names(kind, owner)) > max_items:  # another replica's at the same time
+            self.versions.publish(kind, owner, name, None, suffix=suffix)
+            raise _too_many(kind, max_items)
+        return version
+
+
+def _too_many(kind: str, max_items: int) -> QuotaExceeded:
+    what = "DSLs" if kind == "dsls" else kind
+    return QuotaExceeded(f"at most {max_items} published {what} per tenant; delete one first",
+                         detail={"limit": kind, "max": max_items})
