@@ -40,7 +40,7 @@ from service.grammars import GrammarRegistry, GrammarSandbox, TenantConfigs
 from service.grammars.uploads import DSLPublisher
 from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
-from service.onboarding.jobs import OnboardingJobs
+from service.onboarding.jobs import OnboardingJobs, RunLimits
 from service.prompts import prompt_token_ids
 from service.publishing import OwnerGate
 from service.retrieval import Retriever
@@ -85,8 +85,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             follower = StoreFollower(versions, [app.state.dsl_publisher, app.state.adapter_publisher],
                                      poll_s=settings.store_poll_s)
             stack.push_async_callback(_cancel, asyncio.create_task(follower.follow()))
-            app.state.onboarding_jobs = OnboardingJobs(settings.onboarding_dir or settings.cache_dir / "onboarding",
-                                                       url=_own_url(settings))
+            app.state.onboarding_jobs = OnboardingJobs(
+                settings.onboarding_dir or settings.cache_dir / "onboarding", url=_own_url(settings),
+                cache_dir=settings.cache_dir, model=settings.model,
+                limits=RunLimits(memory_mb=settings.onboarding_memory_mb, nice=settings.onboarding_nice,
+                                 max_tenant_bytes=settings.onboarding_max_tenant_bytes,
+                                 retention_s=settings.onboarding_retention_s))
             stack.callback(app.state.onboarding_jobs.close)
             if settings.metrics_port is not None:
                 stack.callback(_serve_metrics(settings.host, settings.metrics_port))

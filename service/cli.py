@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     onboard.add_argument("--heldout-file", type=Path, default=None,
                          help="your own held-out pairs (JSONL) instead of a split of --pairs")
     onboard.add_argument("--status", type=Path, default=None, help="keep the run's progress in this JSON file")
+    onboard.add_argument("--options", type=Path, default=None,
+                         help="the run's options as JSON (service/onboarding/options.py); they override the flags")
 
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
@@ -268,6 +270,12 @@ def _onboard(args: argparse.Namespace) -> int:
     from service.errors import NL2DSLError
     from service.onboarding import OnboardConfig, onboard
 
+    if args.options is not None:  # as data: what the API's run was asked for, never flags
+        from service.onboarding.options import OnboardOptions
+
+        options = OnboardOptions.model_validate_json(args.options.read_bytes())
+        for field, value in options.model_dump().items():
+            setattr(args, "budget" if field == "budget_s" else field, f"{value}s" if field == "budget_s" else value)
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h)?", args.budget.strip())
     if not match:
         raise SystemExit(f"--budget {args.budget!r}: a number of seconds, or 30m, 1h")

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     # (default: <cache_dir>/onboarding), for at most this many seconds each.
     onboarding_dir: Path | None = None
     onboarding_max_budget_s: float = 3600.0
+    onboarding_max_pairs: int = 100_000
+    # The child is confined (service/onboarding/confine.py): address space, priority below serving; what a
+    # tenant's runs may keep on this replica's disk, and how long a finished run's folder is kept.
+    onboarding_memory_mb: int = 8192
+    onboarding_nice: int = 10
+    onboarding_max_tenant_bytes: int = 1 << 30
+    onboarding_retention_s: float = 86_400.0
 
     # Responsible-AI checks on requests and parsed outputs (service/safety.py).
     safety: bool = True

@@ -4,7 +4,7 @@ vLLM copies an adapter's weights into a slot of each LoRA layer only when a batc
 (``activate_adapter``). It marks the slot as the adapter's first, then copies layer by layer: a tensor of
 the wrong shape (``lora_A`` of [16, 577] on a 576-wide projection) fails part-way, leaving the slot named for
 the new adapter while later layers still hold the previous adapter's weights, so the new adapter's requests
-ran another tenant's adapter; the next batch killed the engine (docs/SECURITY.md, 11a). The service checks
+ran another tenant's adapter; the next batch killed the engine (docs/SECURITY.md, 13). The service checks
 every tensor before anything is stored (:mod:`service.adapters.validation`); this is the engine's own
 backstop, in the worker process (vLLM loads ``vllm.general_plugins`` entry points in every process):
 

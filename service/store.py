@@ -10,7 +10,8 @@ versions of each item::
     <kind>/<owner>/<name>/00000003.deleted       a deletion (empty); a later version brings the item back
 
 ``owner`` is the tenant, or ``_shared`` for an admin's. The highest version is the current one; a rollback
-publishes an earlier version's content again, so history is never rewritten. Versions are created only if
+publishes an earlier version's content again (through the owner's gate, :mod:`service.publishing`), so history
+is never rewritten. Versions are created only if
 absent (S3's ``If-None-Match: *``, ``O_EXCL`` on a directory), so two replicas publishing at once cannot
 overwrite each other: the second takes the next number.
 """
@@ -198,13 +199,6 @@ class Versions:
 
     def read(self, version: Version) -> bytes:
         return _unavailable_as_503(self.store.read, version.key)
-
-    def republish(self, kind: str, owner: str, name: str, number: int) -> Version | None:
-        """Publish version ``number``'s content again as the newest (a rollback); None if there is no such one."""
-        earlier = next((v for v in self.history(kind, owner, name) if v.number == number and not v.deleted), None)
-        if earlier is None:
-            return None
-        return self.publish(kind, owner, name, self.read(earlier), suffix=earlier.key.split(".", 1)[1])
 
     def publish(self, kind: str, owner: str, name: str, data: bytes | None, *, suffix: str) -> Version:
         """Write ``data`` as the next version (None: a deletion); the next number again if another replica won."""

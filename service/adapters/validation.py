@@ -9,7 +9,7 @@ without anchors or aliases: :mod:`service.safe_yaml`), and every tensor is held 
 ``[rank, in_features]`` (``lora_A``) or ``[out_features, rank]`` (``lora_B``) for that projection, a dtype the
 engine loads, byte ranges that tile the data exactly, every A with its B. A tensor that does not fit once
 loaded an adapter half-way into an engine slot, so that its requests ran another tenant's adapter and then
-killed the engine (docs/SECURITY.md, 11a); here it is a 400 that names the tensor, never its values.
+killed the engine (docs/SECURITY.md, 13); here it is a 400 that names the tensor, never its values.
 """
 
 from __future__ import annotations

@@ -13,12 +13,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from service.api.deps import CallerDep, OnboardingJobsDep, SettingsDep
+from service.api.deps import CallerDep, GrammarsDep, OnboardingJobsDep, SettingsDep
 from service.api.schemas import error_responses
 from service.errors import RequestInvalid
+from service.grammars import DecodingLimits
+from service.grammars.uploads import grammar_size_problem
 from service.names import DSL_NAME_PATTERN
+from service.onboarding.options import OnboardOptions
 from service.security import presented_key
 
 __all__ = ["OnboardingStart", "router"]
@@ -30,39 +33,33 @@ _REPORTS = {"md": ("ONBOARDING.md", "text/markdown"), "png": ("ONBOARDING.png", 
             "json": ("ONBOARDING.json", "application/json")}
 
 
-class OnboardingStart(BaseModel):
-    """A team's grammar and pairs, and how long the run may take."""
-
-    # Strict: `"examples": false` or `"steps": "2"` is a client's mistake, not a number to guess at.
-    model_config = ConfigDict(extra="forbid", strict=True)
+class OnboardingStart(OnboardOptions):
+    """A team's grammar and pairs, and how the run goes (``tenant``: an admin's run for that tenant)."""
 
     name: str = Field(pattern=DSL_NAME_PATTERN, description="The DSL's and the adapter's name.")
     grammar: str = Field(min_length=1, max_length=100_000, description="Lark grammar text, as written.")
     pairs: str = Field(min_length=1, description='JSONL, one {"text", "code", "context"?} per line.')
-    tenant: str | None = Field(default=None, description="An admin's run for this tenant.")
-    start: str = Field(default="start", pattern=r"^[a-z_][a-z0-9_]{0,31}$")
-    description: str = Field(default="", max_length=500)
-    budget_s: float = Field(default=1800, ge=60, description="Wall-clock seconds for the whole run.")
-    margin: float = Field(default=0.05, ge=-1, le=1,
-                          description="Held-out exact match the adapter must add over the best baseline.")
-    examples: int = Field(default=3, ge=0, le=8)
-    heldout: int = Field(default=100, ge=4, le=500)
-    max_tokens: int = Field(default=64, ge=1, le=512)
-    steps: int | None = Field(default=None, ge=1, le=5000, description="Fixed steps instead of the budget's.")
 
 
-@router.post("/onboarding", status_code=202, responses=error_responses(400, 401, 403, 409, 413, 422))
+@router.post("/onboarding", status_code=202, responses=error_responses(400, 401, 403, 409, 413, 422, 429))
 async def start_onboarding(body: OnboardingStart, request: Request, jobs: OnboardingJobsDep, caller: CallerDep,
-                           settings: SettingsDep) -> dict[str, Any]:
-    """Start onboarding a DSL: dataset, baseline, adapter, gate, publish, report (409 while a run is going)."""
+                           settings: SettingsDep, grammars: GrammarsDep) -> dict[str, Any]:
+    """Start onboarding a DSL: dataset, baseline, adapter, gate, publish, report (409 while a run is going).
+    The grammar is compiled in the grammar sandbox first, as ``POST /dsls`` does: one it refuses is a 400 here."""
     if body.budget_s > settings.onboarding_max_budget_s:
         raise RequestInvalid(f"budget_s may be at most {settings.onboarding_max_budget_s:.0f} s on this service",
                              detail={"max_budget_s": settings.onboarding_max_budget_s})
+    if body.pairs.count("\n") + 1 > settings.onboarding_max_pairs:
+        raise RequestInvalid(f"at most {settings.onboarding_max_pairs} pairs per run",
+                             detail=[{"field": "pairs", "message": "too many lines"}])
+    if problem := grammar_size_problem(body.grammar, settings):
+        raise RequestInvalid(problem, detail=[{"field": "grammar", "message": "too long"}])
     tenant = caller.tenant_for(body.tenant)
-    key = presented_key(request.headers)
-    options = body.model_dump(exclude={"name", "grammar", "pairs", "tenant"})
-    return await asyncio.to_thread(jobs.start, body.name, body.grammar, body.pairs, options, tenant=tenant,
-                                   api_key=key)
+    await grammars.sandbox.compile(body.grammar, start=body.start, source=f"<{body.name}>", limits=DecodingLimits(),
+                                   owner=tenant)
+    options = OnboardOptions(**{**body.model_dump(include=set(OnboardOptions.model_fields)), "tenant": tenant})
+    return await asyncio.to_thread(jobs.start, body.name, body.grammar, body.pairs, options,
+                                   api_key=presented_key(request.headers))
 
 
 @router.get("/onboarding/{job_id}", responses=error_responses(401, 404, 413, 422))

@@ -1,107 +1,167 @@
-"""Onboarding runs started through the API (``POST /onboarding``): one ``nl2dsl onboard`` process at a time.
+"""Onboarding runs started through the API (``POST /onboarding``): one confined ``nl2dsl onboard`` child at a time.
 
 A run is the command line's pipeline in a child process of this replica, calling this replica's API as the
-caller (its bearer key is handed to the child's environment, never written down), so it passes the same
-checks, limits and quotas as the caller's own requests. Its folder holds the team's files, the log and the
-status JSON the child keeps (``service/onboarding/status.py``); the work folder is per tenant and DSL name,
-so a re-run with more pairs continues from the adapter the last one published. Training takes the machine's
-cores: one run at a time per replica (409 while one is running). Runs live on the replica that started them;
-production runs the chart's Job instead (templates/onboarding-job.yaml).
+caller (its key is handed to the child's environment, never written down), so it passes the same checks,
+limits and quotas as the caller's own requests. The grammar has passed the same sandbox checks as
+``POST /dsls`` before the run is accepted (the router does that). The child:
+
+- gets its options as data (``options.json``, :class:`service.onboarding.options.OnboardOptions`), never as
+  flags: its command line holds only paths this module made;
+- runs confined (:mod:`service.onboarding.confine`): lower priority than serving, a CPU-time and an address-space
+  limit, and a minimal environment (no store credentials, no settings of the server's);
+- is watched by a supervisor thread that stops it at its deadline (1.5 x budget + 300 s) whether or not
+  anyone asks for its status, and reaps it when it ends (no zombies);
+- leaves its folder (the team's files, the log, the status JSON of :mod:`service.onboarding.status`) for
+  ``retention_s`` after it ended; then the supervisor removes it. What a tenant's runs keep on disk (run
+  folders and work folders) counts against ``max_tenant_bytes``: a run that would pass it is refused (429).
+
+One run at a time per replica (409 while one is running), checked and started under one lock. What a tenant
+reads of a run (status, error, log lines) names files, never server paths, and a failure is one line of cause,
+never a traceback. Runs live on the replica that started them; production runs the chart's Job instead
+(templates/onboarding-job.yaml).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import AdapterUnavailable, NotFound
+from service.config import PROJECT_ROOT
+from service.errors import NotFound, OnboardingBusy, QuotaExceeded
+from service.onboarding.options import OnboardOptions
 
-__all__ = ["OnboardingBusy", "OnboardingJobs"]
+__all__ = ["OnboardingJobs", "RunLimits"]
+
+#: How often the supervisor looks at the running child and the finished runs.
+_SUPERVISE_S = 1.0
+#: Seconds between SIGTERM and SIGKILL when a run is stopped.
+_KILL_AFTER_S = 30.0
+#: What the child may keep of the server's environment (nothing else: no credentials, no NL2DSL_* settings).
+_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+_TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\):|  File \"|    )")
 
 
-class OnboardingBusy(AdapterUnavailable):
-    type = "onboarding_busy"
+@dataclass(frozen=True)
+class RunLimits:
+    """What one run may use: seconds of CPU per second of budget, memory, priority, disk, retention."""
+
+    memory_mb: int = 8192
+    nice: int = 10
+    max_tenant_bytes: int = 1 << 30
+    retention_s: float = 86_400.0
 
 
 class OnboardingJobs:
     """The runs under ``root``; ``url`` is this replica's own API, which the child calls."""
 
-    def __init__(self, root: Path, *, url: str) -> None:
+    def __init__(self, root: Path, *, url: str, cache_dir: Path, model: str | None = None,
+                 limits: RunLimits = RunLimits()) -> None:
         self.root = Path(root)
         self.url = url
+        self.cache_dir = Path(cache_dir)
+        self.model = model
+        self.limits = limits
+        self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen] = {}
-        #: When each run is stopped whatever it is doing (its budget, and time to finish evaluating and report).
+        #: When each running child is stopped, whatever it is doing (its budget, and time to evaluate and report).
         self._deadlines: dict[str, float] = {}
+        self._supervisor: threading.Thread | None = None
+        self._closed = threading.Event()
 
-    def start(self, name: str, grammar: str, pairs: str, options: dict[str, Any], *, tenant: str | None,
+    def start(self, name: str, grammar: str, pairs: str, options: OnboardOptions, *,
               api_key: str | None) -> dict[str, Any]:
-        """Write the team's files and start the run; its status at once (``state`` "running").
-
-        ``options``: ``nl2dsl onboard``'s options by name (``max_tokens`` for ``--max-tokens``; None: its default),
-        ``budget_s`` the run's seconds.
-        """
-        self._stop_overdue()
-        if any(process.poll() is None for process in self._running.values()):
-            raise OnboardingBusy("an onboarding run is in progress on this replica: try again when it ends",
-                                 headers={"Retry-After": "60"})
-        job_id = secrets.token_hex(8)
-        folder = self.root / "runs" / job_id
-        folder.mkdir(parents=True)
-        (folder / "grammar.lark").write_text(grammar, encoding="utf-8")
-        (folder / "pairs.jsonl").write_text(pairs, encoding="utf-8")
-        (folder / "job.json").write_text(json.dumps({"id": job_id, "name": name, "tenant": tenant,
-                                                     "created": time.time()}))
-        work = self.root / "work" / (tenant or "_shared") / name
-        env = {k: v for k, v in os.environ.items() if k != "NL2DSL_API_KEY"}
-        if api_key:
-            env["NL2DSL_API_KEY"] = api_key
-        with (folder / "log.txt").open("wb") as log:
-            self._running[job_id] = subprocess.Popen(self.command(name, options, folder, work, tenant), stdout=log,
-                                                     stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                                                     start_new_session=True)
-        self._deadlines[job_id] = time.monotonic() + 1.5 * float(options["budget_s"]) + 300
+        """Write the team's files and start the run; its status at once (``state`` "running")."""
+        tenant = options.tenant
+        with self._lock:  # the one-run rule: checked and taken together
+            if any(process.poll() is None for process in self._running.values()):
+                raise OnboardingBusy("an onboarding run is in progress on this replica: try again when it ends",
+                                     headers={"Retry-After": "60"})
+            used = self.tenant_bytes(tenant)
+            if used + len(grammar.encode()) + len(pairs.encode()) > self.limits.max_tenant_bytes:
+                raise QuotaExceeded(f"your onboarding runs keep {used} bytes on this replica; at most "
+                                    f"{self.limits.max_tenant_bytes}: delete a run or wait until it expires",
+                                    detail={"limit": "onboarding_bytes", "max": self.limits.max_tenant_bytes})
+            job_id = secrets.token_hex(8)
+            folder = self.root / "runs" / job_id
+            folder.mkdir(parents=True)
+            (folder / "grammar.lark").write_text(grammar, encoding="utf-8")
+            (folder / "pairs.jsonl").write_text(pairs, encoding="utf-8")
+            (folder / "options.json").write_text(options.model_dump_json())
+            (folder / "job.json").write_text(json.dumps({"id": job_id, "name": name, "tenant": tenant,
+                                                         "created": time.time()}))
+            work = self._work(tenant, name)
+            with (folder / "log.txt").open("wb") as log:
+                self._running[job_id] = subprocess.Popen(
+                    self.confined(self.command(name, folder, work), budget_s=options.budget_s), stdout=log,
+                    stderr=subprocess.STDOUT, env=self.environment(api_key), stdin=subprocess.DEVNULL,
+                    cwd=PROJECT_ROOT, start_new_session=True)
+            self._deadlines[job_id] = time.monotonic() + 1.5 * options.budget_s + 300
+            self._supervise()
         return self.status(job_id, tenant=tenant, admin=False)
 
-    def command(self, name: str, options: dict[str, Any], folder: Path, work: Path, tenant: str | None) -> list[str]:
-        """The child's command line: ``nl2dsl onboard`` on the run's files, against this replica."""
-        command = [sys.executable, "-m", "service.cli", "onboard", "--grammar", str(folder / "grammar.lark"),
-                   "--pairs", str(folder / "pairs.jsonl"), "--name", name, "--url", self.url, "--work-dir", str(work),
-                   "--status", str(folder / "status.json")]
-        for option, value in {**options, "tenant": tenant}.items():
-            if value is not None:
-                flag = "budget" if option == "budget_s" else option.replace("_", "-")
-                command += [f"--{flag}", f"{value:.0f}" if option == "budget_s" else str(value)]
-        return command
+    def command(self, name: str, folder: Path, work: Path) -> list[str]:
+        """The child's command line: ``nl2dsl onboard`` on the run's files, against this replica; every path
+        made here, every option in ``options.json``."""
+        return [sys.executable, "-m", "service.cli", "onboard", "--grammar", str(folder / "grammar.lark"),
+                "--pairs", str(folder / "pairs.jsonl"), "--options", str(folder / "options.json"), "--name", name,
+                "--url", self.url, "--work-dir", str(work), "--status", str(folder / "status.json")]
+
+    def confined(self, command: list[str], *, budget_s: float) -> list[str]:
+        """``command`` behind :mod:`service.onboarding.confine`: CPU time for its wall-clock bound on every core."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpu_s = int((1.5 * budget_s + 300) * cores)
+        return [sys.executable, "-m", "service.onboarding.confine", "--cpu-s", str(cpu_s),
+                "--memory-mb", str(self.limits.memory_mb), "--nice", str(self.limits.nice), "--", *command]
+
+    def environment(self, api_key: str | None) -> dict[str, str]:
+        """The child's whole environment: the basics, offline model hubs, where the model is, the caller's key."""
+        env = {k: os.environ[k] for k in _ENVIRONMENT if k in os.environ}
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+                   NL2DSL_CACHE_DIR=str(self.cache_dir))
+        if self.model:
+            env["NL2DSL_MODEL"] = self.model
+        if api_key:
+            env["NL2DSL_API_KEY"] = api_key
+        return env
 
     def status(self, job_id: str, *, tenant: str | None, admin: bool) -> dict[str, Any]:
-        """The run's status: what the child last wrote, and whether it is still running."""
-        self._stop_overdue()
+        """The run's status: what the child last wrote, and whether it is still running (server paths hidden)."""
+        self._supervise()
         folder, job = self._job(job_id, tenant=tenant, admin=admin)
         status_path = folder / "status.json"
-        status = json.loads(status_path.read_text()) if status_path.exists() else {
-            "state": "running", "stage": None, "progress": None, "report": None, "error": None}
+        try:
+            status = json.loads(status_path.read_text())
+        except (OSError, ValueError):
+            status = {"state": "running", "stage": None, "progress": None, "report": None, "error": None}
         process = self._running.get(job_id)
         ended = process is None or process.poll() is not None
-        if ended and status["state"] == "running":
-            # The child ended without saying how (killed, or this replica restarted under it).
-            status["state"] = "failed"
-            status["error"] = status["error"] or "the run stopped before it finished; see the log"
         log = (folder / "log.txt").read_text(errors="replace") if (folder / "log.txt").exists() else ""
         lines = [line.rsplit("\r", 1)[-1] for line in log.splitlines() if line.strip()]
-        return {**job, **status, "log": lines[-20:]}
+        if ended and status.get("state") == "running":
+            # The child ended without saying how (killed, out of CPU time, or this replica restarted under it).
+            status["state"] = "failed"
+            status["error"] = status.get("error") or _cause(lines) or "the run stopped before it finished"
+        scrub = self._scrubber(folder, job)
+        if status.get("error"):
+            status["error"] = scrub(str(status["error"]).strip().splitlines()[-1])
+        shown = [scrub(line) for line in lines if not _TRACEBACK_LINE.match(line)]
+        return {**job, **status, "log": shown[-20:]}
 
     def report(self, job_id: str, filename: str, *, tenant: str | None, admin: bool) -> Path:
         """``ONBOARDING.md`` / ``.png`` / ``.json`` of a run that has ended."""
         folder, job = self._job(job_id, tenant=tenant, admin=admin)
-        path = self.root / "work" / (job["tenant"] or "_shared") / job["name"] / "report" / filename
+        path = self._work(job["tenant"], job["name"]) / "report" / filename
         if not path.exists():
             raise NotFound(f"onboarding run {job_id} has no report yet", detail={"id": job_id})
         return path
@@ -109,23 +169,72 @@ class OnboardingJobs:
     def cancel(self, job_id: str, *, tenant: str | None, admin: bool) -> None:
         """Stop a run (its process group: the child and what it started); killed if still there 30 s later."""
         self._job(job_id, tenant=tenant, admin=admin)
+        self._stop(job_id)
+
+    def tenant_bytes(self, tenant: str | None) -> int:
+        """What ``tenant``'s runs and work folders hold on this replica's disk."""
+        folders = [self._work(tenant, "x").parent]
+        runs = self.root / "runs"
+        if runs.is_dir():
+            for folder in runs.iterdir():
+                try:
+                    if json.loads((folder / "job.json").read_text()).get("tenant") == tenant:
+                        folders.append(folder)
+                except (OSError, ValueError):
+                    continue
+        return sum(p.stat().st_size for folder in folders if folder.is_dir()
+                   for p in folder.rglob("*") if p.is_file())
+
+    def supervise_once(self) -> None:
+        """Reap ended children, stop the overdue, remove runs past their retention (the supervisor's round)."""
+        now = time.monotonic()
+        with self._lock:
+            for job_id, process in list(self._running.items()):
+                if process.poll() is not None:  # reaped: no zombie
+                    self._running.pop(job_id, None)
+                    self._deadlines.pop(job_id, None)
+                elif now > self._deadlines.get(job_id, float("inf")):
+                    self._deadlines.pop(job_id, None)
+                    self._stop(job_id)
+            running = set(self._running)
+        runs = self.root / "runs"
+        for folder in runs.iterdir() if runs.is_dir() else ():
+            if folder.name in running:
+                continue
+            ended = folder / "ended"  # when this replica first saw the run ended (a restart: now)
+            if not ended.exists():
+                ended.touch()
+            elif time.time() - ended.stat().st_mtime > self.limits.retention_s:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        self._closed.set()
+        for job_id in list(self._running):
+            self._stop(job_id)
+
+    def _supervise(self) -> None:
+        if self._supervisor is None or not self._supervisor.is_alive():
+            self._supervisor = threading.Thread(target=self._supervisor_loop, name="nl2dsl-onboarding-supervisor",
+                                                daemon=True)
+            self._supervisor.start()
+
+    def _supervisor_loop(self) -> None:
+        while not self._closed.wait(_SUPERVISE_S):
+            try:
+                self.supervise_once()
+            except OSError:  # a folder removed under it: the next round sees the new state
+                continue
+
+    def _stop(self, job_id: str) -> None:
         process = self._running.get(job_id)
         if process is not None and process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-            timer = threading.Timer(30, _kill_if_running, args=(process,))
+            timer = threading.Timer(_KILL_AFTER_S, _kill_if_running, args=(process,))
             timer.daemon = True
             timer.start()
 
-    def _stop_overdue(self) -> None:
-        """A run past its deadline (a grammar or pairs that make the child spin) is stopped."""
-        for job_id, deadline in list(self._deadlines.items()):
-            if time.monotonic() > deadline:
-                del self._deadlines[job_id]
-                self.cancel(job_id, tenant=None, admin=True)
-
-    def close(self) -> None:
-        for job_id in list(self._running):
-            self.cancel(job_id, tenant=None, admin=True)
+    def _work(self, tenant: str | None, name: str) -> Path:
+        return self.root / "work" / (tenant or "_shared") / name
 
     def _job(self, job_id: str, *, tenant: str | None, admin: bool) -> tuple[Path, dict[str, Any]]:
         """The run's folder and record; another tenant's run is as absent as one that never was."""
@@ -137,6 +246,28 @@ class OnboardingJobs:
         if not admin and job["tenant"] != tenant:
             raise NotFound(f"no onboarding run {job_id!r}", detail={"id": job_id})
         return folder, job
+
+    def _scrubber(self, folder: Path, job: dict[str, Any]):
+        """Server paths in a line, replaced by what they are to the tenant: its files and "<service>"."""
+        known = [(str(folder) + "/", ""), (str(self._work(job["tenant"], job["name"])) + "/", "work/"),
+                 (str(self.root), "<onboarding>"), (str(self.cache_dir), "<cache>"), (sys.prefix, "<python>"),
+                 (str(PROJECT_ROOT), "<service>"), (str(Path.home()), "<home>")]
+        known.sort(key=lambda pair: -len(pair[0]))
+
+        def scrub(line: str) -> str:
+            for path, name in known:
+                line = line.replace(path, name)
+            return re.sub(r"(?<![\w<])/(?:[\w.-]+/)+([\w.-]+)", r"\1", line)  # any other absolute path: its name
+
+        return scrub
+
+
+def _cause(lines: list[str]) -> str | None:
+    """The one line that says why a child ended: a traceback's last line, or the last line it wrote."""
+    for line in reversed(lines):
+        if not _TRACEBACK_LINE.match(line):
+            return line
+    return None
 
 
 def _kill_if_running(process: subprocess.Popen) -> None:

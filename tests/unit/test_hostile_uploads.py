@@ -1,4 +1,4 @@
-"""Every door a tenant pushes bytes through, tried as a hostile tenant would (docs/SECURITY.md, 11a-11j).
+"""Every door a tenant pushes bytes through, tried as a hostile tenant would (docs/SECURITY.md, 13-13j).
 
 Around a fake engine: the store, the grammar sandbox, the upload pool and the checks are real. Each test is
 named after the attack it stops; the property-based ones generate hostile inputs and assert the same three
@@ -73,7 +73,7 @@ def _refused(response, status: int = 400) -> dict:
     return response.json()["error"]
 
 
-# 11a: adapter slot theft -----------------------------------------------------------------------------------
+# 13: adapter slot theft -----------------------------------------------------------------------------------
 
 def test_an_adapter_with_a_tensor_one_column_too_wide_is_refused_naming_the_tensor_and_nothing_is_stored(
         replica, tmp_path):
@@ -116,7 +116,7 @@ def test_two_adapters_never_share_an_engine_id_even_with_the_same_weights(replic
     assert len(ids) == len(set(ids))
 
 
-# 11b: YAML alias bomb ---------------------------------------------------------------------------------------
+# 13b: YAML alias bomb ---------------------------------------------------------------------------------------
 
 def test_a_yaml_alias_bomb_manifest_is_refused_without_expanding_or_echoing_it(replica, tmp_path):
     folder = _folder(tmp_path)
@@ -169,7 +169,7 @@ def test_a_safetensors_header_deep_wrong_or_cut_short_is_a_400(replica, tmp_path
     assert _stored(tmp_path) == []
 
 
-# 11c: archive bombs -----------------------------------------------------------------------------------------
+# 13c: archive bombs -----------------------------------------------------------------------------------------
 
 def _zeros_bomb(size: int) -> bytes:
     info = tarfile.TarInfo("adapter_model.safetensors")
@@ -250,7 +250,7 @@ def test_uploads_run_on_their_own_pool_and_one_tenant_cannot_take_all_of_it(repl
     assert threads and all(name.startswith("nl2dsl-upload") for name in threads)
 
 
-# 11d: examples bomb -----------------------------------------------------------------------------------------
+# 13d: examples bomb -----------------------------------------------------------------------------------------
 
 @pytest.fixture()
 def kv(replica):
@@ -278,7 +278,7 @@ def test_a_partly_bad_examples_body_lists_the_first_rejects_and_counts_them_all(
     assert kv.get("/dsls", headers=_auth("alpha")).status_code == 200  # a context object once broke the listing
 
 
-# 11f: quotas ------------------------------------------------------------------------------------------------
+# 13f: quotas ------------------------------------------------------------------------------------------------
 
 def test_a_rollback_cannot_bring_back_a_dsl_past_the_count_limit(replica):
     client = replica(max_grammars_per_tenant=2)
@@ -337,7 +337,7 @@ def test_a_new_item_another_replica_raced_past_the_limit_is_withdrawn_not_served
     assert real("dsls", "alpha-corp") == {"first"}
 
 
-# 11g: property-based: never a 5xx, never stored, /healthz answers --------------------------------------------
+# 13g: property-based: never a 5xx, never stored, /healthz answers --------------------------------------------
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                      st.text(max_size=20))
@@ -402,7 +402,7 @@ def test_any_jsonl_examples_body_is_answered_without_a_5xx(kv, tmp_path, lines):
     assert kv.get("/dsls", headers=_auth("alpha")).status_code == 200 and kv.get("/healthz").status_code == 200
 
 
-# 11h-11j: metrics, parser cache, keys file ------------------------------------------------------------------
+# 13h-13j: metrics, parser cache, keys file ------------------------------------------------------------------
 
 def test_a_tenants_adapter_named_like_a_shipped_one_does_not_land_in_its_metrics(replica, tmp_path):
     client = replica(metrics_on_api=True)

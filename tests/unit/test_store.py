@@ -50,15 +50,16 @@ def test_versions_are_numbered_immutable_and_the_newest_is_current(store):
     assert set(scanned) == {("contoso", "kv"), ("fabrikam", "kv")} and scanned[("contoso", "kv")][-1] == second
 
 
-def test_a_rollback_and_a_deletion_are_new_versions(store):
+def test_a_deletion_is_a_new_version_and_live_names_follow_the_newest(store):
     versions = Versions(store)
     versions.publish("adapters", "contoso", "crm", b"weights v1", suffix="tar.gz")
-    versions.publish("adapters", "contoso", "crm", b"weights v2", suffix="tar.gz")
-    back = versions.republish("adapters", "contoso", "crm", 1)
-    assert back.number == 3 and versions.read(back) == b"weights v1"
-    gone = versions.publish("adapters", "contoso", "crm", None, suffix="tar.gz")
-    assert gone.deleted and versions.history("adapters", "contoso", "crm")[-1].deleted
-    assert versions.republish("adapters", "contoso", "crm", 4) is None  # a deletion has no content
+    versions.publish("adapters", "contoso", "old", b"weights v2", suffix="tar.gz")
+    assert versions.live_names("adapters", "contoso") == {"crm", "old"}
+    gone = versions.publish("adapters", "contoso", "old", None, suffix="tar.gz")
+    assert gone.deleted and versions.history("adapters", "contoso", "old")[-1].deleted
+    assert versions.live_names("adapters", "contoso") == {"crm"} and versions.live_names("adapters", "other") == set()
+    versions.publish("adapters", "contoso", "old", b"weights v2", suffix="tar.gz")  # a rollback brings it back
+    assert versions.live_names("adapters", "contoso") == {"crm", "old"}
     assert versions.owner_bytes("contoso") == len(b"weights v1") * 3
 
 
