@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections import defaultdict, deque
 
-from service.errors import QuotaExceeded
+from service.errors import NotFound, QuotaExceeded
 from service.store import Version, Versions
 
 __all__ = ["OwnerGate"]
@@ -36,6 +36,23 @@ class OwnerGate:
         self.per_minute = per_minute
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._changes: dict[str, deque[float]] = defaultdict(deque)
+
+    async def history(self, kind: str, owner: str, name: str, *, unknown: type[NotFound]) -> list[Version]:
+        """The versions of ``owner``'s ``name``, oldest first; ``unknown`` (404) when it has none."""
+        history = await asyncio.to_thread(self.versions.history, kind, owner, name)
+        if not history:
+            raise unknown(f"no published {_noun(kind)} {name!r} of yours", detail={"name": name})
+        return history
+
+    async def content(self, kind: str, owner: str, name: str, number: int, *, unknown: type[NotFound]) -> bytes:
+        """What version ``number`` of ``owner``'s ``name`` holds (a rollback's content); ``unknown`` (404) when
+        there is no such version or it is a deletion."""
+        earlier = next((v for v in await self.history(kind, owner, name, unknown=unknown)
+                        if v.number == number and not v.deleted), None)
+        if earlier is None:
+            raise unknown(f"{_noun(kind)} {name!r} of yours has no version {number}",
+                          detail={"name": name, "version": number})
+        return await asyncio.to_thread(self.versions.read, earlier)
 
     async def publish(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str, max_items: int) -> Version:
         """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them)."""
@@ -76,7 +93,10 @@ class OwnerGate:
         return version
 
 
+def _noun(kind: str) -> str:
+    return "dsl" if kind == "dsls" else "adapter"
+
+
 def _too_many(kind: str, max_items: int) -> QuotaExceeded:
-    what = "DSLs" if kind == "dsls" else kind
-    return QuotaExceeded(f"at most {max_items} published {what} per tenant; delete one first",
-                         detail={"limit": kind, "max": max_items})
+    return QuotaExceeded(f"at most {max_items} published {_noun(kind)}s per tenant; delete one first",
+                         detail={"limit": "grammars" if kind == "dsls" else kind, "max": max_items})

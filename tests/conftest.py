@@ -109,6 +109,8 @@ def server(tmp_path_factory) -> Server:
         "NL2DSL_LOG_LEVEL": "info",
         "NL2DSL_AUTH": "keys",
         "NL2DSL_API_KEYS_FILE": str(keys),
+        # With keys on, /metrics is off the API port unless asked for: the tests read it there.
+        "NL2DSL_METRICS_ON_API": "true",
         # A 2-core CI machine under the Locust smoke takes up to ~2 min a request: no 504 for slowness.
         "NL2DSL_REQUEST_TIMEOUT_S": "600",
         "NL2DSL_STORE": str(tmp_path_factory.mktemp("store")),

@@ -111,19 +111,11 @@ class AdapterPublisher:
                              detail={"adapter": adapter.name}) from exc
 
     async def history(self, *, owner: str | None, name: str) -> list[Version]:
-        history = await asyncio.to_thread(self.versions.history, _KIND, owner_key(owner), name)
-        if not history:
-            raise UnknownAdapter(f"no published adapter {name!r} of yours", detail={"adapter": name})
-        return history
+        return await self.gate.history(_KIND, owner_key(owner), name, unknown=UnknownAdapter)
 
     async def rollback(self, *, owner: str | None, name: str, version: int) -> Adapter:
         """Publish version ``version``'s content again as the newest, within the owner's quotas."""
-        earlier = next((v for v in await self.history(owner=owner, name=name)
-                        if v.number == version and not v.deleted), None)
-        if earlier is None:
-            raise UnknownAdapter(f"adapter {name!r} of yours has no version {version}",
-                                 detail={"adapter": name, "version": version})
-        data = await asyncio.to_thread(self.versions.read, earlier)
+        data = await self.gate.content(_KIND, owner_key(owner), name, version, unknown=UnknownAdapter)
         published = await self.gate.publish(_KIND, owner_key(owner), name, data, suffix="tar.gz",
                                             max_items=self.settings.max_adapters_per_tenant)
         adapter = await self._install(published, data)

@@ -163,21 +163,12 @@ class DSLPublisher:
         return await self._publish(record, _Checked(updated, ())), len(added), rejects, rejected
 
     async def history(self, *, owner: str | None, name: str) -> list[Version]:
-        history = await asyncio.to_thread(self.versions.history, _KIND, owner_key(owner), name)
-        if not history:
-            raise UnknownDSL(f"no uploaded dsl {name!r} of yours", detail={"name": name})
-        return history
+        return await self.gate.history(_KIND, owner_key(owner), name, unknown=UnknownDSL)
 
     async def rollback(self, *, owner: str | None, name: str, version: int) -> Grammar:
         """Publish version ``version``'s content again, as the newest version, within the owner's quotas."""
-        earlier = next((v for v in await self.history(owner=owner, name=name)
-                        if v.number == version and not v.deleted), None)
-        if earlier is None:
-            raise UnknownDSL(f"dsl {name!r} of yours has no version {version}", detail={"name": name,
-                                                                                       "version": version})
-        record = json.loads(await asyncio.to_thread(self.versions.read, earlier))
-        checked = await self._compile(record, version=0)
-        return await self._publish(record, checked)
+        record = json.loads(await self.gate.content(_KIND, owner_key(owner), name, version, unknown=UnknownDSL))
+        return await self._publish(record, await self._compile(record, version=0))
 
     async def delete(self, *, owner: str | None, name: str) -> None:
         self._own(owner, name)

@@ -20,13 +20,15 @@ COMPILE_BOMB = "start: " + " ".join(f'["{chr(97 + i)}"]' for i in range(19)) + "
 
 
 def _widen_first_lora_a(weights: Path) -> None:
-    """Rewrite ``weights`` so its first lora_A tensor is one column wider than the base's projection (the header
-    stays consistent: every offset moves with it), as the attack's archive was."""
+    """Rewrite ``weights`` so layer 0's o_proj lora_A is one column wider than the base's projection (the header
+    stays consistent: every offset moves with it), as the attack's archive was. o_proj, because vLLM merges q,
+    k and v into one layer when it adds an adapter, and that merge alone fails on a misfit there; o_proj's
+    misfit passes vLLM's own add and once failed only in the middle of copying into a slot."""
     import safetensors.torch
     import torch
 
     tensors = safetensors.torch.load_file(str(weights))
-    key = sorted(k for k in tensors if "lora_A" in k)[0]
+    key = "base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight"
     tensors[key] = torch.cat([tensors[key], torch.zeros(tensors[key].shape[0], 1)], dim=1)
     safetensors.torch.save_file(tensors, str(weights))
 
@@ -37,7 +39,7 @@ def test_an_adapter_one_column_too_wide_is_refused_at_publish_by_the_real_servic
     with server.client(ALPHA) as alpha:
         refused = alpha.post("/adapters", content=pack_adapter(folder))
         assert refused.status_code == 400, refused.text
-        assert "lora_A.weight" in refused.json()["error"]["message"]
+        assert "o_proj.lora_A.weight" in refused.json()["error"]["message"]
         assert alpha.get("/adapters/wide/versions").status_code == 404  # nothing stored
         assert alpha.post("/generate", json=FLOW).status_code == 200
 
@@ -50,28 +52,36 @@ def test_an_adapter_the_engine_refuses_is_quarantined_and_never_takes_another_te
     folder = make_random_adapter(server.model_dir, tmp_path / "swapped", seed=12, dsl="flow")
     with server.client(ALPHA) as alpha, server.client() as admin:
         assert alpha.post("/adapters", content=pack_adapter(folder)).status_code == 201
-        # The copy this replica serves: its cache folder is named by the stored archive's content.
-        [stored] = (Path(server.env["NL2DSL_STORE"]) / "adapters" / "alpha-corp" / "swapped").iterdir()
-        cache = Path.home() / ".cache" / "nl2dsl" / "published-adapters"
-        served = cache / hashlib.sha256(stored.read_bytes()).hexdigest()[:32]
-        assert (served / "adapter_model.safetensors").exists()
-        # Evict it from the engine's host cache (max_cpu_loras 2 on the test server): two other adapters.
-        for adapter, dsl in (("beta", "flow"), ("tiny-trained", "sql")):
-            used = admin.post("/generate", json={**FLOW, "dsl": dsl, "adapter": adapter, "text": "count orders"})
-            assert used.status_code == 200, used.text
-        _widen_first_lora_a(served / "adapter_model.safetensors")
+        try:
+            _swap_and_use(server, alpha, admin)
+        finally:  # alpha-corp's own flow adapter would otherwise be its default in later tests
+            assert alpha.delete("/adapters/swapped").status_code == 204
 
-        refused = alpha.post("/generate", json={**FLOW, "adapter": "swapped"})
-        assert refused.status_code == 409, refused.text
-        listed = next(a for a in alpha.get("/adapters").json() if a["name"] == "swapped")
-        assert listed["available"] is False and "could not load" in listed["error"]
-        assert alpha.post("/generate", json={**FLOW, "adapter": "swapped"}).status_code == 409  # not retried
-        # Every other tenant, and alpha without that adapter, are served by the same engine.
-        for client, body in ((admin, {**FLOW, "adapter": "beta"}), (alpha, {**FLOW, "adapter": "alpha"}),
-                             (alpha, {**FLOW, "adapter": "base"})):
-            served_ok = client.post("/generate", json=body)
-            assert served_ok.status_code == 200, served_ok.text
-        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+def _swap_and_use(server, alpha: httpx.Client, admin: httpx.Client) -> None:
+    """Swap the served copy's weights for ones that do not fit, then use it and everyone else."""
+    # The copy this replica serves: its cache folder is named by the stored archive's content.
+    [stored] = (Path(server.env["NL2DSL_STORE"]) / "adapters" / "alpha-corp" / "swapped").iterdir()
+    cache = Path.home() / ".cache" / "nl2dsl" / "published-adapters"
+    served = cache / hashlib.sha256(stored.read_bytes()).hexdigest()[:32]
+    assert (served / "adapter_model.safetensors").exists()
+    # Evict it from the engine's host cache (max_cpu_loras 2 on the test server): two other adapters.
+    for adapter, dsl in (("beta", "flow"), ("tiny-trained", "sql")):
+        used = admin.post("/generate", json={**FLOW, "dsl": dsl, "adapter": adapter, "text": "count orders"})
+        assert used.status_code == 200, used.text
+    _widen_first_lora_a(served / "adapter_model.safetensors")
+
+    refused = alpha.post("/generate", json={**FLOW, "adapter": "swapped"})
+    assert refused.status_code == 409, refused.text
+    listed = next(a for a in alpha.get("/adapters").json() if a["name"] == "swapped")
+    assert listed["available"] is False and "could not load" in listed["error"]
+    assert alpha.post("/generate", json={**FLOW, "adapter": "swapped"}).status_code == 409  # not retried
+    # Every other tenant, and alpha without that adapter, are served by the same engine.
+    for client, body in ((admin, {**FLOW, "adapter": "beta"}), (alpha, {**FLOW, "adapter": "alpha"}),
+                         (alpha, {**FLOW, "adapter": "base"})):
+        served_ok = client.post("/generate", json=body)
+        assert served_ok.status_code == 200, served_ok.text
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
 def test_a_grammar_the_dsl_sandbox_refuses_never_starts_an_onboarding_run(server):

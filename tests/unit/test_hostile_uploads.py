@@ -287,7 +287,7 @@ def test_a_rollback_cannot_bring_back_a_dsl_past_the_count_limit(replica):
     assert client.delete("/dsls/one", headers=_auth("alpha")).status_code == 204
     assert client.post("/dsls", json={"name": "three", "grammar": KV}, headers=_auth("alpha")).status_code == 201
     error = _refused(client.post("/dsls/one/rollback", json={"version": 1}, headers=_auth("alpha")), 429)
-    assert error["type"] == "quota_exceeded" and error["detail"]["limit"] == "dsls"
+    assert error["type"] == "quota_exceeded" and error["detail"]["limit"] == "grammars"
     assert len([d for d in client.get("/dsls", headers=_auth("alpha")).json() if d["origin"] == "upload"]) == 2
 
 
