@@ -40,6 +40,7 @@ from typing import Any
 from service.config import PROJECT_ROOT
 from service.errors import NotFound, OnboardingBusy, QuotaExceeded
 from service.onboarding.options import OnboardOptions
+from service.store import owner_key
 
 __all__ = ["OnboardingJobs", "RunLimits"]
 
@@ -234,7 +235,7 @@ class OnboardingJobs:
             timer.start()
 
     def _work(self, tenant: str | None, name: str) -> Path:
-        return self.root / "work" / (tenant or "_shared") / name
+        return self.root / "work" / owner_key(tenant) / name
 
     def _job(self, job_id: str, *, tenant: str | None, admin: bool) -> tuple[Path, dict[str, Any]]:
         """The run's folder and record; another tenant's run is as absent as one that never was."""
