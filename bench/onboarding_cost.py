@@ -21,7 +21,7 @@ from bench.results import ROOT, progress
 from service.local_server import local_server
 
 COMMAND = "python -m bench.onboarding_cost"
-REQUESTS = 8
+REQUESTS = 12
 OUT = ROOT / "docs" / "ONBOARDING_COST.md"
 BODY = {"dsl": "flow", "text": "when a form is submitted, post the answers to #sales", "max_tokens": 32,
         "tenant": "beta", "examples": 0}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 
 from service.errors import NotFound, QuotaExceeded
 from service.store import Version, Versions
@@ -54,11 +55,18 @@ class OwnerGate:
                           detail={"name": name, "version": number})
         return await asyncio.to_thread(self.versions.read, earlier)
 
-    async def publish(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str, max_items: int) -> Version:
-        """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them)."""
+    async def publish(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str, max_items: int,
+                      before_write: Callable[[], Awaitable[None]] | None = None) -> Version:
+        """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them).
+
+        ``before_write`` (an adapter's trial load into the engine) runs once the rate and quotas have let the
+        version through, and before it is written: a refused publish costs the engine nothing."""
         async with self._locks[owner]:
             self._count_change(owner)
-            return await asyncio.to_thread(self._publish, kind, owner, name, data, suffix, max_items)
+            new = await asyncio.to_thread(self._admit, kind, owner, name, len(data), max_items)
+            if before_write is not None:
+                await before_write()
+            return await asyncio.to_thread(self._write, kind, owner, name, data, suffix, max_items, new)
 
     async def withdraw(self, kind: str, owner: str, name: str, *, suffix: str) -> Version:
         """Write a deletion of ``owner``'s ``name`` (counted against the rate of change)."""
@@ -78,14 +86,19 @@ class OwnerGate:
                                 headers={"Retry-After": str(retry)})
         changes.append(now)
 
-    def _publish(self, kind: str, owner: str, name: str, data: bytes, suffix: str, max_items: int) -> Version:
+    def _admit(self, kind: str, owner: str, name: str, size: int, max_items: int) -> bool:
+        """Whether ``name`` is a new item; QuotaExceeded past the count or the bytes the owner may have."""
         live = self.versions.live_names(kind, owner)
         new = name not in live
         if new and len(live) >= max_items:
             raise _too_many(kind, max_items)
-        if self.versions.owner_bytes(owner) + len(data) > self.max_bytes:
+        if self.versions.owner_bytes(owner) + size > self.max_bytes:
             raise QuotaExceeded(f"the store holds at most {self.max_bytes} bytes per tenant",
                                 detail={"limit": "store_bytes", "max": self.max_bytes})
+        return new
+
+    def _write(self, kind: str, owner: str, name: str, data: bytes, suffix: str, max_items: int,
+               new: bool) -> Version:
         version = self.versions.publish(kind, owner, name, data, suffix=suffix)
         if new and len(self.versions.live_names(kind, owner)) > max_items:  # another replica's at the same time
             self.versions.publish(kind, owner, name, None, suffix=suffix)

@@ -68,9 +68,9 @@ class AdapterPublisher:
         """Check ``archive`` and publish it as the next version of the adapter it holds (or ``name``)."""
         with tempfile.TemporaryDirectory(prefix="nl2dsl-adapter-") as folder:
             adapter, data = await self.pool.run(owner, self._prepare, archive, Path(folder), owner, name)
-            await self._trial_load(adapter)
             version = await self.gate.publish(_KIND, owner_key(owner), adapter.name, data, suffix="tar.gz",
-                                              max_items=self.settings.max_adapters_per_tenant)
+                                              max_items=self.settings.max_adapters_per_tenant,
+                                              before_write=lambda: self._trial_load(adapter))
         return await self._install(version, data)
 
     def _prepare(self, archive: bytes, folder: Path, owner: str | None, name: str | None) -> tuple[Adapter, bytes]:

@@ -319,6 +319,17 @@ def test_publishes_are_rate_limited_per_tenant(replica, tmp_path):
     assert client.post("/adapters", content=archive, headers=_auth("beta")).status_code == 201  # per tenant
 
 
+def test_a_publish_refused_by_its_quota_never_reaches_the_engine(replica, tmp_path):
+    client = replica(max_adapters_per_tenant=1)
+    assert client.post("/adapters", content=pack_adapter(_folder(tmp_path, "first")),
+                       headers=_auth("alpha")).status_code == 201
+    assert client.engine.load.await_count >= 1  # the trial load, before the version was written
+    client.engine.load.reset_mock()
+    refused = client.post("/adapters", content=pack_adapter(_folder(tmp_path, "second")), headers=_auth("alpha"))
+    assert _refused(refused, 429)["detail"]["limit"] == "adapters"
+    assert client.engine.load.await_count == 0
+
+
 def test_a_new_item_another_replica_raced_past_the_limit_is_withdrawn_not_served(replica, monkeypatch):
     client = replica(max_grammars_per_tenant=1)
     versions = client.app.state.dsl_publisher.versions
