@@ -101,7 +101,8 @@ class _Node:
     def of(cls, item: lark.Tree | lark.Token) -> _Node:
         if isinstance(item, lark.Token):
             return cls(f"{item.type}={item.value}", [])
-        return cls(str(item.data), [cls.of(child) for child in item.children])
+        # lark puts None where an optional in brackets ([x]) is absent: an absent item is no node.
+        return cls(str(item.data), [cls.of(child) for child in item.children if child is not None])
 
 
 def tree_edit_distance(a: _Node, b: _Node) -> int:

@@ -68,3 +68,13 @@ def test_sql_hallucinations_are_read_against_the_schema(code, bad_tables, bad_co
     context = "products(id, name, category, price); customers(id, name); orders(id, customer_id, total)"
     h = hallucinations(SQL, code, context=context)
     assert (h.bad_names, h.bad_keys) == (bad_tables, bad_columns)
+
+
+def test_an_absent_bracket_optional_scores_without_crashing():
+    """lark puts None in the tree where ``[...]`` is absent: the tree metric once died on it (issue 28)."""
+    from service.grammars import compile_grammar
+
+    shop = compile_grammar("shop", 'start: entry (";" entry)* [";" where]\nentry: /[a-z]+/\nwhere: "at " /[a-z]+/\n',
+                           origin="upload")
+    assert tree_similarity(shop, "milk;eggs", "milk;eggs") == 1.0
+    assert 0.0 < tree_similarity(shop, "milk;eggs", "milk;eggs;at shop") < 1.0
