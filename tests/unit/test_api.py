@@ -187,3 +187,12 @@ def test_every_route_declares_the_errors_it_can_return(make_client):
     assert "400" in declared[("POST", "/validate")] and "503" in declared[("GET", "/readyz")]
     error = spec["components"]["schemas"]["ErrorResponse"]
     assert error["properties"]["error"]["$ref"].endswith("/ErrorBody")  # one shape for every error
+
+
+def test_a_body_that_is_not_json_says_where_decoding_stopped_in_words(make_client):
+    with make_client() as client:
+        r = client.post("/generate", content=b'{"dsl": "flow",, "text": "x"}',
+                        headers={"Content-Type": "application/json"})
+    error = r.json()["error"]
+    assert r.status_code == 422 and error["param"] is None
+    assert "at character 15 of the body" in error["message"], error["message"]
