@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     onboard.add_argument("--url", default=None, help="a running service (default: start one on the embedded model)")
     onboard.add_argument("--api-key", default=None, help="API key for --url (default: NL2DSL_API_KEY)")
     onboard.add_argument("--budget", default="30m", help="wall-clock budget for the whole run: 30m, 1h, 900s")
-    onboard.add_argument("--margin", type=float, default=0.05, help="held-out exact match the adapter must add")
+    onboard.add_argument("--margin", type=float, default=0.0,
+                         help="held-out exact match the adapter must add, besides a significant gain")
+    onboard.add_argument("--alpha", type=float, default=0.05,
+                         help="the gate's significance level (exact McNemar on the held-out pairs; 1: none asked)")
     onboard.add_argument("--examples", type=int, default=3, help="retrieved examples in the 'with examples' runs")
     onboard.add_argument("--description", default="", help="one sentence on what the DSL is for (in the prompt)")
     onboard.add_argument("--start", default="start", help="the grammar's start rule")
@@ -284,7 +287,7 @@ def _onboard(args: argparse.Namespace) -> int:
     config = OnboardConfig(
         grammar=args.grammar, pairs=args.pairs, name=name, work_dir=args.work_dir or Path("onboarding") / name,
         url=args.url, api_key=args.api_key or Settings().api_key, tenant=args.tenant, start=args.start,
-        description=args.description, budget_s=budget, margin=args.margin, examples=args.examples,
+        description=args.description, budget_s=budget, margin=args.margin, alpha=args.alpha, examples=args.examples,
         heldout_max=args.heldout, steps=args.steps, batch_size=args.batch_size, max_tokens=args.max_tokens,
         command=shlex.join(["nl2dsl", "onboard", *sys.argv[2:]]), status_file=args.status,
         heldout_file=args.heldout_file,

@@ -110,6 +110,9 @@ class Summary:
     name_hallucination_rate: float | None = None
     #: Parameter keys (flow) or columns (sql) that do not exist, per key used.
     key_hallucination_rate: float | None = None
+    #: Each pair's exact match, in the order of the pairs: what a paired test compares
+    #: (:mod:`service.evaluation.paired`).
+    hits: tuple[bool, ...] = ()
 
 
 def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Summary:
@@ -138,6 +141,7 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         p50_s=statistics.median(latencies),
         p95_s=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         completion_tokens=sum(o.completion_tokens for o in outcomes) / n,
+        hits=tuple(o.exact for o in outcomes),
         **scores,
     )
 

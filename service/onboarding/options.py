@@ -22,8 +22,12 @@ class OnboardOptions(BaseModel):
     start: str = Field(default="start", pattern=r"^[a-z_][a-z0-9_]{0,31}$")
     description: str = Field(default="", max_length=500)
     budget_s: float = Field(default=1800, ge=60, description="Wall-clock seconds for the whole run.")
-    margin: float = Field(default=0.05, ge=-1, le=1,
-                          description="Held-out exact match the adapter must add over the best baseline.")
+    margin: float = Field(default=0.0, ge=-1, le=1,
+                          description="Held-out exact match the adapter must add over the best baseline, besides a "
+                                      "significant gain.")
+    alpha: float = Field(default=0.05, gt=0, le=1,
+                         description="Significance level of the gate (exact McNemar on the held-out pairs); 1 asks "
+                                     "for no significance.")
     examples: int = Field(default=3, ge=0, le=8)
     heldout: int = Field(default=100, ge=4, le=500)
     max_tokens: int = Field(default=64, ge=1, le=512)

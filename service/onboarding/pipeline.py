@@ -7,8 +7,10 @@
     train      a LoRA adapter on the train split within the time budget (steps from data size and budget,
                warm-up + cosine schedule, early stop on the held-out score, checkpoints: a re-run resumes)
     evaluate   the adapter as a candidate, with 0 and k examples, constrained and not
-    gate       published under its name only if its best constrained exact match beats the best baseline by
-               ``margin`` and no output that finished by itself fails to parse; otherwise the baseline stays
+    gate       published under its name only if its best constrained configuration beats the best baseline on
+               the same held-out pairs by ``margin`` and significantly (exact McNemar at ``alpha``), training
+               reached half its planned steps, and no output that finished by itself fails to parse; otherwise
+               the baseline stays. A held-out set too small to show ``margin`` is refused before anything runs
     report     ONBOARDING.md / .png / .json in the work folder and inside the published adapter's archive
 
 Everything goes through the service's API (``--url`` with an API key, or a local service started here on the
@@ -28,12 +30,14 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from nl2dsl_client import NL2DSLClient
 
 from service.adapters import pack_adapter
 from service.config import Settings
+from service.evaluation.paired import min_pairs, paired
 from service.evaluation.runner import RunConfig, Summary, score_together
 from service.grammars import Grammar, compile_grammar
 from service.local_server import local_server
@@ -59,7 +63,11 @@ class OnboardConfig:
     description: str = ""
     budget_s: float = 1800.0
     #: The adapter must beat the best baseline's held-out exact match by this much to be published.
-    margin: float = 0.05
+    margin: float = 0.0
+    #: The gate's significance level (exact McNemar on the held-out pairs) and the share of the planned
+    #: training steps an adapter must have had before it is judged.
+    alpha: float = 0.05
+    min_step_share: float = 0.5
     examples: int = 3
     heldout_max: int = 200
     #: The team's own held-out pairs instead of a split of ``pairs``.
@@ -113,6 +121,15 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
     _write_split(config.work_dir, dataset)
     report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command)
     status.update(report=report)
+    needed = min_pairs(config.margin, config.alpha)
+    if len(dataset.heldout) < needed:  # refused before anything is registered or trained
+        report.published, report.verdict = False, (
+            f"{len(dataset.heldout)} held-out pairs cannot show a gain of {config.margin} at significance "
+            f"{config.alpha} (exact McNemar: at least {needed} pairs); give more pairs, a held-out file, or a "
+            "smaller --margin")
+        write_report(report, config.work_dir / "report")
+        _say(f"not published: {report.verdict}")
+        return report
     with ExitStack() as stack:
         url = config.url or stack.enter_context(local_server(
             log=config.work_dir / "server.log", env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
@@ -159,7 +176,8 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
                                   lambda: _evaluate(url, config, trained, dataset, grammar))
         finally:
             client.delete_adapter(candidate)
-        report.published, report.verdict = _gate(report.rows, margin=config.margin)
+        report.published, report.verdict = _gate(report.rows, margin=config.margin, alpha=config.alpha,
+                                                 training=report.training, min_step_share=config.min_step_share)
         report.stages = config.stages
         if report.published:
             report.usage = _usage(url, config)
@@ -245,8 +263,11 @@ def _kept_baselines(previous: Path, key: str) -> tuple[list[tuple[RunConfig, Sum
     if not isinstance(data, dict) or data.get("baseline", {}).get("key") != key:
         return None
     rows = [(RunConfig(**row["config"]), Summary(**{**row["summary"],
-                                                     "exact_match_ci": tuple(row["summary"]["exact_match_ci"])}))
+                                                     "exact_match_ci": tuple(row["summary"]["exact_match_ci"]),
+                                                     "hits": tuple(row["summary"].get("hits", ()))}))
             for row in data["rows"] if row["config"]["adapter"] == "base"]
+    if any(len(summary.hits) != summary.n for _, summary in rows):
+        return None  # scored before per-pair results were kept: the paired gate needs them
     return (rows, float(data["baseline"]["seconds"])) if rows else None
 
 
@@ -299,7 +320,8 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
                    heldout_rows=dataset.heldout, data_files=[config.pairs], on_progress=progress)
     shutil.rmtree(config.work_dir / "checkpoint", ignore_errors=True)  # finished: the next run starts anew
     report.curve = list(result.heldout_exact_match)
-    report.training = {"steps": result.steps, "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s,
+    report.training = {"steps": result.steps, "planned_steps": steps, "wall_time_s": result.wall_time_s,
+                       "tokens_per_s": result.tokens_per_s,
                        "stopped": result.stopped, "best_step": result.best_step,
                        "resumed_from": result.resumed_from, "init_from": str(train_config.init_from or "")}
     manifest_path = output / "manifest.yaml"
@@ -309,14 +331,17 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
     return output
 
 
-def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float) -> tuple[bool, str]:
-    """Publish only a clear win over the best baseline, with every finished constrained output parsing."""
+def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
+          training: dict[str, Any] | None = None, min_step_share: float = 0.5) -> tuple[bool, str]:
+    """Publish only a gain shown on the same held-out pairs: the best constrained adapter configuration against
+    the best baseline, by the exact McNemar test at ``alpha``, at least ``margin`` of held-out exact match,
+    training that reached ``min_step_share`` of its planned steps, and every finished constrained output
+    parsing. The verdict names the test, the counts and the p-value."""
     baselines = [(c, s) for c, s in rows if c.adapter == "base"]
     adapters = [(c, s) for c, s in rows if c.adapter != "base" and c.constrained]
     best_base_config, best_base = max(baselines, key=lambda cs: cs[1].exact_match)
     best_config, best = max(adapters, key=lambda cs: cs[1].exact_match)
     violations = sum(s.grammar_violation_rate for _, s in adapters)
-    needed = best_base.exact_match + margin
     failed = [c.label + ("" if c.constrained else " (free)") for c, s in rows if s.error_rate > 0]
     if failed:
         return False, (f"requests failed while scoring {', '.join(failed)}: those scores are not measurements; "
@@ -324,12 +349,23 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float) -> tuple[bool
     if violations > 0:
         return False, (f"constrained adapter outputs that finished by themselves did not parse (rate "
                        f"{violations:.3f}); the baseline stays")
-    if best.exact_match < needed:
-        return False, (f"best adapter configuration '{best_config.label}' scored {best.exact_match:.3f} held-out "
-                       f"exact match, below the best baseline '{best_base_config.label}' "
-                       f"({best_base.exact_match:.3f}) + margin {margin} = {needed:.3f}; the baseline stays")
-    return True, (f"'{best_config.label}' scored {best.exact_match:.3f} held-out exact match against the best "
-                  f"baseline '{best_base_config.label}' {best_base.exact_match:.3f} (margin {margin} met), and every "
+    if training and training.get("planned_steps"):
+        done, planned = training.get("steps", 0), training["planned_steps"]
+        if done < min_step_share * planned:
+            return False, (f"training reached {done} of its {planned} planned steps, under the {min_step_share:.0%} "
+                           "an adapter needs before it is judged; give the run a longer budget; the baseline stays")
+    test = paired(best.hits, best_base.hits)
+    counts = (f"exact McNemar on the same {test.n} held-out pairs: '{best_config.label}' "
+              f"{best.exact_match:.3f} against '{best_base_config.label}' {best_base.exact_match:.3f}, "
+              f"{test.wins} pairs won, {test.losses} lost, p = {test.p_value:.3g}")
+    if test.gain < margin:
+        return False, f"{counts}: a gain of {test.gain:.3f}, under the margin {margin}; the baseline stays"
+    if alpha >= 1:  # asked for: e.g. a smoke test of the path to a served adapter
+        return True, (f"{counts}: a gain of {test.gain:.3f} (margin {margin}); no significance was asked for "
+                      "(alpha 1), so this shows no gain; every constrained output that finished parses")
+    if test.p_value >= alpha:
+        return False, f"{counts}: not significant at {alpha}; the baseline stays"
+    return True, (f"{counts}: a gain of {test.gain:.3f} (margin {margin}), significant at {alpha}, and every "
                   "constrained output that finished parses")
 
 

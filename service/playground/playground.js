@@ -206,7 +206,8 @@ async function startOnboarding() {
   const body = {
     name: $("o-name").value.trim(), grammar: $("o-grammar").value, pairs: $("o-pairs").value,
     start: $("o-start").value.trim() || "start", budget_s: Number($("o-budget").value || 30) * 60,
-    heldout: Number($("o-heldout").value || 100), margin: Number($("o-margin").value || 0.05),
+    heldout: Number($("o-heldout").value || 100), margin: Number($("o-margin").value || 0),
+    alpha: Number($("o-alpha").value || 0.05),
     max_tokens: Number($("o-max-tokens").value || 64),
   };
   if ($("o-steps").value !== "") body.steps = Number($("o-steps").value);

@@ -99,10 +99,11 @@ def test_onboarding_view_runs_a_dsl_to_a_published_adapter_and_tries_it(page, se
     page.locator("#o-grammar").fill(SPEEDS)
     page.locator("#o-pairs").fill("\n".join(pairs))
     # Two training steps and 5 held-out pairs (the fewest a run scores on) keep it to minutes on a CPU; margin -1
-    # publishes what trains (the gate's decisions are unit-tested).
+    # and alpha 1 publish what trains (the gate's decisions are unit-tested).
     page.locator("#o-steps").fill("2")
     page.locator("#o-heldout").fill("5")
     page.locator("#o-margin").fill("-1")
+    page.locator("#o-alpha").fill("1")
     page.locator("#o-max-tokens").fill("16")
     page.get_by_role("button", name="Start onboarding").click()
     expect(page.locator("#o-status")).to_contain_text("running", timeout=30_000)

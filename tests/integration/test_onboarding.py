@@ -39,11 +39,11 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     grammar = tmp_path / "units.lark"
     grammar.write_text(GRAMMAR)
     work = tmp_path / "work"
-    # A margin of -1 publishes whatever trains (two steps learn little): this checks the path to a served adapter;
-    # the gate's own decisions are unit-tested.
+    # A margin of -1 and alpha 1 publish whatever trains (two steps learn little): this checks the path to a served
+    # adapter; the gate's own decisions are unit-tested.
     command = [sys.executable, "-m", "service.cli", "onboard", "--grammar", str(grammar), "--pairs", str(pairs),
                "--url", server.url, "--steps", "2", "--batch-size", "4", "--heldout", "5", "--max-tokens", "24",
-               "--margin", "-1", "--work-dir", str(work), "--description", "Unit conversions.",
+               "--margin", "-1", "--alpha", "1", "--work-dir", str(work), "--description", "Unit conversions.",
                "--status", str(tmp_path / "status.json")]
     env = {**os.environ, "NL2DSL_API_KEY": "alpha-key", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)

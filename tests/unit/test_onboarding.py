@@ -11,7 +11,7 @@ from service.errors import RequestInvalid
 from service.evaluation.runner import Outcome, RunConfig, summarize
 from service.grammars import compile_grammar
 from service.onboarding import build_dataset
-from service.onboarding.pipeline import OnboardConfig, _baseline_key, _gate, _kept_baselines
+from service.onboarding.pipeline import OnboardConfig, _baseline_key, _gate, _kept_baselines, onboard
 from service.onboarding.report import Report, write_report
 
 # A unit-conversion DSL nobody here wrote a generator for, with `*`, `%ignore` and an import.
@@ -74,21 +74,48 @@ def _summary(hits: int, n: int = 10, *, violations: int = 0):
 
 
 def test_the_gate_publishes_only_a_clear_win_with_every_finished_output_parsing():
-    base = [(RunConfig("base", "u", adapter="base"), _summary(3)),
-            (RunConfig("base + 3", "u", adapter="base", examples=3), _summary(5))]
-    win = [(RunConfig("adapter", "u", adapter="c"), _summary(8)),
-           (RunConfig("adapter free", "u", adapter="c", constrained=False), _summary(1, violations=5))]
-    published, why = _gate(base + win, margin=0.1)
-    assert published and "0.800" in why and "base + 3" in why  # the unconstrained run's failures do not count
-    assert not _gate(base + win, margin=0.4)[0]  # 0.8 < 0.5 + 0.4
-    broken = [(RunConfig("adapter", "u", adapter="c"), _summary(9, violations=1))]
-    published, why = _gate(base + broken, margin=0.1)
+    base = [(RunConfig("base", "u", adapter="base"), _summary(3, 40)),
+            (RunConfig("base + 3", "u", adapter="base", examples=3), _summary(5, 40))]
+    win = [(RunConfig("adapter", "u", adapter="c"), _summary(20, 40)),
+           (RunConfig("adapter free", "u", adapter="c", constrained=False), _summary(1, 40, violations=5))]
+    published, why = _gate(base + win, margin=0.1, alpha=0.05)
+    assert published and "0.500" in why and "base + 3" in why  # the unconstrained run's failures do not count
+    assert "exact McNemar" in why and "15 pairs won, 0 lost" in why and "p = 6.1e-05" in why
+    assert not _gate(base + win, margin=0.4, alpha=0.05)[0]  # a gain of 0.375 < 0.4
+    broken = [(RunConfig("adapter", "u", adapter="c"), _summary(30, 40, violations=1))]
+    published, why = _gate(base + broken, margin=0.1, alpha=0.05)
     assert not published and "did not parse" in why
     # A configuration whose requests failed (429s, a dead engine) was not measured: nothing is published on it.
     failed = Outcome("a", "", False, "error", 0.0, error="429 rate_limited: too many requests")
-    errored = [(RunConfig("adapter free", "u", adapter="c", constrained=False), summarize([failed] * 10))]
-    published, why = _gate(base + win + errored, margin=0.1)
+    errored = [(RunConfig("adapter free", "u", adapter="c", constrained=False), summarize([failed] * 40))]
+    published, why = _gate(base + win + errored, margin=0.1, alpha=0.05)
     assert not published and "adapter free (free)" in why and "not measurements" in why
+
+
+def test_the_gate_refuses_noise_and_an_adapter_that_barely_trained():
+    """The run of issue 28: "adapter + 3 examples" 3/12 against the baseline's 2/12 was published. On the same
+    pairs that is one pair won: p = 1.0, refused, whatever the margin."""
+    base = [(RunConfig("base", "u", adapter="base"), _summary(2, 12))]
+    noise = [(RunConfig("adapter + 3", "u", adapter="c", examples=3), _summary(3, 12))]
+    published, why = _gate(base + noise, margin=0.05, alpha=0.05)
+    assert not published and "1 pairs won, 0 lost, p = 1" in why and "not significant at 0.05" in why
+    win = [(RunConfig("adapter", "u", adapter="c"), _summary(20, 40))]
+    base40 = [(RunConfig("base", "u", adapter="base"), _summary(3, 40))]
+    published, why = _gate(base40 + win, margin=0.05, alpha=0.05, training={"steps": 2, "planned_steps": 18})
+    assert not published and "2 of its 18 planned steps" in why
+
+
+def test_a_held_out_set_too_small_for_the_margin_is_refused_before_anything_runs(tmp_path):
+    from service.evaluation.paired import min_pairs
+
+    assert min_pairs(0.05, 0.05) == 120 and min_pairs(0.0, 0.05) == 6
+    pairs = _pairs(tmp_path, [{"text": f"{i} km in miles", "code": f"{i} km -> mi"} for i in range(1, 41)])
+    (tmp_path / "units.lark").write_text(GRAMMAR)
+    config = OnboardConfig(grammar=tmp_path / "units.lark", pairs=pairs, name="units", work_dir=tmp_path / "work",
+                           url="http://127.0.0.1:9", budget_s=60, margin=0.05, heldout_max=12)
+    report = onboard(config)  # url points nowhere: the refusal comes before the service is called
+    assert not report.published and "at least 120 pairs" in report.verdict
+    assert (tmp_path / "work" / "report" / "ONBOARDING.md").exists()
 
 
 def test_summaries_carry_a_95_percent_interval_that_narrows_with_more_cases():
