@@ -93,7 +93,9 @@ def onboard(config: OnboardConfig) -> Report:
     try:
         report = _onboard(config, status)
     except BaseException as exc:
-        status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        cause = (str(exc).strip().splitlines() or [""])[0]
+        left = status.data.get("left_behind")
+        status.update(state="failed", error=f"{type(exc).__name__}: {cause}" + (f"; {left}" if left else ""))
         raise
     status.update(state="published" if report.published else "not published", stage=None, report=report)
     return report
@@ -134,7 +136,9 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         url = config.url or stack.enter_context(local_server(
             log=config.work_dir / "server.log", env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
         client = stack.enter_context(NL2DSLClient(url, api_key=config.api_key, timeout=600))
+        existed = _dsl_exists(client, config.name)
         _stage(config, status, "register", lambda: _register(client, config, text, dataset))
+        stack.push(_withdrawal(client, config.name, existed=existed, status=status))
         code_tokens = _code_tokens(dataset)
         # No output longer than half again the longest held-out code can match: stopping there saves the time a
         # base model spends running on to max_tokens.
@@ -218,13 +222,49 @@ def _write_split(folder: Path, dataset: Dataset) -> None:
     (folder / "rejects.json").write_text(json.dumps([asdict(r) for r in dataset.rejects], indent=1))
 
 
+def _dsl_exists(client: NL2DSLClient, name: str) -> bool:
+    from nl2dsl_client import APIError
+
+    try:
+        client.dsl(name)
+    except APIError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _withdrawal(client: NL2DSLClient, name: str, *, existed: bool, status: Status):
+    """An exit callback: a run that fails after registering its DSL withdraws it, if the run made it; a DSL an
+    earlier run made stays (its adapter needs it), at the version this run registered. The status says which.
+    A run that ends with a verdict keeps what it registered (the DSL is served, published adapter or not)."""
+
+    def on_exit(exc_type, exc, traceback) -> bool:  # noqa: ANN001 - ExitStack's signature
+        if exc_type is None:
+            return False
+        if existed:
+            status.update(left_behind=f"the DSL {name!r} stays at the version this run registered (an earlier run "
+                                      f"made it); POST /dsls/{name}/rollback restores an earlier one")
+            return False
+        try:
+            client.delete_dsl(name)
+            status.update(left_behind=f"the DSL {name!r} this run registered was withdrawn")
+        except Exception as failure:  # the service may be what failed: say what stays
+            status.update(left_behind=f"the DSL {name!r} this run registered could not be withdrawn "
+                                      f"({type(failure).__name__})")
+        return False
+
+    return on_exit
+
+
 def _register(client: NL2DSLClient, config: OnboardConfig, text: str, dataset: Dataset) -> None:
     """Publish the DSL and its training pairs as retrieval examples (never the held-out ones)."""
     client.upload_dsl(name=config.name, grammar=text, start=config.start, description=config.description)
     jsonl = "".join(json.dumps({k: v for k, v in asdict(r).items() if v is not None}) + "\n"
                     for r in _retrieval_examples(dataset))
     added = client.add_examples(config.name, jsonl)
-    _say(f"registered {config.name}: {added['added']} examples for retrieval, {len(added['rejected'])} refused")
+    refused = added.get("rejected_count", len(added["rejected"]))
+    _say(f"registered {config.name}: {added['added']} examples for retrieval, {refused} refused")
 
 
 def _evaluate(url: str, config: OnboardConfig, configs: list[RunConfig], dataset: Dataset,

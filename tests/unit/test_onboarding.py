@@ -181,3 +181,25 @@ def test_the_demo_pairs_parse_with_their_grammar_and_are_the_generators_output(d
     assert shipped == generate(len(shipped))  # deterministic: the file is what the generator writes
     dataset = build_dataset(grammar, folder / "pairs.jsonl")
     assert not dataset.rejects and dataset.kept > 900 and len(dataset.heldout) == round(0.2 * dataset.kept)
+
+
+def test_a_run_that_fails_after_registering_withdraws_the_dsl_it_made_and_says_what_stays(tmp_path):
+    from contextlib import ExitStack
+    from unittest.mock import MagicMock
+
+    from nl2dsl_client import NL2DSLClient
+
+    from service.onboarding.pipeline import _withdrawal
+    from service.onboarding.status import Status
+
+    for existed, expected in ((False, "was withdrawn"), (True, "stays at the version this run registered")):
+        client, status = MagicMock(spec=NL2DSLClient), Status(tmp_path / f"status-{existed}.json")
+        with pytest.raises(RuntimeError), ExitStack() as stack:
+            stack.push(_withdrawal(client, "shop", existed=existed, status=status))
+            raise RuntimeError("training died")
+        assert expected in status.data["left_behind"]
+        assert client.delete_dsl.called is not existed
+    client, status = MagicMock(spec=NL2DSLClient), Status(None)
+    with ExitStack() as stack:  # a run that ends with a verdict keeps what it registered
+        stack.push(_withdrawal(client, "shop", existed=False, status=status))
+    assert not client.delete_dsl.called and "left_behind" not in status.data
