@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nl2dsl_client import AsyncNL2DSLClient, NL2DSLError
-from tqdm import tqdm
 
 from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
 from service.grammars import Example, Grammar
+from service.progress import progress_bar
 
 #: Retries per request when the service answers 429 or 503 (the client waits as the service says).
 _RETRIES = 4
@@ -50,13 +50,15 @@ class Outcome:
 
 async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurrency: int = 8,
               progress: bool = True, api_key: str | None = None,
-              limit: asyncio.Semaphore | None = None) -> list[Outcome]:
+              limit: asyncio.Semaphore | None = None, bar=None) -> list[Outcome]:  # noqa: ANN001 - a progress bar
     """Outcomes in the order of ``rows``; an API error is an outcome too (never drops a row).
 
-    ``limit``: requests in flight, shared with other runs (default: ``concurrency`` of this run's own).
+    ``limit``: requests in flight, shared with other runs (default: ``concurrency`` of this run's own);
+    ``bar``: a progress bar shared with them (default: one of this run's own).
     """
     limit = limit or asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(rows), desc=config.label, disable=not progress, unit="req")
+    own_bar = bar is None
+    bar = bar if bar is not None else progress_bar(total=len(rows), desc=config.label, unit="req", enabled=progress)
 
     async def one(client: AsyncNL2DSLClient, row: Example) -> Outcome:
         async with limit:
@@ -74,7 +76,8 @@ async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurren
 
     async with AsyncNL2DSLClient(url, api_key=api_key, timeout=600, max_retries=_RETRIES) as client:
         outcomes = await asyncio.gather(*(one(client, row) for row in rows))
-    bar.close()
+    if own_bar:
+        bar.close()
     return list(outcomes)
 
 
@@ -158,7 +161,14 @@ def score_together(url: str, configs: Sequence[RunConfig], rows: Sequence[Exampl
     in all (what the service lets one tenant have), so the engine's batches stay full as configurations end."""
     async def together() -> list[list[Outcome]]:
         limit = asyncio.Semaphore(concurrency)
-        return await asyncio.gather(*(run(url, c, rows, api_key=api_key, limit=limit) for c in configs))
+        # One bar for all: bars drawn at once interleave in a log.
+        bar = progress_bar(total=len(configs) * len(rows), desc=f"scoring {len(configs)} configurations",
+                           unit="req")
+        try:
+            return await asyncio.gather(*(run(url, c, rows, api_key=api_key, limit=limit, bar=bar)
+                                          for c in configs))
+        finally:
+            bar.close()
 
     summaries = []
     for config, outcomes in zip(configs, asyncio.run(together()), strict=True):

@@ -103,8 +103,9 @@ def train(
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.progress import progress_bar
 
     started = time.monotonic()
     torch.manual_seed(config.seed)
@@ -148,8 +149,8 @@ def train(
         best = state["best"]
         first_step = resumed_from = state["step"] + 1
     stepping_s, first_step_s, tokens, stopped, eval_every = 0.0, 0.0, 0, None, config.eval_every
-    bar = tqdm(total=total[0], initial=first_step - 1, desc=f"train {config.name}", disable=not progress,
-               unit="step")
+    bar = progress_bar(total=total[0], initial=first_step - 1, desc=f"train {config.name}", enabled=progress,
+                       unit="step")
     step = first_step - 1
     while step < total[0]:
         step += 1
