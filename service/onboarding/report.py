@@ -107,12 +107,17 @@ def _plot(report: Report, path: Path) -> None:
     left.invert_yaxis()
     left.set_xlim(0, 1)
     left.set_title("held-out exact match (95% interval)")
-    if report.curve:
+    right.set_title("held-out teacher-forced exact match")
+    if len(report.curve) >= 2:
         steps, scores = zip(*report.curve, strict=True)
         right.plot(steps, scores, marker="o")
-    right.set_ylim(0, 1)
-    right.set_xlabel("training step")
-    right.set_title("held-out teacher-forced exact match")
+        right.set_ylim(0, 1)
+        right.set_xlabel("training step")
+    else:  # one point is a number, not a chart with an axis around one step
+        right.axis("off")
+        said = (f"{report.curve[0][1]:.3f}\nat step {report.curve[0][0]}" if report.curve
+                else "no held-out check\nduring training")
+        right.text(0.5, 0.5, said, ha="center", va="center", fontsize=16, transform=right.transAxes)
     fig.suptitle(f"{report.dsl}: {report.name}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

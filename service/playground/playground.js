@@ -257,10 +257,12 @@ function showOnboarding(status) {
   }).join("");
   const p = status.progress;
   if (p && p.total) {
+    const trained = done.has("train") || status.state !== "running";  // early stops end before the plan
     $("o-progress").max = p.total;
-    $("o-progress").value = p.step;
+    $("o-progress").value = trained ? p.total : p.step;
     const last = (p.curve || []).slice(-1)[0];
-    $("o-score").textContent = `step ${p.step} of ${p.total}` + (last ? ` · held-out score ${last[1].toFixed(3)} at step ${last[0]}` : "");
+    $("o-score").textContent = (trained ? `training finished at step ${p.step} of ${p.total} planned`
+      : `step ${p.step} of ${p.total}`) + (last ? ` · held-out score ${last[1].toFixed(3)} at step ${last[0]}` : "");
   }
   const rows = (status.report && status.report.rows) || [];
   $("o-scores").querySelector("tbody").innerHTML = rows.map(({ config, summary }) =>

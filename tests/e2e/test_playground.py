@@ -31,6 +31,20 @@ def page(server):
         browser.close()
 
 
+def test_no_empty_output_box_shows_before_there_is_output(page):
+    for box in ("#code", "#tree", "#v-marked", "#o-log"):
+        assert page.locator(box).evaluate("pre => pre.textContent === '' && getComputedStyle(pre).display === 'none'")
+    # The key field's placeholder fits inside it (measured in the field's own font).
+    fits = page.get_by_label("API key").evaluate("""input => {
+        const context = document.createElement("canvas").getContext("2d");
+        const style = getComputedStyle(input);
+        context.font = style.font;
+        const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+        return context.measureText(input.placeholder).width <= input.clientWidth - padding;
+    }""")
+    assert fits
+
+
 def test_generates_flow_code_and_marks_it_valid(page):
     page.locator("#dsl").select_option("flow")
     page.get_by_label("Request", exact=True).fill("when a form is submitted, post the answers to #sales")
@@ -111,7 +125,9 @@ def test_onboarding_view_runs_a_dsl_to_a_published_adapter_and_tries_it(page, se
     _until(page, "#o-stages li[data-stage=baseline].done")
     expect(page.locator("#o-scores tbody tr")).to_have_count(2)  # the two baselines, before training
     _until(page, "#o-stages li[data-stage=train].done")
-    expect(page.locator("#o-score")).to_contain_text("step 2 of 2 · held-out score")
+    # Training has ended: the bar reads finished, whatever step an early stop ended at.
+    expect(page.locator("#o-score")).to_contain_text("training finished at step 2 of 2 planned · held-out score")
+    assert page.locator("#o-progress").evaluate("bar => bar.value === bar.max")
     _until(page, "#o-stop:disabled")
     expect(page.locator("#o-status")).to_contain_text("published")
     expect(page.locator("#o-scores tbody tr")).to_have_count(6)
