@@ -165,7 +165,17 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         # long as the base model's (which often runs on to max_tokens).
         generated = sum(s.completion_tokens for _, s in report.rows) / len(report.rows)
         shorter = min(1.0, max(0.3, (sum(code_tokens) / len(code_tokens) + 2) / max(generated, 1.0)))
-        train_budget = max(60.0, config.budget_s - (time.monotonic() - started) - 2.2 * eval_s * shorter)
+        evaluation_s = 2.2 * eval_s * shorter
+        spent_s = time.monotonic() - started
+        train_budget = config.budget_s - spent_s - evaluation_s
+        _say(f"plan: {spent_s:.0f} s spent, training {max(train_budget, 0):.0f} s, evaluating the adapter "
+             f"~{evaluation_s:.0f} s: the run ends near its budget of {config.budget_s:.0f} s")
+        if too_short := _budget_too_short(config.budget_s, spent_s=spent_s, evaluation_s=evaluation_s):
+            report.published, report.verdict = False, too_short
+            report.stages = config.stages
+            write_report(report, config.work_dir / "report")
+            _say(f"not published: {report.verdict}")
+            return report
         folder = _stage(config, status, "train", lambda: _train(config, grammar, dataset, train_budget, report,
                                                                  status))
         status.update(report=report)
@@ -195,6 +205,22 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
     if report.published:
         _say(report.usage)
     return report
+
+
+#: The least time training gets: loading the model and a few steps on a 2-core CPU (12-19 s a step).
+MIN_TRAINING_S = 120.0
+
+
+def _budget_too_short(budget_s: float, *, spent_s: float, evaluation_s: float) -> str | None:
+    """Why training cannot fit what is left of the budget (it would overrun it, or train too little to judge);
+    None when it fits. Says the budget that would."""
+    left = budget_s - spent_s - evaluation_s
+    if left >= MIN_TRAINING_S:
+        return None
+    needed = spent_s + evaluation_s + MIN_TRAINING_S
+    return (f"the budget of {budget_s:.0f} s leaves {max(left, 0):.0f} s for training after {spent_s:.0f} s of "
+            f"dataset and baseline and the adapter's evaluation (~{evaluation_s:.0f} s); training needs at least "
+            f"{MIN_TRAINING_S:.0f} s: give --budget {math.ceil(needed / 60)}m or more; the baseline stays")
 
 
 def _stage(config: OnboardConfig, status: Status, name: str, work):

@@ -203,3 +203,13 @@ def test_a_run_that_fails_after_registering_withdraws_the_dsl_it_made_and_says_w
     with ExitStack() as stack:  # a run that ends with a verdict keeps what it registered
         stack.push(_withdrawal(client, "shop", existed=False, status=status))
     assert not client.delete_dsl.called and "left_behind" not in status.data
+
+
+def test_a_budget_too_small_for_training_is_a_verdict_with_the_budget_that_would_do():
+    from service.onboarding.pipeline import MIN_TRAINING_S, _budget_too_short
+
+    # Issue 28's run: a 1-minute budget trained 2 of 18 steps and took about 5 minutes.
+    why = _budget_too_short(60, spent_s=70, evaluation_s=90)
+    assert why and "leaves 0 s for training" in why and "give --budget 5m or more" in why
+    assert _budget_too_short(1800, spent_s=300, evaluation_s=600) is None
+    assert _budget_too_short(300 + MIN_TRAINING_S, spent_s=100, evaluation_s=200) is None
