@@ -195,6 +195,7 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         report.stages = config.stages
         if report.published:
             report.usage = _usage(url, config)
+            report.verdict += "; " + _serve_with_better_shape(folder, report.rows)
             report.stages.append(("report", 0.0))
             write_report(report, folder)  # the report travels with the adapter, into the store
             client.publish_adapter(pack_adapter(folder), name=config.name)
@@ -368,6 +369,7 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
         steps=steps, batch_size=config.batch_size, learning_rate=config.learning_rate, rank=config.rank,
         alpha=2 * config.rank, warmup_steps=min(4, max(1, steps // 10)), eval_every=eval_every,
         eval_size=min(48, len(dataset.heldout)), seed=config.seed, budget_s=budget_s, patience=3,
+        retrieved_examples=config.examples,
         checkpoint_dir=config.work_dir / "checkpoint",
         init_from=previous if (previous / "adapter_config.json").exists() else None,
     )
@@ -433,6 +435,19 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
         return False, f"{counts}: not significant at {alpha}; the baseline stays"
     return True, (f"{counts}: a gain of {test.gain:.3f} (margin {margin}), significant at {alpha}, and every "
                   "constrained output that finished parses")
+
+
+def _serve_with_better_shape(folder: Path, rows: list[tuple[RunConfig, Summary]]) -> str:
+    """Write into the adapter's manifest the number of retrieved examples it is served with by default: the
+    prompt shape its own constrained evaluation scored better (none on a tie: shorter prompts); what it says."""
+    shapes = {c.examples or 0: s.exact_match for c, s in rows if c.adapter != "base" and c.constrained}
+    k = max(shapes, key=lambda n: (shapes[n], -n))
+    manifest_path = folder / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest.setdefault("prompt", {})["examples"] = k
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    scores = ", ".join(f"{n} examples {score:.3f}" for n, score in sorted(shapes.items()))
+    return f"served with {k} retrieved examples by default ({scores})"
 
 
 def _usage(url: str, config: OnboardConfig) -> str:

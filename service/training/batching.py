@@ -11,6 +11,7 @@ about half the arithmetic; ``bench/training.py`` measures both side by side.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,23 +53,31 @@ class Batch:
 
 
 class Encoder:
-    """Examples -> :class:`Batch`; labels are ``IGNORE`` on the prompt, so only DSL tokens are learned."""
+    """Examples -> :class:`Batch`; labels are ``IGNORE`` on the prompt, so only DSL tokens are learned.
 
-    def __init__(self, tokenizer, grammar: Grammar, *, examples: int) -> None:
+    ``shots``: the few-shot examples each training prompt carries (:class:`service.training.shots.RetrievedShots`);
+    without it, the grammar's first ``examples`` in every prompt.
+    """
+
+    def __init__(self, tokenizer, grammar: Grammar, *, examples: int,
+                 shots: Callable[[Example], Sequence[Example]] | None = None) -> None:
         self.tokenizer = tokenizer
         self.grammar = grammar
         self.eos = tokenizer.eos_token
         self.examples = grammar.examples[:examples] if examples else ()
+        self.shots = shots
 
-    def pair(self, ex: Example) -> tuple[list[int], list[int]]:
+    def pair(self, ex: Example, *, shots: bool = False) -> tuple[list[int], list[int]]:
         """(prompt ids, target ids) of one example: the serving prompt, then the code and end of turn."""
-        prompt = build_prompt(self.tokenizer, self.grammar, ex.text, context=ex.context, examples=self.examples)
+        examples = self.shots(ex) if shots and self.shots is not None else self.examples
+        prompt = build_prompt(self.tokenizer, self.grammar, ex.text, context=ex.context, examples=examples)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         target_ids = self.tokenizer(ex.code + self.eos, add_special_tokens=False)["input_ids"]
         return prompt_ids, target_ids
 
-    def batch(self, rows: list[Example]) -> Batch:
-        return collate([self.pair(ex) for ex in rows], pad=self.tokenizer.pad_token_id)
+    def batch(self, rows: list[Example], *, shots: bool = False) -> Batch:
+        """``shots``: training rows, whose prompts carry retrieved examples (held-out checks never do)."""
+        return collate([self.pair(ex, shots=shots) for ex in rows], pad=self.tokenizer.pad_token_id)
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], *, pad: int, share: bool = True) -> Batch:

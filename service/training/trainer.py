@@ -25,6 +25,7 @@ from service.grammars import Example, Grammar
 from service.model import EMBEDDED_NAME, base_fingerprint
 from service.training.batching import Encoder, exact_rows
 from service.training.batching import loss as batch_loss
+from service.training.shots import RetrievedShots
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -51,6 +52,10 @@ class TrainConfig:
     replay_fraction: float = 0.5
     #: Few-shot examples in the training prompt; serving uses the same number for this adapter.
     examples: int = 0
+    #: Retrieved few-shot examples (1..this many) in ``example_share`` of the training prompts, never the pair
+    #: itself (service/training/shots.py); 0: none.
+    retrieved_examples: int = 0
+    example_share: float = 0.5
     eval_every: int = 15
     eval_size: int = 48
     seed: int = 0
@@ -125,7 +130,9 @@ def train(
     model.to(device)
     model.train()
 
-    encode = Encoder(tokenizer, grammar, examples=config.examples)
+    shots = RetrievedShots(train_rows, k=config.retrieved_examples, share=config.example_share,
+                           seed=config.seed) if config.retrieved_examples else None
+    encode = Encoder(tokenizer, grammar, examples=config.examples, shots=shots)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     total = [config.steps]  # shrunk once the budget is known in steps
@@ -157,7 +164,7 @@ def train(
         step_started = time.monotonic()
         batch = rng.sample(train_rows, min(len(train_rows), config.batch_size - n_replay)) + rng.sample(
             list(replay_rows), n_replay)
-        encoded = encode.batch(batch).to(device)
+        encoded = encode.batch(batch, shots=True).to(device)
         with mixed():
             loss = batch_loss(model, encoded)
         loss.backward()

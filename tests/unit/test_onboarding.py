@@ -213,3 +213,21 @@ def test_a_budget_too_small_for_training_is_a_verdict_with_the_budget_that_would
     assert why and "leaves 0 s for training" in why and "give --budget 5m or more" in why
     assert _budget_too_short(1800, spent_s=300, evaluation_s=600) is None
     assert _budget_too_short(300 + MIN_TRAINING_S, spent_s=100, evaluation_s=200) is None
+
+
+def test_the_published_adapter_is_served_with_the_prompt_shape_its_evaluation_found_better(tmp_path):
+    import yaml
+
+    from service.onboarding.pipeline import _serve_with_better_shape
+
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"name": "u", "prompt": {"examples": 0}}))
+    rows = [(RunConfig("base + 3", "u", adapter="base", examples=3), _summary(9, 10)),
+            (RunConfig("adapter", "u", adapter="c"), _summary(5, 10)),
+            (RunConfig("adapter + 3", "u", adapter="c", examples=3), _summary(7, 10)),
+            (RunConfig("adapter + 3 free", "u", adapter="c", examples=3, constrained=False), _summary(1, 10))]
+    said = _serve_with_better_shape(tmp_path, rows)
+    assert yaml.safe_load((tmp_path / "manifest.yaml").read_text())["prompt"]["examples"] == 3
+    assert said == "served with 3 retrieved examples by default (0 examples 0.500, 3 examples 0.700)"
+    tie = [rows[1], (RunConfig("adapter + 3", "u", adapter="c", examples=3), _summary(5, 10))]
+    _serve_with_better_shape(tmp_path, tie)  # no evidence for the longer prompt: the shorter one
+    assert yaml.safe_load((tmp_path / "manifest.yaml").read_text())["prompt"]["examples"] == 0
