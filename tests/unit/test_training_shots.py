@@ -6,7 +6,7 @@ from __future__ import annotations
 from service.grammars import Example
 from service.training.shots import RetrievedShots
 
-POOL = [Example(f"post the {w} form answers to #sales", f"code {w}") for w in
+POOL = [Example(f"post the {w} form answers to #sales", f"shot-{w}") for w in
         ("contact", "signup", "order", "refund", "feedback", "survey", "invite", "support")]
 
 
@@ -36,4 +36,4 @@ def test_training_rows_carry_the_shots_and_held_out_checks_never_do():
     flow = GrammarRegistry(Settings().grammars_dir).load().get("flow")
     encoder = Encoder(tokenizer, flow, examples=0, shots=RetrievedShots(POOL, k=2, share=1.0))
     trained, checked = (tokenizer.decode(encoder.pair(POOL[0], shots=s)[0]) for s in (True, False))
-    assert "code " in trained and "code " not in checked
+    assert "shot-" in trained and "shot-" not in checked
