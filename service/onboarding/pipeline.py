@@ -124,6 +124,10 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
     report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command)
     status.update(report=report)
     needed = min_pairs(config.margin, config.alpha)
+    _say(f"gate: a gain of at least {config.margin} significant at {config.alpha} (exact McNemar) needs at least "
+         f"{needed} held-out pairs; this run holds out {len(dataset.heldout)}; budget {config.budget_s:.0f} s, of "
+         f"which training gets what the baseline and the adapter's evaluation leave (at least "
+         f"{MIN_TRAINING_S:.0f} s)")
     if len(dataset.heldout) < needed:  # refused before anything is registered or trained
         report.published, report.verdict = False, (
             f"{len(dataset.heldout)} held-out pairs cannot show a gain of {config.margin} at significance "
