@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["progress_bar"]
+__all__ = ["library_bars_on_terminal_only", "progress_bar"]
 
 _EVERY_S = 30.0
 
@@ -62,3 +62,11 @@ def progress_bar(*, total: int, desc: str, unit: str, enabled: bool = True, init
     if not enabled or sys.stderr.isatty():
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled)
     return _Lines(total=total, desc=desc, unit=unit, initial=initial)
+
+
+def library_bars_on_terminal_only() -> None:
+    """Off a terminal, turn off the bars transformers draws itself (loading weights): in a log they are noise."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

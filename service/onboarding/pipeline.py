@@ -43,6 +43,7 @@ from service.grammars import Grammar, compile_grammar
 from service.local_server import local_server
 from service.model import resolve_model
 from service.onboarding.dataset import Dataset, build_dataset
+from service.onboarding.plan import FAST_STEP_S, PUBLISH_S, Plan
 from service.onboarding.report import Report, write_report
 from service.onboarding.status import Status
 
@@ -86,6 +87,8 @@ class OnboardConfig:
     #: Where the run's progress is kept as JSON (an onboarding job's status); None: only the log.
     status_file: Path | None = None
     stages: list[tuple[str, float]] = field(default_factory=list)
+    #: When the run started (time.monotonic()): what the budget counts from.
+    started_at: float = field(default_factory=time.monotonic)
 
 
 def onboard(config: OnboardConfig) -> Report:
@@ -103,7 +106,7 @@ def onboard(config: OnboardConfig) -> Report:
 
 
 def _onboard(config: OnboardConfig, status: Status) -> Report:
-    started = time.monotonic()
+    started = config.started_at = time.monotonic()
     config.work_dir.mkdir(parents=True, exist_ok=True)
     text = config.grammar.read_text(encoding="utf-8")
     grammar = compile_grammar(config.name, text, start=config.start, description=config.description,
@@ -122,21 +125,29 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         where = f" (code line {reject.code_line}, column {reject.code_column})" if reject.code_line else ""
         _say(f"  rejected line {reject.line}: {reject.message.splitlines()[0]}{where}")
     _write_split(config.work_dir, dataset)
-    report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command)
+    report = Report(name=config.name, dsl=config.name, dataset=dataset.summary(), command=config.command,
+                    budget_s=config.budget_s)
     status.update(report=report)
     needed = min_pairs(config.margin, config.alpha)
     _say(f"gate: a gain of at least {config.margin} significant at {config.alpha} (exact McNemar) needs at least "
-         f"{needed} held-out pairs; this run holds out {len(dataset.heldout)}; budget {config.budget_s:.0f} s, of "
-         f"which training gets what the baseline and the adapter's evaluation leave (at least "
-         f"{MIN_TRAINING_S:.0f} s)")
+         f"{needed} held-out pairs; this run holds out {len(dataset.heldout)}")
     if len(dataset.heldout) < needed:  # refused before anything is registered or trained
-        report.published, report.verdict = False, (
-            f"{len(dataset.heldout)} held-out pairs cannot show a gain of {config.margin} at significance "
-            f"{config.alpha} (exact McNemar: at least {needed} pairs); give more pairs, a held-out file, or a "
-            "smaller --margin")
-        write_report(report, config.work_dir / "report")
-        _say(f"not published: {report.verdict}")
-        return report
+        return _refuse(config, report, f"{len(dataset.heldout)} held-out pairs cannot show a gain of "
+                       f"{config.margin} at significance {config.alpha} (exact McNemar: at least {needed} pairs); "
+                       "give more pairs, a held-out file, or a smaller --margin")
+    code_tokens = _code_tokens(dataset)
+    # No output longer than half again the longest held-out code can match: stopping there saves the time a
+    # base model spends running on to max_tokens.
+    max_tokens = report.max_tokens = min(config.max_tokens, math.ceil(1.5 * max(code_tokens)) + 8)
+    # Training runs here, whatever serves: the gate's steps cost a CPU's step time, a GPU's next to nothing.
+    gate_steps, step_s = _gate_steps(config, len(dataset.train)), 0.0 if _has_gpu() else FAST_STEP_S
+    plan = Plan.before_start(config.budget_s, spent_s=time.monotonic() - started, local=config.url is None,
+                             heldout=len(dataset.heldout), max_tokens=max_tokens,
+                             code_tokens=sum(code_tokens) / len(code_tokens), gate_steps=gate_steps, step_s=step_s)
+    _say(plan.describe() + ("" if config.url is None else " (a 2-core CPU's rates: the service at --url may be "
+                                                          "faster; the plan is made again after the baseline)"))
+    if config.url is None and (too_short := plan.too_short()):  # refused before the service starts
+        return _refuse(config, report, too_short)
     with ExitStack() as stack:
         url = config.url or stack.enter_context(local_server(
             log=config.work_dir / "server.log", env={"NL2DSL_REQUEST_TIMEOUT_S": "3600"}))
@@ -144,10 +155,6 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         existed = _dsl_exists(client, config.name)
         _stage(config, status, "register", lambda: _register(client, config, text, dataset))
         stack.push(_withdrawal(client, config.name, existed=existed, status=status))
-        code_tokens = _code_tokens(dataset)
-        # No output longer than half again the longest held-out code can match: stopping there saves the time a
-        # base model spends running on to max_tokens.
-        max_tokens = report.max_tokens = min(config.max_tokens, math.ceil(1.5 * max(code_tokens)) + 8)
         baseline = [RunConfig("base", config.name, tenant=config.tenant, adapter="base", examples=0,
                               max_tokens=max_tokens),
                     RunConfig(f"base + {config.examples} examples", config.name, tenant=config.tenant,
@@ -165,34 +172,39 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         report.baseline = {"key": key, "seconds": eval_s}
         status.update(report=report)
         candidate = f"{config.name}-candidate"
-        # What is left of the budget goes to training, less what evaluating the adapter will take: four
-        # configurations, twice the two baselines, whose outputs are about as long as the codes rather than as
-        # long as the base model's (which often runs on to max_tokens).
+        # The adapter's outputs are about as long as the codes, not as long as the base model's (which often
+        # runs on to max_tokens).
         generated = sum(s.completion_tokens for _, s in report.rows) / len(report.rows)
-        shorter = min(1.0, max(0.3, (sum(code_tokens) / len(code_tokens) + 2) / max(generated, 1.0)))
-        evaluation_s = 2.2 * eval_s * shorter
-        spent_s = time.monotonic() - started
-        train_budget = config.budget_s - spent_s - evaluation_s
-        _say(f"plan: {spent_s:.0f} s spent, training {max(train_budget, 0):.0f} s, evaluating the adapter "
-             f"~{evaluation_s:.0f} s: the run ends near its budget of {config.budget_s:.0f} s")
-        if too_short := _budget_too_short(config.budget_s, spent_s=spent_s, evaluation_s=evaluation_s):
-            report.published, report.verdict = False, too_short
+        shorter = (sum(code_tokens) / len(code_tokens) + 2) / max(generated, 1.0)
+        plan = Plan.after_baseline(config.budget_s, spent_s=time.monotonic() - started, baseline_s=eval_s,
+                                   shorter=shorter, gate_steps=gate_steps, step_s=step_s)
+        _say(plan.describe())
+        if too_short := plan.too_short():
             report.stages = config.stages
-            write_report(report, config.work_dir / "report")
-            _say(f"not published: {report.verdict}")
-            return report
+            return _refuse(config, report, too_short)
+        train_budget = plan.training_s
         folder = _stage(config, status, "train", lambda: _train(config, grammar, dataset, train_budget, report,
                                                                  status))
         status.update(report=report)
+        if too_few := _too_few_steps(report.training, config.min_step_share):
+            report.stages = config.stages  # nothing to judge: the adapter is not evaluated
+            return _refuse(config, report, too_few)
         _stage(config, status, "publish candidate",
                lambda: client.publish_adapter(pack_adapter(folder), name=candidate))
         try:
-            trained = [RunConfig(f"adapter{suffix}", config.name, tenant=config.tenant, adapter=candidate,
-                                 examples=k, constrained=constrained, max_tokens=max_tokens)
-                       for constrained in (True, False) for k, suffix in ((0, ""), (config.examples,
-                                                                            f" + {config.examples} examples"))]
-            report.rows += _stage(config, status, "evaluate",
-                                  lambda: _evaluate(url, config, trained, dataset, grammar))
+            # What the gate needs first (the constrained configurations), then the same without the grammar
+            # if the budget still has the time they took.
+            for constrained in (True, False):
+                trained = [RunConfig(f"adapter{suffix}", config.name, tenant=config.tenant, adapter=candidate,
+                                     examples=k, constrained=constrained, max_tokens=max_tokens)
+                           for k, suffix in ((0, ""), (config.examples, f" + {config.examples} examples"))]
+                left_s = config.budget_s - (time.monotonic() - started) - PUBLISH_S
+                if not constrained and left_s < config.stages[-1][1]:
+                    report.notes.append(f"not scored without the grammar: the budget had {max(left_s, 0):.0f} s "
+                                        f"left and the constrained scoring took {config.stages[-1][1]:.0f} s")
+                    break
+                report.rows += _stage(config, status, "evaluate" if constrained else "evaluate without grammar",
+                                      lambda configs=trained: _evaluate(url, config, configs, dataset, grammar))
         finally:
             client.delete_adapter(candidate)
         report.published, report.verdict = _gate(report.rows, margin=config.margin, alpha=config.alpha,
@@ -201,10 +213,11 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         if report.published:
             report.usage = _usage(url, config)
             report.verdict += "; " + _serve_with_better_shape(folder, report.rows)
-            report.stages.append(("report", 0.0))
+            report.wall_s = time.monotonic() - started
             write_report(report, folder)  # the report travels with the adapter, into the store
-            client.publish_adapter(pack_adapter(folder), name=config.name)
+            _stage(config, status, "publish", lambda: client.publish_adapter(pack_adapter(folder), name=config.name))
             shutil.copytree(folder, config.work_dir / "published", dirs_exist_ok=True)
+        report.wall_s = time.monotonic() - started
         write_report(report, config.work_dir / "report")
     _say(("published" if report.published else "not published") + f": {report.verdict}")
     _say(f"report: {config.work_dir / 'report' / 'ONBOARDING.md'}")
@@ -213,25 +226,19 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
     return report
 
 
-#: The least time training gets: loading the model and a few steps on a 2-core CPU (12-19 s a step).
-MIN_TRAINING_S = 120.0
-
-
-def _budget_too_short(budget_s: float, *, spent_s: float, evaluation_s: float) -> str | None:
-    """Why training cannot fit what is left of the budget (it would overrun it, or train too little to judge);
-    None when it fits. Says the budget that would."""
-    left = budget_s - spent_s - evaluation_s
-    if left >= MIN_TRAINING_S:
-        return None
-    needed = spent_s + evaluation_s + MIN_TRAINING_S
-    return (f"the budget of {budget_s:.0f} s leaves {max(left, 0):.0f} s for training after {spent_s:.0f} s of "
-            f"dataset and baseline and the adapter's evaluation (~{evaluation_s:.0f} s); training needs at least "
-            f"{MIN_TRAINING_S:.0f} s: give --budget {math.ceil(needed / 60)}m or more; the baseline stays")
+def _refuse(config: OnboardConfig, report: Report, verdict: str) -> Report:
+    """End the run with ``verdict``, before training: the report says why; the baseline stays."""
+    report.published, report.verdict = False, verdict
+    report.wall_s = time.monotonic() - config.started_at
+    write_report(report, config.work_dir / "report")
+    _say(f"not published: {verdict}")
+    return report
 
 
 def _stage(config: OnboardConfig, status: Status, name: str, work):
-    _say(f"== {name}")
-    status.update(stage=name, stages=config.stages)
+    spent_s = time.monotonic() - config.started_at
+    _say(f"== {name} ({spent_s:.0f} s in, {config.budget_s - spent_s:.0f} s of the budget left)")
+    status.update(stage=name, stages=config.stages, budget_left_s=round(config.budget_s - spent_s))
     started = time.monotonic()
     result = work()
     config.stages.append((name, time.monotonic() - started))
@@ -374,6 +381,7 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
         steps=steps, batch_size=config.batch_size, learning_rate=config.learning_rate, rank=config.rank,
         alpha=2 * config.rank, warmup_steps=min(4, max(1, steps // 10)), eval_every=eval_every,
         eval_size=min(48, len(dataset.heldout)), seed=config.seed, budget_s=budget_s, patience=3,
+        min_steps=_gate_steps(config, len(dataset.train)),
         retrieved_examples=config.examples,
         checkpoint_dir=config.work_dir / "checkpoint",
         init_from=previous if (previous / "adapter_config.json").exists() else None,
@@ -387,7 +395,8 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
     def progress(step: int, total: int, score: float | None) -> None:
         if score is not None:
             curve.append((step, score))
-        status.update(progress={"step": step, "total": total, "score": score, "curve": curve})
+        status.update(progress={"step": step, "total": total, "score": score, "curve": curve},
+                      budget_left_s=round(config.budget_s - (time.monotonic() - config.started_at)))
 
     result = train(train_config, model_path=model, grammar=grammar, train_rows=dataset.train,
                    heldout_rows=dataset.heldout, data_files=[config.pairs], on_progress=progress)
@@ -422,11 +431,8 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
     if violations > 0:
         return False, (f"constrained adapter outputs that finished by themselves did not parse (rate "
                        f"{violations:.3f}); the baseline stays")
-    if training and training.get("planned_steps"):
-        done, planned = training.get("steps", 0), training["planned_steps"]
-        if done < min_step_share * planned:
-            return False, (f"training reached {done} of its {planned} planned steps, under the {min_step_share:.0%} "
-                           "an adapter needs before it is judged; give the run a longer budget; the baseline stays")
+    if too_few := _too_few_steps(training, min_step_share):
+        return False, too_few
     test = paired(best.hits, best_base.hits)
     counts = (f"exact McNemar on the same {test.n} held-out pairs: '{best_config.label}' "
               f"{best.exact_match:.3f} against '{best_base_config.label}' {best_base.exact_match:.3f}, "
@@ -440,6 +446,29 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
         return False, f"{counts}: not significant at {alpha}; the baseline stays"
     return True, (f"{counts}: a gain of {test.gain:.3f} (margin {margin}), significant at {alpha}, and every "
                   "constrained output that finished parses")
+
+
+def _gate_steps(config: OnboardConfig, n_train: int) -> int:
+    """The training steps the gate asks for before it judges an adapter: ``min_step_share`` of the planned."""
+    return math.ceil(config.min_step_share * _plan_steps(config, n_train))
+
+
+def _too_few_steps(training: dict[str, Any] | None, min_step_share: float) -> str | None:
+    """Why an adapter is not judged (training reached under ``min_step_share`` of its planned steps); None if
+    it is."""
+    if not training or not training.get("planned_steps"):
+        return None
+    done, planned = training.get("steps", 0), training["planned_steps"]
+    if done >= min_step_share * planned:
+        return None
+    return (f"training reached {done} of its {planned} planned steps, under the {min_step_share:.0%} an adapter "
+            "needs before it is judged; give the run a longer budget; the baseline stays")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _serve_with_better_shape(folder: Path, rows: list[tuple[RunConfig, Summary]]) -> str:

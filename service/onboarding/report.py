@@ -36,6 +36,10 @@ class Report:
     #: What the baselines' scores depend on (``key``) and how long scoring them took (``seconds``): a re-run
     #: with the same key keeps them.
     baseline: dict[str, Any] = field(default_factory=dict)
+    #: The budget and the whole run's seconds (0 until it ends); what the run left out, and why.
+    budget_s: float = 0.0
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 _COLUMNS = ("configuration", "constrained", "n", "exact match", "95% interval", "tree sim.", "valid",
@@ -75,6 +79,9 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     if report.stages:
         lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report.stages]
+    if report.wall_s:
+        lines += ["", f"The whole run: {report.wall_s:.0f} s, for a budget of {report.budget_s:.0f} s."]
+    lines += [f"- {note}" for note in (["", *report.notes] if report.notes else [])]
     if report.usage:
         lines += ["", "## Use it", "", f"```sh\n{report.usage}\n```"]
     lines += ["", f"![held-out exact match per configuration and the training curve]({chart.name})", ""]

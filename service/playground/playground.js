@@ -191,7 +191,8 @@ $("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlK
 loadLists();
 
 // Onboarding: POST /onboarding, then follow GET /onboarding/{id} until the run ends; the report, then try it.
-const STAGES = ["dataset", "register", "baseline", "train", "publish candidate", "evaluate"];
+const STAGES = ["dataset", "register", "baseline", "train", "publish candidate", "evaluate",
+  "evaluate without grammar", "publish"];
 let run = null;
 
 for (const [input, area] of [["o-grammar-file", "o-grammar"], ["o-pairs-file", "o-pairs"]]) {
@@ -269,7 +270,8 @@ function showOnboarding(status) {
     `<tr><td>${escapeHtml(config.label)}</td><td>${config.constrained ? "yes" : "no"}</td><td>${summary.n}</td>` +
     `<td>${summary.exact_match.toFixed(3)}</td><td>${summary.exact_match_ci.map((x) => x.toFixed(2)).join("–")}</td>` +
     `<td>${summary.valid_rate.toFixed(3)}</td><td>${summary.grammar_violation_rate.toFixed(3)}</td></tr>`).join("");
-  const state = status.state === "running" ? `running: ${status.stage || "starting"}` : status.state;
+  const left = status.budget_left_s != null ? ` · ~${Math.max(0, Math.round(status.budget_left_s))} s of the budget left` : "";
+  const state = status.state === "running" ? `running: ${status.stage || "starting"}${left}` : status.state;
   say("o-status", `run ${status.id} · ${state}` + (status.error ? ` · ${status.error}` : ""),
       status.state === "failed" ? "error" : status.state === "published" ? "ok" : "");
   $("o-log").textContent = (status.log || []).join("\n");

@@ -51,7 +51,8 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     status = json.loads((tmp_path / "status.json").read_text())  # what an onboarding job's status shows
     assert status["state"] == "published" and status["error"] is None
     assert [name for name, _ in status["stages"]] == ["dataset", "register", "baseline", "train",
-                                                      "publish candidate", "evaluate", "report"]
+                                                      "publish candidate", "evaluate", "evaluate without grammar",
+                                                      "publish"]
     assert len(status["report"]["rows"]) == 6 and status["progress"]["total"] == 2
     rejects = json.loads((work / "rejects.json").read_text())
     assert [r["line"] for r in rejects] == [6]

@@ -89,3 +89,31 @@ def test_mixed_precision_training_writes_a_float32_adapter_the_cpu_engine_serves
     assert result.steps == 6 and [step for step, _ in result.heldout_exact_match] == [2, 4, 6]
     manifest = yaml.safe_load((tmp_path / "adapter" / "manifest.yaml").read_text())
     assert manifest["training"]["precision"] == "float32, bfloat16 arithmetic"  # what a reader needs to redo it
+
+
+def test_the_steps_a_budget_holds_are_fitted_again_when_steps_get_faster_never_past_the_plan(tmp_path):
+    import time
+
+    class Bar:
+        total, lines = 0, []
+
+        def write(self, line):
+            self.lines.append(line)
+
+    config, bar = _config(tmp_path, steps=400, budget_s=100.0, eval_every=50), Bar()
+    total = [400]
+    started = time.monotonic()
+    # The first three steps took 2 s each (the machine was busy): 100 s hold about 50 steps.
+    trainer._fit_to_budget(config, total, bar, step=3, started=started, eval_every=50, step_s=2.0)
+    assert 40 <= total[0] <= 52 and bar.total == total[0] and "fits" in bar.lines[-1]
+    # Steps now take a tenth of that: the rest of the budget holds more of the planned steps again.
+    every = trainer._fit_to_budget(config, total, bar, step=30, started=started, eval_every=8, step_s=0.2)
+    assert total[0] >= 400 - 1 and every == 50
+    trainer._fit_to_budget(config, total, bar, step=30, started=started, eval_every=50, step_s=0.001)
+    assert total[0] == 400  # never more than planned
+
+
+def test_training_stops_at_once_when_the_budget_cannot_reach_the_steps_the_gate_asks_for(tiny_model, tmp_path):
+    result = _train(_config(tmp_path, steps=10**6, budget_s=30.0, min_steps=10**6), tiny_model)
+    assert result.stopped == "budget" and result.steps == 3  # timed, then stopped: nothing spent on it
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
