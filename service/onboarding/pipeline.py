@@ -66,10 +66,13 @@ class OnboardConfig:
     #: The adapter must beat the best baseline's held-out exact match by this much to be published.
     margin: float = 0.0
     #: The gate's significance level (exact McNemar on the held-out pairs) and the share of the planned
-    #: training steps (3 epochs) an adapter must have had before it is judged. A quarter: a 30-minute logq run
-    #: cut by its budget to 156 of 338 steps scored 0.77 (docs/ONBOARDING.md); 2 of 18 steps is noise.
+    #: training steps (3 epochs) an adapter must have had before it is judged, at most ``judged_after_steps``.
+    #: A quarter: a 30-minute logq run cut by its budget to 156 of 338 steps scored 0.77 (docs/ONBOARDING.md);
+    #: 2 of 18 steps is noise. At most 100 (800 pairs seen): 3 epochs of 10,000 pairs do not fit 30 minutes of
+    #: a CPU, and flow's 317 of 2,000 planned steps scored 0.97.
     alpha: float = 0.05
     min_step_share: float = 0.25
+    judged_after_steps: int = 100
     examples: int = 3
     heldout_max: int = 200
     #: The team's own held-out pairs instead of a split of ``pairs``.
@@ -186,7 +189,7 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         folder = _stage(config, status, "train", lambda: _train(config, grammar, dataset, train_budget, report,
                                                                  status))
         status.update(report=report)
-        if too_few := _too_few_steps(report.training, config.min_step_share):
+        if too_few := _too_few_steps(report.training, _gate_steps(config, len(dataset.train))):
             report.stages = config.stages  # nothing to judge: the adapter is not evaluated
             return _refuse(config, report, too_few)
         _stage(config, status, "publish candidate",
@@ -208,7 +211,8 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         finally:
             client.delete_adapter(candidate)
         report.published, report.verdict = _gate(report.rows, margin=config.margin, alpha=config.alpha,
-                                                 training=report.training, min_step_share=config.min_step_share)
+                                                 training=report.training,
+                                                 gate_steps=_gate_steps(config, len(dataset.train)))
         report.stages = config.stages
         if report.published:
             report.usage = _usage(url, config)
@@ -414,11 +418,11 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
 
 
 def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
-          training: dict[str, Any] | None = None, min_step_share: float = 0.25) -> tuple[bool, str]:
+          training: dict[str, Any] | None = None, gate_steps: int = 0) -> tuple[bool, str]:
     """Publish only a gain shown on the same held-out pairs: the best constrained adapter configuration against
     the best baseline, by the exact McNemar test at ``alpha``, at least ``margin`` of held-out exact match,
-    training that reached ``min_step_share`` of its planned steps, and every finished constrained output
-    parsing. The verdict names the test, the counts and the p-value."""
+    training that reached ``gate_steps``, and every finished constrained output parsing. The verdict names the
+    test, the counts and the p-value."""
     baselines = [(c, s) for c, s in rows if c.adapter == "base"]
     adapters = [(c, s) for c, s in rows if c.adapter != "base" and c.constrained]
     best_base_config, best_base = max(baselines, key=lambda cs: cs[1].exact_match)
@@ -431,7 +435,7 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
     if violations > 0:
         return False, (f"constrained adapter outputs that finished by themselves did not parse (rate "
                        f"{violations:.3f}); the baseline stays")
-    if too_few := _too_few_steps(training, min_step_share):
+    if too_few := _too_few_steps(training, gate_steps):
         return False, too_few
     test = paired(best.hits, best_base.hits)
     counts = (f"exact McNemar on the same {test.n} held-out pairs: '{best_config.label}' "
@@ -449,20 +453,18 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
 
 
 def _gate_steps(config: OnboardConfig, n_train: int) -> int:
-    """The training steps the gate asks for before it judges an adapter: ``min_step_share`` of the planned."""
-    return math.ceil(config.min_step_share * _plan_steps(config, n_train))
+    """The training steps the gate asks for before it judges an adapter: ``min_step_share`` of the planned, at
+    most ``judged_after_steps``."""
+    return min(math.ceil(config.min_step_share * _plan_steps(config, n_train)), config.judged_after_steps)
 
 
-def _too_few_steps(training: dict[str, Any] | None, min_step_share: float) -> str | None:
-    """Why an adapter is not judged (training reached under ``min_step_share`` of its planned steps); None if
-    it is."""
-    if not training or not training.get("planned_steps"):
+def _too_few_steps(training: dict[str, Any] | None, gate_steps: int) -> str | None:
+    """Why an adapter is not judged (training reached under ``gate_steps``); None if it is."""
+    if not training or training.get("steps", 0) >= gate_steps:
         return None
-    done, planned = training.get("steps", 0), training["planned_steps"]
-    if done >= min_step_share * planned:
-        return None
-    return (f"training reached {done} of its {planned} planned steps, under the {min_step_share:.0%} an adapter "
-            "needs before it is judged; give the run a longer budget; the baseline stays")
+    return (f"training reached {training.get('steps', 0)} of its {training.get('planned_steps')} planned steps, "
+            f"under the {gate_steps} an adapter needs before it is judged (a quarter of the planned, at most 100); "
+            "give the run a longer budget; the baseline stays")
 
 
 def _has_gpu() -> bool:

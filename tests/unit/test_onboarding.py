@@ -103,8 +103,20 @@ def test_the_gate_refuses_noise_and_an_adapter_that_barely_trained():
     assert not published and "1 pairs won, 0 lost, p = 1" in why and "not significant at 0.05" in why
     win = [(RunConfig("adapter", "u", adapter="c"), _summary(20, 40))]
     base40 = [(RunConfig("base", "u", adapter="base"), _summary(3, 40))]
-    published, why = _gate(base40 + win, margin=0.05, alpha=0.05, training={"steps": 2, "planned_steps": 18})
-    assert not published and "2 of its 18 planned steps" in why
+    published, why = _gate(base40 + win, margin=0.05, alpha=0.05, training={"steps": 2, "planned_steps": 18},
+                           gate_steps=5)
+    assert not published and "2 of its 18 planned steps, under the 5" in why
+
+
+@pytest.mark.parametrize("pairs, steps, gate_steps", [(48, None, 5), (1000, None, 94), (10_000, None, 100),
+                                                      (48, 2, 1)])
+def test_the_gate_judges_an_adapter_after_a_quarter_of_its_planned_steps_at_most_100(tmp_path, pairs, steps,
+                                                                                     gate_steps):
+    from service.onboarding.pipeline import _gate_steps
+
+    config = OnboardConfig(grammar=tmp_path / "g.lark", pairs=tmp_path / "p.jsonl", name="u", work_dir=tmp_path,
+                           steps=steps)
+    assert _gate_steps(config, pairs) == gate_steps  # 3 epochs of batches of 8: 18, 375, 2,000 (capped) steps
 
 
 def test_a_held_out_set_too_small_for_the_margin_is_refused_before_anything_runs(tmp_path):
