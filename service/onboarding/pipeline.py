@@ -402,8 +402,10 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
         status.update(progress={"step": step, "total": total, "score": score, "curve": curve},
                       budget_left_s=round(config.budget_s - (time.monotonic() - config.started_at)))
 
+    # Training prompts retrieve their examples from what serving retrieves from: the registered examples.
     result = train(train_config, model_path=model, grammar=grammar, train_rows=dataset.train,
-                   heldout_rows=dataset.heldout, data_files=[config.pairs], on_progress=progress)
+                   heldout_rows=dataset.heldout, example_pool=_retrieval_examples(dataset),
+                   data_files=[config.pairs], on_progress=progress)
     shutil.rmtree(config.work_dir / "checkpoint", ignore_errors=True)  # finished: the next run starts anew
     report.curve = list(result.heldout_exact_match)
     report.training = {"steps": result.steps, "planned_steps": steps, "wall_time_s": result.wall_time_s,

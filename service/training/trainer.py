@@ -101,6 +101,7 @@ def train(
     train_rows: list[Example],
     heldout_rows: list[Example],
     replay_rows: list[Example] = (),
+    example_pool: list[Example] | None = None,
     data_files: list[Path] = (),
     progress: bool = True,
     on_progress: Callable[[int, int, float | None], None] | None = None,
@@ -108,6 +109,8 @@ def train(
     """Train a LoRA adapter and write it with its manifest; returns the loss and held-out scores.
 
     ``on_progress(step, total, score)`` is called after every step (``score`` None) and every held-out check.
+    ``example_pool``: what retrieved examples in training prompts come from (serving's examples; default the
+    training rows).
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -134,7 +137,7 @@ def train(
     model.to(device)
     model.train()
 
-    shots = RetrievedShots(train_rows, k=config.retrieved_examples, share=config.example_share,
+    shots = RetrievedShots(example_pool or train_rows, k=config.retrieved_examples, share=config.example_share,
                            seed=config.seed) if config.retrieved_examples else None
     encode = Encoder(tokenizer, grammar, examples=config.examples, shots=shots)
     params = [p for p in model.parameters() if p.requires_grad]
