@@ -81,7 +81,7 @@ def write_report(report: Report, folder: Path) -> list[Path]:
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report.stages]
     if report.wall_s:
         lines += ["", f"The whole run: {report.wall_s:.0f} s, for a budget of {report.budget_s:.0f} s."]
-    lines += [f"- {note}" for note in (["", *report.notes] if report.notes else [])]
+    lines += ["", *(f"- {note}" for note in report.notes)] if report.notes else []
     if report.usage:
         lines += ["", "## Use it", "", f"```sh\n{report.usage}\n```"]
     lines += ["", f"![held-out exact match per configuration and the training curve]({chart.name})", ""]
