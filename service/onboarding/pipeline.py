@@ -6,11 +6,13 @@
                keeps the last run's scores when none of what they depend on changed)
     train      a LoRA adapter on the train split within the time budget (steps from data size and budget,
                warm-up + cosine schedule, early stop on the held-out score, checkpoints: a re-run resumes)
-    evaluate   the adapter as a candidate, with 0 and k examples, constrained and not
+    evaluate   the adapter as a candidate, with 0 and k examples, constrained (then without the grammar if the
+               budget still has the time)
     gate       published under its name only if its best constrained configuration beats the best baseline on
                the same held-out pairs by ``margin`` and significantly (exact McNemar at ``alpha``), training
-               reached a quarter of its planned steps, and no output that finished by itself fails to parse; otherwise
-               the baseline stays. A held-out set too small to show ``margin`` is refused before anything runs
+               reached a quarter of its planned steps (at most 100), and no output that finished by itself fails
+               to parse; otherwise the baseline stays. A held-out set too small to show ``margin`` is refused
+               before anything runs; so is a local run whose budget cannot reach the steps the gate asks for
     report     ONBOARDING.md / .png / .json in the work folder and inside the published adapter's archive
 
 Everything goes through the service's API (``--url`` with an API key, or a local service started here on the
