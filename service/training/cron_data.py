@@ -8,6 +8,7 @@ messy phrasing (synonyms, "9am" / "09:00" / "nine", missing words, typos). Deter
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from service.training import demo_pairs
 
@@ -85,17 +86,7 @@ def _one(rng: random.Random) -> tuple[str, str]:
                        f"yearly, {name} {_ordinal(day)}, {at}"]), f"{minute} {hour} {day} {month + 1} *"
 
 
-def _messy(rng: random.Random, text: str) -> str:
-    text = rng.choice(_OPENERS) + text
-    if rng.random() < 0.15:
-        word = rng.choice([w for w in _TYPOS if w in text] or [""])
-        if word:
-            text = text.replace(word, _TYPOS[word], 1)
-    if rng.random() < 0.2:
-        text = text.capitalize()
-    if rng.random() < 0.1:
-        text += rng.choice([" pls", " thanks", "!", "."])
-    return text
+_messy = partial(demo_pairs.roughen, openers=_OPENERS, typos=_TYPOS, endings=[" pls", " thanks", "!", "."])
 
 
 def generate(n: int, *, seed: int = 0) -> list[dict[str, str]]:

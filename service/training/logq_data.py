@@ -11,6 +11,7 @@ in a search box or a chat (fragments in any order, "5xx" / "server errors" / "fa
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from service.training import demo_pairs
 
@@ -135,19 +136,14 @@ def _one(rng: random.Random) -> tuple[str, str]:
     return text.strip(), code
 
 
-def _messy(rng: random.Random, text: str) -> str:
-    text = rng.choice(_OPENERS) + text
-    if rng.random() < 0.15:
-        word = rng.choice([w for w in _TYPOS if w in text] or [""])
-        if word:
-            text = text.replace(word, _TYPOS[word], 1)
+def _shorter(rng: random.Random, text: str) -> str:
+    """Now and then a word left out or swapped, as in "errors in api" for "errors from the api"."""
     if rng.random() < 0.15:
         text = text.replace(" from ", " in ", 1).replace(" the ", " ", 1)
-    if rng.random() < 0.2:
-        text = text.capitalize()
-    if rng.random() < 0.1:
-        text += rng.choice(["?", " pls", " asap", "."])
     return text
+
+
+_messy = partial(demo_pairs.roughen, openers=_OPENERS, typos=_TYPOS, endings=["?", " pls", " asap", "."], then=_shorter)
 
 
 def generate(n: int, *, seed: int = 0) -> list[dict[str, str]]:

@@ -9,6 +9,7 @@ phrasing (openers, "and" / "plus" / commas, adjectives that become notes, typos)
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from service.training import demo_pairs
 
@@ -104,17 +105,7 @@ def _one(rng: random.Random) -> tuple[str, str]:
     return text, code
 
 
-def _messy(rng: random.Random, text: str) -> str:
-    text = rng.choice(_OPENERS) + text
-    if rng.random() < 0.15:
-        word = rng.choice([w for w in _TYPOS if w in text] or [""])
-        if word:
-            text = text.replace(word, _TYPOS[word], 1)
-    if rng.random() < 0.2:
-        text = text.capitalize()
-    if rng.random() < 0.1:
-        text += rng.choice([" pls", " thanks", "!", "."])
-    return text
+_messy = partial(demo_pairs.roughen, openers=_OPENERS, typos=_TYPOS, endings=[" pls", " thanks", "!", "."])
 
 
 def generate(n: int, *, seed: int = 0) -> list[dict[str, str]]:
