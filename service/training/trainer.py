@@ -192,7 +192,6 @@ def train(
             # Three steps done: fit the rest into the budget (made again at every held-out check).
             eval_every = _fit_to_budget(config, total, bar, step=step, started=started, eval_every=eval_every,
                                         step_s=(stepping_s - first_step_s) / 2)
-            stopped = "budget" if total[0] < config.steps else None
             # The first steps are often the slowest: stop only if the budget could not hold the steps the gate
             # asks for even with the rest at twice the speed.
             if step + 2 * (total[0] - step) < config.min_steps:
@@ -209,7 +208,6 @@ def train(
                 # rest of the budget again from the steps so far, never past the planned steps.
                 eval_every = _fit_to_budget(config, total, bar, step=step, started=started, eval_every=eval_every,
                                             step_s=(stepping_s - first_step_s) / max(1, step - first_step))
-                stopped = "budget" if total[0] < config.steps else None
             if config.budget_s is not None:
                 # Under a budget, checks may take at most a sixth of the stepping time: a check costs several
                 # steps (a long-prompt DSL's 48 rows: about three), so short runs check less often.
@@ -239,6 +237,8 @@ def train(
             stopped = "budget"
             break
     bar.close()
+    if stopped is None and total[0] < config.steps:
+        stopped = "budget"  # the budget fitted fewer steps than planned
     # With early stopping, or cut short, the best checked weights are written; otherwise the last step's.
     kept_step = best[1] if best is not None and (config.patience or stopped) else step
     if kept_step != step:
