@@ -22,7 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.adapters import AdapterPublisher, AdapterRegistry, BaseShapes
+from service.adapters import AdapterPublisher, AdapterRegistry, AdapterResidency, BaseShapes, DiskCache
 from service.api import adapters, dsls, health, onboarding, playground, validate
 from service.api.auth import AuthMiddleware
 from service.api.body_limit import BodyLimitMiddleware
@@ -38,6 +38,7 @@ from service.engine import IMPORT_LOCK, Engine, EngineSlot, GenerationParams, op
 from service.errors import NL2DSLError
 from service.grammars import GrammarRegistry, GrammarSandbox, TenantConfigs
 from service.grammars.uploads import DSLPublisher
+from service.journal import Journal
 from service.limits import Admission
 from service.model import base_fingerprint, resolve_model
 from service.onboarding.jobs import OnboardingJobs, RunLimits
@@ -72,17 +73,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
             app.state.engine_slot = serving.engine
             stack.push_async_callback(serving.grammars.sandbox.close)
-            versions = Versions(open_store(settings.store or str(settings.cache_dir / "store"),
-                                           endpoint_url=settings.s3_endpoint_url))
-            gate = OwnerGate(versions, max_bytes=settings.max_store_bytes_per_tenant,
+            store = open_store(settings.store or str(settings.cache_dir / "store"),
+                               endpoint_url=settings.s3_endpoint_url)
+            versions, journal = Versions(store), Journal(store)
+            gate = OwnerGate(versions, journal, max_bytes=settings.max_store_bytes_per_tenant,
                              per_minute=settings.publishes_per_minute)
             pool = UploadPool(workers=settings.upload_workers)
             stack.callback(pool.close)
             app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
                                                    gate=gate, pool=pool)
+            cache = await asyncio.to_thread(DiskCache, settings.cache_dir / "published-adapters",
+                                            max_bytes=settings.adapter_cache_bytes)
+            serving.residency = AdapterResidency(serving.adapters, versions, cache, pool=pool,
+                                                 max_adapter_bytes=settings.max_adapter_bytes)
             app.state.adapter_publisher = AdapterPublisher(serving.adapters, versions, settings, serving.engine,
-                                                           gate=gate, pool=pool)
-            follower = StoreFollower(versions, [app.state.dsl_publisher, app.state.adapter_publisher],
+                                                           gate=gate, pool=pool, residency=serving.residency)
+            follower = StoreFollower(versions, journal, [app.state.dsl_publisher, app.state.adapter_publisher],
                                      poll_s=settings.store_poll_s)
             stack.push_async_callback(_cancel, asyncio.create_task(follower.follow()))
             app.state.onboarding_jobs = OnboardingJobs(
@@ -216,7 +222,7 @@ async def _warm_up(serving: GenerateServing, engine: Engine) -> None:
     params = GenerationParams(max_tokens=2, grammar=grammar.engine_text)
     try:
         async for _ in engine.generate(ids, request_id=f"warm-up-{uuid.uuid4().hex}",
-                                       adapter=adapter.ref if adapter else None, params=params):
+                                       adapter=adapter.ref(grammar.name) if adapter else None, params=params):
             pass
     except NL2DSLError as exc:  # not fatal: the first real request pays instead
         log.warning("warm-up generation failed: %s", exc.message)

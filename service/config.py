@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     store: str | None = None
     s3_endpoint_url: str | None = None
     store_poll_s: float = 2.0
+    # Published adapters' files on this replica's disk (service/adapters/residency.py): fetched when a request
+    # first needs them, the least recently used evicted past this many bytes.
+    adapter_cache_bytes: int = 20 * 2**30
     # What one tenant may keep there.
     max_examples_per_dsl: int = 2000
     max_adapters_per_tenant: int = 10

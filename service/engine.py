@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from service import metrics
 from service.config import Settings
 from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout, GrammarInvalid
+from service.gateway_metrics import engine_name, prometheus_logger
 
 __all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "cpu_threads_bind", "open_engine"]
 
@@ -35,7 +36,8 @@ log = logging.getLogger("nl2dsl.engine")
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """What the engine needs of an adapter: a name, a stable positive id and the PEFT folder."""
+    """What the engine needs of an adapter: the name clients use (``flow:contoso``), a unique positive id and
+    the PEFT folder."""
 
     name: str
     lora_id: int
@@ -217,6 +219,8 @@ def _start_async_llm(settings: Settings, model: str):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        stat_logger = prometheus_logger()
+
     return AsyncLLM.from_engine_args(AsyncEngineArgs(
         model=model,
         tokenizer=model,
@@ -231,7 +235,7 @@ def _start_async_llm(settings: Settings, model: str):
         gpu_memory_utilization=settings.gpu_memory_utilization,
         structured_outputs_config={"backend": "guidance"},
         generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
-    ))
+    ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
 
 
 def cpu_threads_bind(setting: str | None, *, cores: set[int] | None = None) -> str:
@@ -333,7 +337,8 @@ def _lora_request(adapter: AdapterRef | None):
         return None
     from vllm.lora.request import LoRARequest
 
-    return LoRARequest(lora_name=adapter.name, lora_int_id=adapter.lora_id, lora_path=adapter.path)
+    return LoRARequest(lora_name=engine_name(adapter.name, adapter.lora_id), lora_int_id=adapter.lora_id,
+                       lora_path=adapter.path)
 
 
 def _queue_s(out) -> float | None:

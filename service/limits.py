@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -32,11 +33,15 @@ class Ticket:
     tenant: str
     started: float = field(default_factory=time.monotonic)
     released: bool = False
+    #: What else the request holds until it ends (its adapter's files: service.adapters.residency).
+    on_release: list[Callable[[], None]] = field(default_factory=list)
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.admission._release(self)
+            for let_go in self.on_release:
+                let_go()
 
 
 class Admission:

@@ -21,6 +21,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 from service.errors import NotFound, QuotaExceeded
+from service.journal import Journal
 from service.store import Version, Versions
 
 __all__ = ["OwnerGate"]
@@ -31,8 +32,9 @@ _WINDOW_S = 60.0
 class OwnerGate:
     """Quotas and the rate of change per owner (a store owner key: a tenant, or the shared owner)."""
 
-    def __init__(self, versions: Versions, *, max_bytes: int, per_minute: int) -> None:
+    def __init__(self, versions: Versions, journal: Journal, *, max_bytes: int, per_minute: int) -> None:
         self.versions = versions
+        self.journal = journal
         self.max_bytes = max_bytes
         self.per_minute = per_minute
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -56,8 +58,9 @@ class OwnerGate:
         return await asyncio.to_thread(self.versions.read, earlier)
 
     async def publish(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str, max_items: int,
-                      before_write: Callable[[], Awaitable[None]] | None = None) -> Version:
-        """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them).
+                      meta: dict | None = None, before_write: Callable[[], Awaitable[None]] | None = None) -> Version:
+        """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them),
+        and record it in the journal with ``meta`` (service.journal).
 
         ``before_write`` (an adapter's trial load into the engine) runs once the rate and quotas have let the
         version through, and before it is written: a refused publish costs the engine nothing."""
@@ -66,13 +69,20 @@ class OwnerGate:
             new = await asyncio.to_thread(self._admit, kind, owner, name, len(data), max_items)
             if before_write is not None:
                 await before_write()
-            return await asyncio.to_thread(self._write, kind, owner, name, data, suffix, max_items, new)
+            return await asyncio.to_thread(self._write, kind, owner, name, data, suffix, max_items, new, meta)
 
     async def withdraw(self, kind: str, owner: str, name: str, *, suffix: str) -> Version:
         """Write a deletion of ``owner``'s ``name`` (counted against the rate of change)."""
         async with self._locks[owner]:
             self._count_change(owner)
-            return await asyncio.to_thread(self.versions.publish, kind, owner, name, None, suffix=suffix)
+            return await asyncio.to_thread(self._recorded, kind, owner, name, None, suffix)
+
+    def _recorded(self, kind: str, owner: str, name: str, data: bytes | None, suffix: str,
+                  meta: dict | None = None) -> Version:
+        """A version written, then recorded in the journal (what other replicas follow)."""
+        version = self.versions.publish(kind, owner, name, data, suffix=suffix, meta=meta)
+        self.journal.record(version)
+        return version
 
     def _count_change(self, owner: str) -> None:
         now = time.monotonic()
@@ -98,10 +108,10 @@ class OwnerGate:
         return new
 
     def _write(self, kind: str, owner: str, name: str, data: bytes, suffix: str, max_items: int,
-               new: bool) -> Version:
-        version = self.versions.publish(kind, owner, name, data, suffix=suffix)
+               new: bool, meta: dict | None) -> Version:
+        version = self._recorded(kind, owner, name, data, suffix, meta)
         if new and len(self.versions.live_names(kind, owner)) > max_items:  # another replica's at the same time
-            self.versions.publish(kind, owner, name, None, suffix=suffix)
+            self._recorded(kind, owner, name, None, suffix)
             raise _too_many(kind, max_items)
         return version
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlparse
 
 from service.errors import StoreUnavailable
 
-__all__ = ["SHARED", "DirectoryStore", "S3Store", "Store", "StoreUnavailable", "Version", "Versions", "open_store",
-           "owner_key", "tenant_of"]
+__all__ = ["SHARED", "DirectoryStore", "Exists", "S3Store", "Store", "StoreUnavailable", "Version", "Versions",
+           "open_store", "owner_key", "tenant_of", "unavailable_as_503", "version_key"]
 
 #: The owner segment of what an admin publishes for every tenant.
 SHARED = "_shared"
@@ -58,6 +58,9 @@ class Object:
 class Store(Protocol):
     def list(self, prefix: str) -> list[Object]: ...
 
+    def list_after(self, prefix: str, after: str, limit: int) -> list[Object]:
+        """Up to ``limit`` keys under ``prefix`` that sort after ``after``, in order (the journal's poll)."""
+
     def read(self, key: str) -> bytes: ...
 
     def create(self, key: str, data: bytes) -> None:
@@ -76,6 +79,14 @@ class DirectoryStore:
             return []
         return [Object(p.relative_to(self.root).as_posix(), p.stat().st_size)
                 for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+    def list_after(self, prefix: str, after: str, limit: int) -> list[Object]:
+        """One folder's names, sorted: the names are read, only the ``limit`` returned are looked at."""
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return []
+        names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and prefix + n > after)[:limit]
+        return [Object(prefix + n, (folder / n).stat().st_size) for n in names if (folder / n).is_file()]
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
@@ -111,6 +122,11 @@ class S3Store:
             found += [Object(o["Key"][len(self.prefix):], o["Size"]) for o in page.get("Contents", [])]
         return found
 
+    def list_after(self, prefix: str, after: str, limit: int) -> list[Object]:
+        page = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + prefix,
+                                        StartAfter=self.prefix + after, MaxKeys=limit)
+        return [Object(o["Key"][len(self.prefix):], o["Size"]) for o in page.get("Contents", [])]
+
     def read(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
 
@@ -143,10 +159,17 @@ class Version:
     number: int
     size: int
     key: str
+    #: What a replica needs to list and route the item without its content (the journal carries it).
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def deleted(self) -> bool:
         return self.key.endswith(".deleted")
+
+
+def version_key(kind: str, owner: str, name: str, number: int, extension: str) -> str:
+    """Where version ``number`` of an item lives (``extension``: json, tar.gz or deleted)."""
+    return f"{kind}/{quote(owner, safe='')}/{quote(name, safe='')}/{number:08d}.{extension}"
 
 
 class Versions:
@@ -158,7 +181,7 @@ class Versions:
     def scan(self, kind: str) -> dict[tuple[str, str], list[Version]]:
         """Every ``(owner, name)`` of ``kind`` with its versions, oldest first."""
         items: dict[tuple[str, str], list[Version]] = {}
-        for obj in _unavailable_as_503(self.store.list, f"{kind}/"):
+        for obj in unavailable_as_503(self.store.list, f"{kind}/"):
             parts = obj.key.split("/")
             match = _VERSION.match(parts[-1]) if len(parts) == 4 else None
             if match:
@@ -173,7 +196,7 @@ class Versions:
         """The versions of one item, oldest first."""
         prefix = f"{kind}/{quote(owner, safe='')}/{quote(name, safe='')}/"
         found = []
-        for obj in _unavailable_as_503(self.store.list, prefix):
+        for obj in unavailable_as_503(self.store.list, prefix):
             match = _VERSION.match(obj.key[len(prefix):])
             if match:
                 found.append(Version(kind, owner, name, int(match.group(1)), obj.size, obj.key))
@@ -182,7 +205,7 @@ class Versions:
     def live_names(self, kind: str, owner: str) -> set[str]:
         """The items of ``kind`` that ``owner`` has whose newest version is not a deletion."""
         newest: dict[str, tuple[int, bool]] = {}
-        for obj in _unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"):
+        for obj in unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"):
             parts = obj.key.split("/")
             match = _VERSION.match(parts[-1]) if len(parts) == 4 else None
             if match:
@@ -195,27 +218,27 @@ class Versions:
     def owner_bytes(self, owner: str) -> int:
         """What ``owner`` stores, every version of every item counted."""
         return sum(o.size for kind in ("dsls", "adapters")
-                   for o in _unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"))
+                   for o in unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"))
 
     def read(self, version: Version) -> bytes:
-        return _unavailable_as_503(self.store.read, version.key)
+        return unavailable_as_503(self.store.read, version.key)
 
-    def publish(self, kind: str, owner: str, name: str, data: bytes | None, *, suffix: str) -> Version:
+    def publish(self, kind: str, owner: str, name: str, data: bytes | None, *, suffix: str,
+                meta: dict[str, Any] | None = None) -> Version:
         """Write ``data`` as the next version (None: a deletion); the next number again if another replica won."""
         for _ in range(20):
             history = self.history(kind, owner, name)
             number = history[-1].number + 1 if history else 1
-            extension = "deleted" if data is None else suffix
-            key = f"{kind}/{quote(owner, safe='')}/{quote(name, safe='')}/{number:08d}.{extension}"
+            key = version_key(kind, owner, name, number, "deleted" if data is None else suffix)
             try:
-                _unavailable_as_503(self.store.create, key, data or b"")
+                unavailable_as_503(self.store.create, key, data or b"")
             except Exists:
                 continue
-            return Version(kind, owner, name, number, len(data or b""), key)
+            return Version(kind, owner, name, number, len(data or b""), key, meta=meta or {})
         raise StoreUnavailable(f"could not publish {kind[:-1]} {name!r}: too many concurrent versions")
 
 
-def _unavailable_as_503(call, *args):
+def unavailable_as_503(call, *args):
     """The store's own errors (network, permissions, disk) as StoreUnavailable; Exists passes through."""
     try:
         return call(*args)

@@ -29,12 +29,13 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.adapters.validation import AdapterInvalid, BaseShapes, check_folder, read_manifest
+from service.adapters.validation import AdapterInvalid, BaseShapes, Manifest, check_folder, model_of, read_manifest
 from service.engine import AdapterRef
 from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
 from service.security import Caller
@@ -46,6 +47,7 @@ BASE = "base"
 _SHARED = "*"
 #: More than a manifest may hold: read_manifest refuses it with the reason.
 _MANIFEST_READ = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ class Adapter:
         return "custom" if self.version is not None else self.name
 
     @property
+    def meta(self) -> dict[str, Any]:
+        """What the store's journal records of a published version, for other replicas' :meth:`from_meta`."""
+        return {"manifest": self.manifest, "digest": self.digest, "rank": self.rank}
+
+    @property
     def shared(self) -> bool:
         return _SHARED in self.tenants
 
@@ -93,10 +100,11 @@ class Adapter:
         """Whether the adapter was trained with catalog hints in its system prompt (default: no)."""
         return bool((self.manifest.get("prompt") or {}).get("catalog_hints", False))
 
-    @property
-    def ref(self) -> AdapterRef:
-        label = self.name if self.owner is None else f"{self.owner}/{self.name}"
-        return AdapterRef(name=label, lora_id=self.lora_id, path=str(self.path))
+    def ref(self, dsl: str | None = None) -> AdapterRef:
+        """What the engine gets, named as clients name it in ``model``: ``<dsl>:<adapter>`` (``dsl``: the
+        request's DSL, for an adapter made for any), which the gateway's LoRA affinity matches on."""
+        dsl = self.dsl or dsl
+        return AdapterRef(name=f"{dsl}:{self.name}" if dsl else self.name, lora_id=self.lora_id, path=str(self.path))
 
     def usable_by(self, caller: Caller, *, tenant: str | None = None) -> bool:
         """The one access rule: shared adapters serve everyone, a tenant's its own tenants, admins everything.
@@ -131,6 +139,35 @@ class AdapterRegistry:
         with self._ids_lock:
             lora_id = self._ids.setdefault((owner, adapter.name, adapter.digest), next(self._next_id))
         return dataclasses.replace(adapter, lora_id=lora_id, error=adapter.error or self._quarantined.get(lora_id))
+
+    def from_meta(self, meta: dict[str, Any], *, owner: str | None, name: str, version: int,
+                  folder: Path) -> Adapter:
+        """A published version as its journal line describes it (:meth:`meta`), before its files are here.
+
+        The line is checked as a manifest would be, and a tenant's adapter serves that tenant only, whatever
+        the line says; the files are checked in full when they are fetched (service.adapters.residency)."""
+        adapter = Adapter(name=name, path=folder, lora_id=0, owner=owner, version=version,
+                          tenants=(owner,) if owner is not None else (_SHARED,))
+        try:
+            manifest = model_of(Manifest, meta.get("manifest"), "the journal's manifest")
+            digest, rank = meta.get("digest"), meta.get("rank")
+            if not (isinstance(digest, str) and _HEX64.match(digest)) or not isinstance(rank, int):
+                raise AdapterInvalid("the journal's line has no weights digest or rank")
+        except AdapterInvalid as exc:
+            return dataclasses.replace(adapter, error=str(exc))
+        error = None
+        if manifest.base_model.fingerprint != self.base_fingerprint:
+            error = (f"made for base model {manifest.base_model.id} (fingerprint {manifest.base_model.fingerprint}), "
+                     f"but the service runs fingerprint {self.base_fingerprint}")
+        elif not 1 <= rank <= self.max_rank:
+            error = f"rank {rank} is above the service's max_lora_rank {self.max_rank}"
+        with self._ids_lock:
+            lora_id = self._ids.setdefault((owner, name, digest), next(self._next_id))
+        return dataclasses.replace(
+            adapter, lora_id=lora_id, dsl=manifest.dsl, rank=rank, base_model=manifest.base_model.model_dump(),
+            manifest=manifest.model_dump(), digest=digest,
+            tenants=adapter.tenants if owner is not None else tuple(manifest.tenants),
+            error=error or self._quarantined.get(lora_id))
 
     def quarantine(self, adapter: Adapter, reason: str) -> Adapter:
         """Never hand ``adapter`` (this version) to the engine again on this replica; its owner sees ``reason``."""

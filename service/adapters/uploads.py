@@ -9,8 +9,9 @@ trial: an adapter the engine refuses is a 400 and nothing is stored. Only then i
 through the owner's quotas (:mod:`service.publishing`). A tenant's adapter serves that tenant only (its
 manifest's ``tenants`` is set so) and lives in the tenant's own namespace; an admin's is shared.
 
-Each replica unpacks a version it follows into its cache (checked again: the store is not trusted more than a
-tenant) and loads it into the engine; a version the engine refuses there is quarantined
+Every other replica learns of the version from the store's journal, with the manifest and weights digest
+recorded there, and fetches its files only when a request first needs them (:mod:`service.adapters.residency`:
+checked again, the store is not trusted more than a tenant); a version the engine refuses there is quarantined
 (:meth:`AdapterRegistry.quarantine`): listed with the reason to its owner, never loaded again, so it cannot
 fail the engine in a loop.
 """
@@ -18,19 +19,17 @@ fail the engine in a loop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import logging
-import shutil
 import tarfile
 import tempfile
-import uuid
 from pathlib import Path
 
 import yaml
 
 from service.adapters.archive import ArchiveRefused, unpack
 from service.adapters.registry import Adapter, AdapterRegistry
+from service.adapters.residency import AdapterResidency
 from service.adapters.validation import AdapterInvalid, read_manifest
 from service.config import Settings
 from service.engine import EngineSlot
@@ -53,14 +52,14 @@ class AdapterPublisher:
     kind = _KIND
 
     def __init__(self, registry: AdapterRegistry, versions: Versions, settings: Settings, engine: EngineSlot, *,
-                 gate: OwnerGate, pool: UploadPool) -> None:
+                 gate: OwnerGate, pool: UploadPool, residency: AdapterResidency) -> None:
         self.registry = registry
         self.versions = versions
         self.settings = settings
         self.engine = engine
         self.gate = gate
         self.pool = pool
-        self.cache = Path(settings.cache_dir) / "published-adapters"
+        self.residency = residency
         #: The version of each (owner, name) this replica serves (a deletion included), for service.sync.
         self.installed: dict[tuple[str, str], int] = {}
 
@@ -69,7 +68,7 @@ class AdapterPublisher:
         with tempfile.TemporaryDirectory(prefix="nl2dsl-adapter-") as folder:
             adapter, data = await self.pool.run(owner, self._prepare, archive, Path(folder), owner, name)
             version = await self.gate.publish(_KIND, owner_key(owner), adapter.name, data, suffix="tar.gz",
-                                              max_items=self.settings.max_adapters_per_tenant,
+                                              max_items=self.settings.max_adapters_per_tenant, meta=adapter.meta,
                                               before_write=lambda: self._trial_load(adapter))
         return await self._install(version, data)
 
@@ -104,7 +103,7 @@ class AdapterPublisher:
         if engine is None or not engine.ready:
             return  # still starting: the checks above are what every replica's install repeats
         try:
-            await engine.load(adapter.ref)
+            await engine.load(adapter.ref())
         except AdapterUnavailable as exc:
             self.registry.quarantine(adapter, "the engine could not load it")
             raise BadRequest(f"adapter {adapter.name!r} cannot be served: the engine could not load it",
@@ -116,8 +115,10 @@ class AdapterPublisher:
     async def rollback(self, *, owner: str | None, name: str, version: int) -> Adapter:
         """Publish version ``version``'s content again as the newest, within the owner's quotas."""
         data = await self.gate.content(_KIND, owner_key(owner), name, version, unknown=UnknownAdapter)
+        with tempfile.TemporaryDirectory(prefix="nl2dsl-adapter-") as folder:  # what the journal line records
+            earlier, _ = await self.pool.run(owner, self._prepare, data, Path(folder), owner, name)
         published = await self.gate.publish(_KIND, owner_key(owner), name, data, suffix="tar.gz",
-                                            max_items=self.settings.max_adapters_per_tenant)
+                                            max_items=self.settings.max_adapters_per_tenant, meta=earlier.meta)
         adapter = await self._install(published, data)
         assert adapter is not None
         return adapter
@@ -128,51 +129,42 @@ class AdapterPublisher:
         await self.install(await self.gate.withdraw(_KIND, owner_key(owner), name, suffix="tar.gz"))
 
     async def install(self, version: Version) -> None:
-        """Serve ``version`` on this replica (a deletion: stop serving the adapter)."""
-        await self._install(version, None)
+        """Serve ``version`` on this replica (a deletion: stop serving the adapter). A version whose journal line
+        describes it is registered without its files, which the first request that needs it fetches."""
+        if version.deleted or not version.meta:
+            await self._install(version, None)
+            return
+        self.installed[(version.owner, version.name)] = version.number
+        self._withdraw(tenant_of(version.owner), version.name)
+        self.registry.publish(self.residency.expect(version))
+
+    def _withdraw(self, owner: str | None, name: str) -> None:
+        """Stop serving the version of ``owner``'s ``name`` this replica serves, and drop its files."""
+        current = next((a for a in self.registry.all() if a.owner == owner and a.name == name
+                        and a.version is not None), None)
+        if current is not None:
+            self.registry.withdraw(owner, name)
+            self.residency.forget(current)
 
     async def _install(self, version: Version, data: bytes | None) -> Adapter | None:
         owner = tenant_of(version.owner)
         self.installed[(version.owner, version.name)] = version.number
         if version.deleted:
-            self.registry.withdraw(owner, version.name)
+            self._withdraw(owner, version.name)
             return None
         data = data if data is not None else await asyncio.to_thread(self.versions.read, version)
-        folder = self.cache / hashlib.sha256(data).hexdigest()[:32]  # by content: the same archive, one folder
-        adapter = await self.pool.run(owner, self._unpacked, data, folder, owner, version.number)
+        adapter = await self.residency.place(version, data)
+        self._withdraw(owner, version.name)
         self.registry.publish(adapter)
         engine = self.engine.engine
         if adapter.error is None and engine is not None and engine.ready:
-            try:  # loaded now, on every replica, rather than by the first request that needs it
-                await engine.load(adapter.ref)
+            try:  # this replica has the files already: loaded now rather than by the first request
+                await engine.load(adapter.ref())
             except AdapterUnavailable:
                 adapter = self.registry.quarantine(adapter, "the engine could not load it on this replica")
                 log.error("published adapter %s/%s version %d quarantined: the engine could not load it",
                           version.owner, version.name, version.number)
         return adapter
-
-    def _unpacked(self, data: bytes, folder: Path, owner: str | None, number: int) -> Adapter:
-        """On an upload thread: the version unpacked into the cache (once) and checked like an upload."""
-        if not (folder / "manifest.yaml").exists():
-            self._unpack_into(data, folder)
-        return self.registry.read(folder, owner=owner, version=number)
-
-    def _unpack_into(self, data: bytes, folder: Path) -> None:
-        """Unpack beside ``folder``, then move it in place. A folder left incomplete by an earlier try (no
-        manifest) is replaced; one installed meanwhile by another publish of the same archive is kept."""
-        partial = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
-        partial.mkdir(parents=True)
-        try:
-            try:
-                unpack(data, partial, max_bytes=self.settings.max_adapter_bytes)
-            except ArchiveRefused as exc:
-                raise BadRequest(f"the stored archive is not an adapter: {exc}") from None
-            if (folder / "manifest.yaml").exists():
-                return
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.replace(folder)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
 
 
 def pack_adapter(folder: Path) -> bytes:

@@ -141,7 +141,7 @@ def read_manifest(data: bytes) -> Manifest:
         raw = safe_yaml.load(data, max_bytes=_MAX_MANIFEST_BYTES)
     except safe_yaml.YAMLRefused as exc:
         raise AdapterInvalid(f"manifest.yaml: {exc}") from None
-    return _model(Manifest, raw, "manifest.yaml")
+    return model_of(Manifest, raw, "manifest.yaml")
 
 
 def check_folder(folder: Path, *, base: BaseShapes, max_rank: int) -> tuple[Manifest, AdapterConfig]:
@@ -173,7 +173,7 @@ def _config(data: bytes) -> AdapterConfig:
         raw = json.loads(data)
     except (ValueError, RecursionError):
         raise AdapterInvalid("adapter_config.json is not valid JSON") from None
-    return _model(AdapterConfig, raw, "adapter_config.json")
+    return model_of(AdapterConfig, raw, "adapter_config.json")
 
 
 def _check_weights(path: Path, *, base: BaseShapes, rank: int, targets: set[str]) -> None:
@@ -197,7 +197,7 @@ def _check_weights(path: Path, *, base: BaseShapes, rank: int, targets: set[str]
         raise AdapterInvalid(f"{name} holds no tensors")
     if len(raw) > _MAX_TENSORS:
         raise AdapterInvalid(f"{name} holds more than {_MAX_TENSORS} tensors")
-    tensors = {key: _model(TensorInfo, value, f"{name}: tensor {_shown(key)}") for key, value in raw.items()}
+    tensors = {key: model_of(TensorInfo, value, f"{name}: tensor {_shown(key)}") for key, value in raw.items()}
     pairs: dict[tuple[int, str], set[str]] = {}
     for key, info in tensors.items():
         match = _TENSOR.fullmatch(key)
@@ -234,7 +234,7 @@ def _check_offsets(name: str, tensors: dict[str, TensorInfo], *, data_bytes: int
         raise AdapterInvalid(f"{name}: the data is {data_bytes} bytes; the header describes {end}")
 
 
-def _model(model: type[BaseModel], raw: Any, where: str) -> Any:
+def model_of(model: type[BaseModel], raw: Any, where: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

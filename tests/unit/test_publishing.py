@@ -95,7 +95,7 @@ def test_an_adapter_published_as_an_archive_serves_its_tenant_on_every_replica(r
                 "the other replica serves the adapter")
     body = {"dsl": "flow", "text": "post form answers to #sales", "adapter": "crm"}
     assert second.post("/generate", json=body, headers=_auth("alpha")).json()["adapter"] == "crm"
-    assert second.engine.calls[-1]["adapter"].name == "alpha-corp/crm"
+    assert second.engine.calls[-1]["adapter"].name == "flow:crm"  # as clients name it in `model`
     assert second.post("/generate", json=body, headers=_auth("beta")).status_code == 404
     assert "crm" not in [a["name"] for a in second.get("/adapters", headers=_auth("beta")).json()]
     assert first.post("/adapters", content=good, headers=_auth("beta")).status_code == 201  # beta's own "crm"

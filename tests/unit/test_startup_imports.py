@@ -42,10 +42,11 @@ def test_the_engine_thread_imports_vllm_holding_the_import_lock(monkeypatch):
 
     class AsyncLLM:
         @staticmethod
-        def from_engine_args(args):
+        def from_engine_args(args, stat_loggers=None):
             held["from_engine_args"] = IMPORT_LOCK.locked()  # starting the engine itself: the lock is free again
             return "engine"
 
+    monkeypatch.setattr("service.engine.prometheus_logger", lambda: "logger")
     monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", module("arg_utils", "AsyncEngineArgs", dict))
     monkeypatch.setitem(sys.modules, "vllm.v1.engine.async_llm", module("async_llm", "AsyncLLM", AsyncLLM))
     for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):  # what it sets is undone afterwards

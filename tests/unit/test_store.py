@@ -81,3 +81,39 @@ def test_a_store_that_cannot_be_reached_is_a_clear_503():
     with pytest.raises(StoreUnavailable) as down:
         versions.scan("dsls")
     assert down.value.status_code == 503 and "unavailable" in down.value.message
+
+
+def test_the_journal_numbers_changes_without_gaps_when_replicas_record_at_once(store):
+    from service.journal import Journal
+
+    versions = Versions(store)
+    recorders = [Journal(store) for _ in range(4)]  # four replicas, each with its own idea of the newest line
+    numbers: list[int] = []
+
+    def record(journal: Journal, owner: str) -> None:
+        for i in range(5):
+            numbers.append(journal.record(versions.publish("dsls", owner, f"d{i}", b"{}", suffix="json")))
+
+    threads = [threading.Thread(target=record, args=(j, f"t{n}")) for n, j in enumerate(recorders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(numbers) == list(range(1, 21))
+    lines = Journal(store).read_after(0)
+    assert [n for n, _ in lines] == list(range(1, 21))
+    assert {(v.owner, v.name) for _, v in lines} == {(f"t{n}", f"d{i}") for n in range(4) for i in range(5)}
+    assert [n for n, _ in Journal(store).read_after(17)] == [18, 19, 20]
+
+
+def test_a_snapshot_holds_the_live_items_and_the_line_it_stands_at(store):
+    from service.journal import Journal
+
+    versions, journal = Versions(store), Journal(store)
+    kept = versions.publish("adapters", "t", "crm", b"weights", suffix="tar.gz", meta={"digest": "ab"})
+    gone = versions.publish("adapters", "t", "old", None, suffix="tar.gz")
+    journal.write_snapshot(7, [kept, gone])
+    journal.write_snapshot(3, [])
+    snapshot = Journal(store).latest_snapshot()
+    assert snapshot.upto == 7 and snapshot.versions() == [kept]
+    assert snapshot.versions()[0].meta == {"digest": "ab"}

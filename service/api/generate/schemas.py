@@ -52,8 +52,10 @@ class Usage(BaseModel):
 
 
 class Timings(BaseModel):
-    """Seconds: waiting in the engine queue, until the first token, and in all."""
+    """Seconds: fetching the adapter's files, waiting in the engine queue, until the first token, and in all."""
 
+    fetch: float | None = Field(default=None, description="Seconds this request waited for its adapter's files to "
+                                "come from the store: only a request that found them missing on this replica.")
     queue: float | None = None
     ttft: float | None = None
     total: float

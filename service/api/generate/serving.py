@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import metrics
-from service.adapters import BASE, Adapter, AdapterRegistry
+from service.adapters import BASE, Adapter, AdapterRegistry, AdapterResidency
 from service.api.generate.schemas import GenerateRequest, GenerateResponse, Timings, Usage
 from service.api.schemas import ParseErrorModel
 from service.config import Settings
@@ -68,6 +69,8 @@ class Job:
     params: GenerationParams
     timeout_s: float
     ticket: Ticket
+    #: Seconds this request waited for its adapter's files to come from the store (None: they were here).
+    fetch_s: float | None = None
 
     @property
     def adapter_name(self) -> str:
@@ -97,6 +100,8 @@ class GenerateServing:
         self.safety = safety
         self.admission = admission
         self.engine = engine
+        #: Fetches a published adapter's files on first use (set once the store is open: service.app).
+        self.residency: AdapterResidency | None = None
 
     async def start(self, caller: Caller, req: GenerateRequest, *, client_request_id: str | None = None) -> Job:
         """Admit the request and prepare it; raises its 4xx."""
@@ -138,8 +143,12 @@ class GenerateServing:
         params = GenerationParams(max_tokens=max_tokens, temperature=req.temperature, seed=req.seed,
                                   grammar=grammar.engine_text if req.constrained else None)
         client_id = client_request_id if client_request_id and _CLIENT_ID.match(client_request_id) else None
+        fetch_s = None
+        if adapter is not None and self.residency is not None:  # its files, held until the request ends
+            fetch_s = await self.residency.ensure(adapter)
+            ticket.on_release.append(functools.partial(self.residency.release, adapter))
         return Job(req, uuid.uuid4().hex, client_id, tenant, grammar, adapter, ids, params,
-                   req.timeout_s or settings.request_timeout_s, ticket)
+                   req.timeout_s or settings.request_timeout_s, ticket, fetch_s)
 
     async def run(self, job: Job) -> AsyncIterator[str | GenerateResponse]:
         """Yield text deltas as they come, then the final :class:`GenerateResponse`.
@@ -158,7 +167,7 @@ class GenerateServing:
             async for delta in self.engine.ready().generate(
                 job.prompt_token_ids,
                 request_id=job.request_id,
-                adapter=job.adapter.ref if job.adapter else None,
+                adapter=job.adapter.ref(dsl) if job.adapter else None,
                 params=job.params,
                 deadline=time.monotonic() + job.timeout_s,
             ):
@@ -183,7 +192,8 @@ class GenerateServing:
                 error=ParseErrorModel(**vars(parsed.error)) if parsed.error else None,
                 usage=Usage(prompt_tokens=len(job.prompt_token_ids),
                             completion_tokens=last.completion_tokens if last else 0),
-                timings=Timings(queue=last.queue_s if last else None, ttft=ttft, total=time.perf_counter() - started),
+                timings=Timings(fetch=job.fetch_s, queue=last.queue_s if last else None, ttft=ttft,
+                                total=time.perf_counter() - started),
             )
             status = "ok" if parsed.valid else "invalid"
             _observe(response, dsl_label=job.grammar.metric_label, adapter_label=adapter_label)

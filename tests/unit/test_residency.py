@@ -1,0 +1,154 @@
+"""Residency on demand: a replica registers what another publishes from the journal, fetches the files the first
+time a request needs them (once, however many requests wait), keeps its disk cache within its bound, and refuses
+files that are not what the journal recorded. Apps around a fake engine; the store, the journal, the checks and
+the upload pool are real."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.adapters import AdapterRegistry, BaseShapes, DiskCache, pack_adapter
+from service.config import Settings
+from service.model import base_fingerprint, resolve_model
+from tests.helpers import SMOLLM2, eventually, write_fake_adapter
+
+BODY = {"dsl": "flow", "text": "post form answers to #sales", "adapter": "crm"}
+ALPHA = {"Authorization": "Bearer alpha"}
+FINGERPRINT = base_fingerprint(resolve_model(None, Settings().cache_dir))
+
+
+def _archive(tmp_path: Path, name: str = "crm", weights: bytes = b"w") -> bytes:
+    built = tmp_path / f"built-{weights.hex()}"
+    built.mkdir()
+    return pack_adapter(write_fake_adapter(built, name, fingerprint=FINGERPRINT, dsl="flow", weights=weights))
+
+
+def _own_cache(tmp_path: Path, name: str) -> str:
+    """A replica cache of its own (the embedded model linked in), so its disk shows what it fetched."""
+    cache = tmp_path / name
+    cache.mkdir()
+    (cache / "models").symlink_to(Path(Settings().cache_dir) / "models")
+    return str(cache)
+
+
+def _files(cache: str) -> list[Path]:
+    folder = Path(cache) / "published-adapters"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def _knows_crm(client) -> bool:
+    return "crm" in [a["name"] for a in client.get("/adapters", headers=ALPHA).json()]
+
+
+def test_a_replica_fetches_a_published_adapter_when_a_request_first_needs_it(replica, tmp_path):
+    first = replica()
+    cache = _own_cache(tmp_path, "second-cache")
+    second = replica(cache_dir=cache)
+    assert first.post("/adapters", content=_archive(tmp_path), headers=ALPHA).status_code == 201
+    eventually(lambda: _knows_crm(second), "the other replica lists the adapter")
+    assert _files(cache) == []  # known from the journal line, nothing downloaded
+    fetched = second.post("/generate", json=BODY, headers=ALPHA).json()
+    assert fetched["adapter"] == "crm" and fetched["timings"]["fetch"] > 0
+    again = second.post("/generate", json=BODY, headers=ALPHA).json()
+    assert again["timings"]["fetch"] is None and len(_files(cache)) == 1
+    assert second.engine.calls[-1]["adapter"].path == str(_files(cache)[0])
+
+
+def test_requests_that_need_the_same_adapter_at_once_share_one_fetch(replica, tmp_path):
+    first = replica()
+    second = replica(cache_dir=_own_cache(tmp_path, "second-cache"))
+    assert first.post("/adapters", content=_archive(tmp_path), headers=ALPHA).status_code == 201
+    eventually(lambda: _knows_crm(second), "the other replica lists the adapter")
+    residency = second.app.state.serving.residency
+    reads = []
+    original = residency.versions.read
+    residency.versions.read = lambda version: reads.append(version) or original(version)
+    adapter = next(a for a in second.app.state.adapters.all() if a.name == "crm")
+
+    async def at_once():
+        return await asyncio.gather(*(residency.ensure(adapter) for _ in range(8)))
+
+    waited = second.portal.call(at_once)
+    assert len(reads) == 1 and all(seconds is not None for seconds in waited)
+
+
+def test_files_that_are_not_what_the_journal_recorded_are_refused_and_quarantined(replica, tmp_path):
+    first = replica()
+    second = replica(cache_dir=_own_cache(tmp_path, "second-cache"))
+    assert first.post("/adapters", content=_archive(tmp_path), headers=ALPHA).status_code == 201
+    eventually(lambda: _knows_crm(second), "the other replica lists the adapter")
+    [stored] = (tmp_path / "store" / "adapters" / "alpha-corp" / "crm").iterdir()
+    stored.write_bytes(_archive(tmp_path, weights=b"other weights"))  # the bucket changed under the journal
+    refused = second.post("/generate", json=BODY, headers=ALPHA)
+    assert refused.status_code == 409 and "journal" in refused.json()["error"]["message"]
+    listed = {a["name"]: a for a in second.get("/adapters", headers=ALPHA).json()}
+    assert listed["crm"]["available"] is False
+    assert first.post("/generate", json=BODY, headers=ALPHA).status_code == 200  # it has the files it checked
+
+
+def _folder(root: Path, name: str, size: int) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.yaml").write_text("name: x\n")
+    (folder / "weights").write_bytes(b"x" * (size - 8))
+    return folder
+
+
+def test_the_disk_cache_stays_within_its_bytes_evicting_the_least_recently_used(tmp_path):
+    root = tmp_path / "cache"
+    folders = [_folder(root, f"v{n}", 1000) for n in range(4)]
+    cache = DiskCache(root, max_bytes=2_500)  # what an earlier run left counts: 4 folders, oldest first
+    assert cache.bytes == 4_000
+    assert cache.hold(folders[0])  # used again: now the most recent
+    cache.let_go(folders[0])
+    new = _folder(root, "v4", 1000)
+    evicted = cache.add(new)
+    assert evicted == folders[1:4] and not any(f.exists() for f in evicted)
+    assert cache.bytes <= 2_500 and folders[0] in cache and new in cache
+
+
+def test_a_version_a_request_holds_is_never_evicted(tmp_path):
+    root = tmp_path / "cache"
+    cache = DiskCache(root, max_bytes=1_000)
+    held = _folder(root, "held", 800)
+    cache.add(held)  # added held: a request is about to load it
+    assert cache.add(_folder(root, "next", 800)) == [] and held.exists() and cache.bytes == 1_600
+    cache.let_go(held)
+    cache.let_go(root / "next")
+    assert cache.add(_folder(root, "third", 800)) == [held, root / "next"] and cache.bytes == 800
+
+
+def test_half_unpacked_folders_left_by_a_crash_are_removed_at_start(tmp_path):
+    root = tmp_path / "cache"
+    (root / "ab.partial-1234").mkdir(parents=True)
+    (root / "cd").mkdir()  # no manifest: never finished
+    assert DiskCache(root, max_bytes=10).bytes == 0 and list(root.iterdir()) == []
+
+
+_META = st.fixed_dictionaries({}, optional={
+    "manifest": st.one_of(st.none(), st.text(max_size=5), st.fixed_dictionaries(
+        {"base_model": st.fixed_dictionaries({"fingerprint": st.sampled_from([FINGERPRINT, "0" * 16, "nope"])})},
+        optional={"name": st.text(max_size=10), "dsl": st.sampled_from(["flow", "", "../x"]),
+                  "tenants": st.lists(st.sampled_from(["*", "alpha-corp", "beta-corp"]), max_size=3),
+                  "rank": st.integers(-5, 10**6)})),
+    "digest": st.one_of(st.just("a" * 64), st.text(max_size=70), st.integers()),
+    "rank": st.one_of(st.integers(-5, 10**6), st.text(max_size=3), st.none()),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(meta=_META, owner=st.sampled_from([None, "alpha-corp"]))
+def test_any_journal_meta_becomes_an_adapter_or_its_error_and_a_tenants_stays_its_own(meta, owner):
+    registry = AdapterRegistry(None, base_fingerprint=FINGERPRINT, base=BaseShapes(**SMOLLM2), max_rank=64)
+    adapter = registry.from_meta(meta, owner=owner, name="crm", version=1, folder=Path("/nowhere"))
+    assert adapter.name == "crm" and adapter.version == 1
+    if owner is not None:
+        assert adapter.tenants == (owner,)  # whatever the line says: a tenant's adapter serves that tenant
+    if adapter.error is None:
+        assert adapter.lora_id > 0 and adapter.digest == "a" * 64 and 1 <= adapter.rank <= 64
+
+
