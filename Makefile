@@ -99,7 +99,7 @@ $(VENV)/.llama-cpp: | install
 # rendered and validated against the Kubernetes schema, the Dockerfile linted.
 HELM := .tools/bin/helm
 # A profile "a+b" layers deploy/helm/profiles/a.yaml then b.yaml (the onboarding Job on the gpu profile).
-PROFILES := cpu gpu gpu+onboarding
+PROFILES := cpu gpu gpu+onboarding gpu+inference-pool
 
 $(HELM): | install
 	$(BIN)/python deploy/tools/install_helm.py --dest $(dir $(HELM))

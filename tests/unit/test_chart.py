@@ -108,3 +108,39 @@ def test_keys_given_in_the_values_reach_the_service_as_a_keys_file_it_reads(tmp_
     with pytest.raises(subprocess.CalledProcessError) as failure:  # a key in clear text is refused
         _render("cpu", sets=("apiKeys.keys[0].sha256=s3cret", "apiKeys.keys[0].tenant=contoso"))
     assert "sha256" in failure.value.stderr
+
+
+def test_the_inference_pool_option_routes_to_the_replicas_and_its_picker_reads_their_metrics():
+    assert not [d for d in _render("gpu") if d["kind"] in ("InferencePool", "InferenceObjective")]  # off by default
+    docs = _render("gpu", "inference-pool")
+    (pool,) = _kind(docs, "InferencePool")
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    serving, picker = sorted(_kind(docs, "Deployment"), key=lambda d: "epp" in d["metadata"]["name"])
+    pod = serving["spec"]["template"]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    # The pool is the serving pods, on their API port, and only them (not the picker).
+    assert _selects(pool["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    assert not _selects(pool["spec"]["selector"]["matchLabels"], picker["spec"]["template"]["metadata"]["labels"])
+    assert pool["spec"]["targetPorts"] == [{"number": ports["http"]}]
+    # The gateway finds the picker through the pool; the picker scrapes the metrics port, which serves /metrics.
+    picker_service = next(s for s in _kind(docs, "Service") if s["metadata"]["name"] == pool["spec"][
+        "endpointPickerRef"]["name"])
+    assert picker_service["spec"]["ports"][0]["port"] == pool["spec"]["endpointPickerRef"]["port"]["number"]
+    assert _selects(picker_service["spec"]["selector"], picker["spec"]["template"]["metadata"]["labels"])
+    args = picker["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--pool-name={pool['metadata']['name']}" in args
+    assert f"--model-server-metrics-port={ports['metrics']}" in args
+    name = picker_service["metadata"]["name"]
+    (picker_config,) = [c for c in _kind(docs, "ConfigMap") if c["metadata"]["name"] == name]
+    config = yaml.safe_load(picker_config["data"]["config.yaml"])
+    assert "lora-affinity-scorer" in {p["type"] for p in config["plugins"]}
+    # The network policy lets the picker (only it, besides Prometheus) read the metrics port.
+    (policy,) = _kind(docs, "NetworkPolicy")
+    metrics_from = [rule["from"] for rule in policy["spec"]["ingress"] if rule["ports"][0]["port"] == "metrics"]
+    assert any(_selects(src.get("podSelector", {}).get("matchLabels", {}), picker["spec"]["template"]["metadata"]
+                        ["labels"]) for rules in metrics_from for src in rules)
+    # The picker may read pods, pools and objectives, nothing more.
+    (role,) = [r for r in _kind(docs, "Role") if r["metadata"]["name"] == name]
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "watch", "list"}
+    (objective,) = _kind(docs, "InferenceObjective")
+    assert objective["spec"]["poolRef"]["name"] == pool["metadata"]["name"]

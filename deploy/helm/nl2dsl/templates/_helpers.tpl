@@ -43,3 +43,8 @@ app.kubernetes.io/name: {{ include "nl2dsl.name" . }}-onboarding
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: onboarding
 {{- end -}}
+
+{{- define "nl2dsl.pickerLabels" -}}
+app.kubernetes.io/name: {{ include "nl2dsl.name" . }}-epp
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
