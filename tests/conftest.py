@@ -3,7 +3,8 @@ the embedded model) in a subprocess.
 
 The engine runs in float32 so adapter outputs can be compared token for token with peft + transformers
 (docs/PLATFORM.md: bf16 random adapters drift by rounding). Adapters are made here, in a temporary folder:
-two random ones, and one that claims another base model.
+two random ones, and one that claims another base model. What tenants publish goes to an S3 bucket on moto's
+S3-protocol server, run here, as production's goes to a bucket: the journal and residency on the real protocol.
 """
 
 from __future__ import annotations
@@ -82,7 +83,27 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+def s3_store() -> dict[str, str]:
+    """The environment of a replica whose store is a bucket on a moto S3 server of this test session."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from service.local_server import free_port
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in credentials.items()
+                                                  if k != "AWS_DEFAULT_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket="nl2dsl-test")
+    yield {**credentials, "NL2DSL_STORE": "s3://nl2dsl-test/store", "NL2DSL_S3_ENDPOINT_URL": endpoint}
+    moto.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, s3_store) -> Server:
     model_dir = resolve_model(None, Settings().cache_dir)
     adapters = tmp_path_factory.mktemp("adapters")
     make_random_adapter(model_dir, adapters / "alpha", seed=1, tenants=["alpha-corp"])
@@ -113,7 +134,7 @@ def server(tmp_path_factory) -> Server:
         "NL2DSL_METRICS_ON_API": "true",
         # A 2-core CI machine under the Locust smoke takes up to ~2 min a request: no 504 for slowness.
         "NL2DSL_REQUEST_TIMEOUT_S": "600",
-        "NL2DSL_STORE": str(tmp_path_factory.mktemp("store")),
+        **s3_store,
         "NL2DSL_STORE_POLL_S": "1",
         # Runs started through POST /onboarding keep their work here, not in the user's cache: a run left by an
         # earlier test session would make the next one a continuing run.

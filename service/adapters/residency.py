@@ -38,6 +38,9 @@ __all__ = ["AdapterResidency", "DiskCache"]
 
 log = logging.getLogger("nl2dsl.adapters")
 
+#: A half-unpacked folder older than this was left by a crash.
+_STALE_S = 3600.0
+
 
 class DiskCache:
     """Folders under ``root`` with their sizes, least recently used first; blocking calls (run them in a thread)."""
@@ -49,12 +52,14 @@ class DiskCache:
         self._held: Counter[Path] = Counter()
         self._lock = threading.Lock()  # touched on the event loop, filled and emptied in threads
         self.root.mkdir(parents=True, exist_ok=True)
-        # What an earlier run of this replica left counts against the bound too (oldest first); half-unpacked
-        # folders are removed.
+        # What an earlier run left counts against the bound too (oldest first). A half-unpacked folder an hour
+        # old is a crash's leftover and goes; a younger one may be another process's unpacking (replicas on one
+        # machine may share the folder) and is left to it.
+        now = time.time()
         for folder in sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime):
             if folder.is_dir() and (folder / "manifest.yaml").is_file():
                 self._sizes[folder] = _size(folder)
-            else:
+            elif ".partial-" in folder.name and now - folder.stat().st_mtime > _STALE_S:
                 _remove(folder)
 
     @property

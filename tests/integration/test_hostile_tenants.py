@@ -51,19 +51,20 @@ def test_an_adapter_the_engine_refuses_is_quarantined_and_never_takes_another_te
     listed as quarantined to its owner, and the engine goes on serving everyone else."""
     folder = make_random_adapter(server.model_dir, tmp_path / "swapped", seed=12, dsl="flow")
     with server.client(ALPHA) as alpha, server.client() as admin:
-        assert alpha.post("/adapters", content=pack_adapter(folder)).status_code == 201
+        published = alpha.post("/adapters", content=pack_adapter(folder))
+        assert published.status_code == 201
         try:
-            _swap_and_use(server, alpha, admin)
+            _swap_and_use(server, alpha, admin, version=published.json()["version"])
         finally:  # alpha-corp's own flow adapter would otherwise be its default in later tests
             assert alpha.delete("/adapters/swapped").status_code == 204
 
 
-def _swap_and_use(server, alpha: httpx.Client, admin: httpx.Client) -> None:
+def _swap_and_use(server, alpha: httpx.Client, admin: httpx.Client, *, version: int) -> None:
     """Swap the served copy's weights for ones that do not fit, then use it and everyone else."""
-    # The copy this replica serves: its cache folder is named by the stored archive's content.
-    [stored] = (Path(server.env["NL2DSL_STORE"]) / "adapters" / "alpha-corp" / "swapped").iterdir()
+    # The copy this replica serves: its cache folder is named by the version's key in the store.
+    key = f"adapters/alpha-corp/swapped/{version:08d}.tar.gz"
     cache = Path.home() / ".cache" / "nl2dsl" / "published-adapters"
-    served = cache / hashlib.sha256(stored.read_bytes()).hexdigest()[:32]
+    served = cache / hashlib.sha256(key.encode()).hexdigest()[:32]
     assert (served / "adapter_model.safetensors").exists()
     # Evict it from the engine's host cache (max_cpu_loras 2 on the test server): two other adapters.
     for adapter, dsl in (("beta", "flow"), ("tiny-trained", "sql")):

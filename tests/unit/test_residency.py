@@ -6,6 +6,8 @@ the upload pool are real."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -122,11 +124,12 @@ def test_a_version_a_request_holds_is_never_evicted(tmp_path):
     assert cache.add(_folder(root, "third", 800)) == [held, root / "next"] and cache.bytes == 800
 
 
-def test_half_unpacked_folders_left_by_a_crash_are_removed_at_start(tmp_path):
+def test_half_unpacked_folders_left_by_a_crash_are_removed_at_start_not_one_being_unpacked(tmp_path):
     root = tmp_path / "cache"
     (root / "ab.partial-1234").mkdir(parents=True)
-    (root / "cd").mkdir()  # no manifest: never finished
-    assert DiskCache(root, max_bytes=10).bytes == 0 and list(root.iterdir()) == []
+    os.utime(root / "ab.partial-1234", (time.time() - 7200, time.time() - 7200))  # a crash's, two hours ago
+    (root / "cd.partial-5678").mkdir()  # another replica's on this machine, unpacking now
+    assert DiskCache(root, max_bytes=10).bytes == 0 and [p.name for p in root.iterdir()] == ["cd.partial-5678"]
 
 
 _META = st.fixed_dictionaries({}, optional={
