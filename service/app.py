@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             stack.callback(pool.close)
             app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
                                                    gate=gate, pool=pool)
+            serving.grammars.loader = app.state.dsl_publisher.materialize  # uploads compiled on first use
             cache = await asyncio.to_thread(DiskCache, settings.cache_dir / "published-adapters",
                                             max_bytes=settings.adapter_cache_bytes)
             serving.residency = AdapterResidency(serving.adapters, versions, cache, pool=pool,
@@ -159,7 +160,7 @@ def build_serving(settings: Settings, slot: EngineSlot | None = None) -> Generat
                              compile_timeout_s=settings.grammar_compile_timeout_s,
                              parse_timeout_s=settings.parse_timeout_s)
     grammars = GrammarRegistry(settings.grammars_dir, tenants=tenants, narrow_to_policies=settings.safety,
-                               sandbox=sandbox).load()
+                               sandbox=sandbox, max_compiled=settings.max_compiled_dsls).load()
     model = slot.model if slot else resolve_model(settings.model, settings.cache_dir)
     registry = AdapterRegistry(settings.adapters_dir, base_fingerprint=base_fingerprint(model),
                                base=BaseShapes.of(model), max_rank=settings.max_lora_rank).load()
@@ -190,13 +191,14 @@ def _tokenizer(model: str):
 
 async def _get_ready(serving: GenerateServing, opening: asyncio.Task, settings: Settings,
                      follower: StoreFollower) -> None:
-    """Wait for the engine, warm it up and for the store's first pass, then hand it to the request path."""
+    """Wait for the engine, warm it up and for the store's index, then hand it to the request path."""
     try:
         engine = await opening
         started = time.monotonic()
         await _warm_up(serving, engine)
-        # Ready serves what the store holds too: wait for the first pass over it (not forever: a store that is
-        # down must not keep the shipped DSLs from being served).
+        # Ready knows what the store holds too: wait for its journal's index, one snapshot and the lines after it,
+        # never any adapter's files or DSL's compile (not forever: a store that is down must not keep the shipped
+        # DSLs from being served).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10 * settings.store_poll_s + 30):
                 await follower.synced.wait()

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     max_grammar_chars: int = 20_000
     grammar_compile_timeout_s: float = 5.0
     max_grammars_per_tenant: int = 20
+    # Published DSLs compiled on this replica at once (the least recently used go back to compile-on-use).
+    max_compiled_dsls: int = 2000
     # The grammar sandbox (service/grammars/sandbox.py): worker processes that compile and parse the grammars
     # tenants upload, each job bounded in time (compile above, parse here) and in memory (MiB a worker may
     # allocate beyond what it needs at rest). An Earley parse of an ambiguous grammar grows about as n^3.7

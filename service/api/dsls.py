@@ -120,14 +120,14 @@ def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
 @router.get("/dsls", response_model=list[DSLInfo], responses=error_responses(401, 413))
 async def list_dsls(grammars: GrammarsDep, caller: CallerDep) -> list[DSLInfo]:
     """List the DSLs the caller may use: shipped ones (its tenant's variant), shared uploads, its own uploads."""
-    return [_info(g, caller, grammars) for g in grammars.usable(caller)]
+    return [_info(g, caller, grammars) for g in await grammars.resolve_usable(caller)]
 
 
 @router.get("/dsls/{name}", response_model=DSLInfo, responses=error_responses(401, 403, 404, 413))
 async def get_dsl(name: str, grammars: GrammarsDep, caller: CallerDep, tenant: str | None = None) -> DSLInfo:
     """One DSL with its full grammar, as the caller's tenant sees it (an admin names one with ``?tenant=``)."""
     caller.check_dsl(name)
-    return _info(grammars.get(name, tenant=caller.tenant_for(tenant)), caller, grammars)
+    return _info(await grammars.resolve(name, tenant=caller.tenant_for(tenant)), caller, grammars)
 
 
 @router.post("/dsls", status_code=201, response_model=DSLInfo,

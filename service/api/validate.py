@@ -37,7 +37,7 @@ async def validate_code(body: ValidateRequest, grammars: GrammarsDep, caller: Ca
     when the parse needs more time or memory than a parse may use."""
     caller.check_dsl(body.dsl)
     tenant = caller.tenant_for(body.tenant)
-    result = await grammars.parse(grammars.get(body.dsl, tenant=tenant), body.code, owner=tenant)
+    result = await grammars.parse(await grammars.resolve(body.dsl, tenant=tenant), body.code, owner=tenant)
     error = ParseErrorModel(**vars(result.error)) if result.error else None
     tree = result.tree.pretty() if result.tree is not None else None
     return ValidateResponse(valid=result.valid, dsl=body.dsl, error=error, tree=tree)

@@ -5,12 +5,18 @@ and, for catalog DSLs such as ``flow``, the catalog compiled into the grammar). 
 connectors (``grammars/tenants/<tenant>.yaml``) gets its own variant. Uploads (``POST /dsls``) belong to their
 owner (a tenant, or None for an admin's shared upload) and are looked up by owner: another tenant's upload
 is as unknown as one that does not exist.
+
+An upload another replica published is *pending* here until a request needs it: :meth:`resolve` has it
+compiled then (``loader``, :meth:`service.grammars.uploads.DSLPublisher.materialize`; one compile however many
+requests wait), and at most ``max_compiled`` uploads stay compiled, the least recently used going back to
+pending. So a replica's start and memory do not grow with the number of DSLs published.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from service.grammars.sandbox import GrammarSandbox
 from service.grammars.tenants import TenantConfig, TenantConfigs
 from service.policy import Policy
 from service.security import Caller
+from service.store import Version
 
 __all__ = ["GrammarRegistry", "load_grammar_file"]
 
@@ -40,14 +47,21 @@ class GrammarRegistry:
     """
 
     def __init__(self, directory: Path, *, tenants: TenantConfigs | None = None, narrow_to_policies: bool = False,
-                 sandbox: GrammarSandbox | None = None) -> None:
+                 sandbox: GrammarSandbox | None = None, max_compiled: int = 2000) -> None:
         self.directory = Path(directory)
         self.tenants = tenants if tenants is not None else TenantConfigs.load(self.directory)
         self.narrow_to_policies = narrow_to_policies
         self.sandbox = sandbox
+        self.max_compiled = max_compiled
         self._grammars: dict[str, Grammar] = {}
         self._variants: dict[tuple[str, str], Grammar] = {}
-        self._uploads: dict[tuple[str | None, str], Grammar] = {}
+        self._uploads: OrderedDict[tuple[str | None, str], Grammar] = OrderedDict()  # least recently used first
+        #: Uploads known from the store's journal, not compiled on this replica (yet, or any more).
+        self._pending: dict[tuple[str | None, str], Version] = {}
+        self._loading: dict[tuple[str | None, str], asyncio.Task[None]] = {}
+        self._sources: dict[tuple[str | None, str], Version] = {}
+        #: Compiles and installs a pending upload (set by the DSL publisher).
+        self.loader: Callable[[Version], Awaitable[None]] | None = None
 
     def load(self) -> GrammarRegistry:
         """Compile every ``*.lark`` in the directory, then each tenant's variant; the first failure stops it."""
@@ -73,6 +87,48 @@ class GrammarRegistry:
             return self._grammars[name]
         except KeyError:
             raise UnknownDSL(f"unknown dsl {name!r}", detail={"available": self.names()}) from None
+
+    async def resolve(self, name: str, *, tenant: str | None = None) -> Grammar:
+        """:meth:`get`, with a pending upload the caller would get compiled first."""
+        for owner in (tenant, None) if tenant is not None else (None,):
+            if (owner, name) in self._uploads:
+                self._uploads.move_to_end((owner, name))
+                break
+            if (owner, name) in self._pending:
+                await self.compiled(owner, name)
+                break
+        return self.get(name, tenant=tenant)
+
+    async def compiled(self, owner: str | None, name: str) -> None:
+        """Have ``owner``'s upload ``name`` compiled if it is pending (before it is changed or deleted)."""
+        if (owner, name) in self._pending:
+            await self._load(owner, name)
+
+    async def resolve_usable(self, caller: Caller) -> list[Grammar]:
+        """:meth:`usable`, with the pending uploads the caller may use compiled first."""
+        for owner, name in [key for key in self._pending if key[0] in (None, caller.tenant)]:
+            if caller.may_use_dsl(name):
+                await self.compiled(owner, name)
+        return self.usable(caller)
+
+    async def _load(self, owner: str | None, name: str) -> None:
+        key = (owner, name)
+        task = self._loading.get(key)
+        if task is None:
+            if self.loader is None:
+                raise RuntimeError("pending uploads need a loader")
+            task = asyncio.create_task(self.loader(self._pending[key]))
+            self._loading[key] = task
+            task.add_done_callback(lambda _: self._loading.pop(key, None))
+        await asyncio.shield(task)
+
+    def add_pending(self, version: Version, *, owner: str | None) -> None:
+        """An upload to compile when first needed (a newer version replaces what this replica served)."""
+        self._uploads.pop((owner, version.name), None)
+        self._pending[(owner, version.name)] = version
+
+    def pending(self, owner: str | None) -> list[str]:
+        return sorted(name for o, name in self._pending if o == owner)
 
     async def parse(self, grammar: Grammar, code: str, *, owner: str | None) -> ParseResult:
         """Parse ``code`` beside the event loop: ours in a thread (bounded by construction), an upload in the
@@ -115,11 +171,26 @@ class GrammarRegistry:
         """Grammars uploaded by ``owner`` (a tenant; None: the shared ones), by name."""
         return [g for (o, name), g in sorted(self._uploads.items(), key=lambda kv: kv[0][1]) if o == owner]
 
-    def add_upload(self, grammar: Grammar, *, owner: str | None) -> None:
-        self._uploads[(owner, grammar.name)] = grammar
+    def add_upload(self, grammar: Grammar, *, owner: str | None, version: Version | None = None) -> None:
+        """Serve a compiled upload; past ``max_compiled``, the least recently used one published from the journal
+        (``version``: where it can be compiled again from) goes back to pending."""
+        key = (owner, grammar.name)
+        self._pending.pop(key, None)
+        self._uploads[key] = grammar
+        self._uploads.move_to_end(key)
+        if version is not None:
+            self._sources[key] = version
+        while len(self._uploads) > self.max_compiled:
+            victim = next((k for k in self._uploads if k in self._sources and k != key), None)
+            if victim is None:
+                break
+            del self._uploads[victim]
+            self._pending[victim] = self._sources[victim]
 
     def remove_upload(self, name: str, *, owner: str | None) -> None:
-        if self._uploads.pop((owner, name), None) is None:
+        """Stop serving an upload (compiled or pending)."""
+        self._sources.pop((owner, name), None)
+        if self._uploads.pop((owner, name), None) is None and self._pending.pop((owner, name), None) is None:
             raise UnknownDSL(f"no uploaded dsl {name!r} of yours", detail={"name": name})
 
     def __iter__(self) -> Iterator[Grammar]:

@@ -13,7 +13,9 @@ lines and in rejected lines, each line a typed :class:`ExampleLine`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.config import Settings
-from service.errors import Forbidden, RequestInvalid, UnknownDSL
+from service.errors import Forbidden, NL2DSLError, RequestInvalid, StoreUnavailable, UnknownDSL
 from service.grammars.bounds import DecodingLimits
 from service.grammars.examples import Example
 from service.grammars.grammar import Grammar, ParseResult
@@ -32,6 +34,8 @@ from service.store import Version, Versions, owner_key, tenant_of
 from service.upload_pool import UploadPool
 
 __all__ = ["DSLPublisher", "ExampleLine", "grammar_size_problem", "read_example_lines"]
+
+log = logging.getLogger("nl2dsl.grammars")
 
 _KIND = "dsls"
 #: Rejected lines listed in an answer (the rest are counted).
@@ -131,7 +135,7 @@ class DSLPublisher:
                            jsonl: bytes) -> tuple[Grammar, int, list[dict], int]:
         """Add the JSONL examples that parse with the DSL (a new version): the DSL, how many were added, the
         first lines that were not (with why), and how many were not."""
-        grammar = self._own(owner, name)
+        grammar = await self._own(owner, name)
         settings = self.settings
         rows, rejects, rejected = await self.pool.run(owner, read_example_lines, jsonl,
                                                       max_lines=settings.max_example_lines,
@@ -171,22 +175,41 @@ class DSLPublisher:
         return await self._publish(record, await self._compile(record, version=0))
 
     async def delete(self, *, owner: str | None, name: str) -> None:
-        self._own(owner, name)
+        await self._own(owner, name)
         await self.install(await self.gate.withdraw(_KIND, owner_key(owner), name, suffix="json"))
 
     async def install(self, version: Version) -> None:
-        """Serve ``version`` on this replica (a deletion: stop serving the DSL)."""
+        """Serve ``version`` on this replica (a deletion: stop serving the DSL). A version the store's journal
+        recorded is compiled when a request first needs it (:meth:`GrammarRegistry.resolve`)."""
         owner = tenant_of(version.owner)
         self.installed[(version.owner, version.name)] = version.number
         if version.deleted:
-            if any(g.name == version.name for g in self.registry.uploads(owner)):
+            with contextlib.suppress(UnknownDSL):
                 self.registry.remove_upload(version.name, owner=owner)
             await asyncio.to_thread(self.retriever.set_upload, owner, version.name, ())
-            return
-        record = json.loads(await asyncio.to_thread(self.versions.read, version))
-        await self._install(await self._compile(record, version=version.number), owner)
+        elif version.meta:
+            self.registry.add_pending(version, owner=owner)
+        else:  # from a store written before the journal
+            await self.materialize(version)
 
-    def _own(self, owner: str | None, name: str) -> Grammar:
+    async def materialize(self, version: Version) -> None:
+        """Compile ``version`` and serve it (the registry's loader). One that cannot be is dropped, and said."""
+        owner = tenant_of(version.owner)
+        try:
+            record = json.loads(await asyncio.to_thread(self.versions.read, version))
+            await self._install(await self._compile(record, version=version.number), owner, version)
+        except (NL2DSLError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, StoreUnavailable):
+                raise
+            with contextlib.suppress(UnknownDSL):
+                self.registry.remove_upload(version.name, owner=owner)
+            log.error("dsl %s/%s version %d cannot be served: %s", version.owner, version.name, version.number,
+                      getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            raise UnknownDSL(f"dsl {version.name!r} cannot be served on this replica",
+                             detail={"name": version.name}) from None
+
+    async def _own(self, owner: str | None, name: str) -> Grammar:
+        await self.registry.compiled(owner, name)
         grammar = next((g for g in self.registry.uploads(owner) if g.name == name), None)
         if grammar is None:
             raise UnknownDSL(f"no uploaded dsl {name!r} of yours", detail={"name": name})
@@ -214,16 +237,17 @@ class DSLPublisher:
         owner = record["owner"]
         data = json.dumps(record).encode()
         version = await self.gate.publish(_KIND, owner_key(owner), record["name"], data, suffix="json",
-                                          max_items=self.settings.max_grammars_per_tenant)
+                                          max_items=self.settings.max_grammars_per_tenant,
+                                          meta={"description": record.get("description", "")})
         self.installed[(version.owner, version.name)] = version.number
         grammar = replace(checked.grammar, version=version.number)
-        await self._install(_Checked(grammar, checked.examples_checked), owner)
+        await self._install(_Checked(grammar, checked.examples_checked), owner, version)
         return grammar
 
-    async def _install(self, checked: _Checked, owner: str | None) -> None:
+    async def _install(self, checked: _Checked, owner: str | None, version: Version | None = None) -> None:
         grammar = checked.grammar
         await asyncio.to_thread(self.retriever.set_upload, owner, grammar.name, grammar.examples)
-        self.registry.add_upload(grammar, owner=owner)
+        self.registry.add_upload(grammar, owner=owner, version=version)
 
 
 def _record(grammar: Grammar, owner: str | None) -> dict[str, Any]:

@@ -155,3 +155,61 @@ def test_any_journal_meta_becomes_an_adapter_or_its_error_and_a_tenants_stays_it
         assert adapter.lora_id > 0 and adapter.digest == "a" * 64 and 1 <= adapter.rank <= 64
 
 
+
+
+KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
+
+
+def _counting_compiles(client) -> list[str]:
+    """The grammar sources this replica's sandbox compiles from now on."""
+    sandbox = client.app.state.grammars.sandbox
+    compiled, original = [], sandbox.compile
+
+    async def compile(text, **kwargs):
+        compiled.append(kwargs.get("source"))
+        return await original(text, **kwargs)
+
+    sandbox.compile = compile
+    return compiled
+
+
+def test_a_replica_compiles_a_dsl_another_published_only_when_a_request_needs_it(replica):
+    first, second = replica(), replica()
+    compiled = _counting_compiles(second)
+    upload = {"name": "kv", "grammar": KV, "examples": [{"text": "listen on port 80", "code": "port=80"}]}
+    assert first.post("/dsls", json=upload, headers=ALPHA).status_code == 201
+    eventually(lambda: second.app.state.grammars.pending("alpha-corp") == ["kv"], "the other replica knows of it")
+    assert compiled == []  # known from the journal, not compiled
+    answer = second.post("/generate", json={"dsl": "kv", "text": "set the port to 80"}, headers=ALPHA)
+    assert answer.status_code == 200 and answer.json()["dsl"] == "kv"
+    assert "port=80" in _prompt_of(second)  # its examples reached retrieval when it was compiled
+    assert second.get("/dsls/kv", headers=ALPHA).json()["grammar"] == KV
+    assert compiled == ["<kv>"] and second.app.state.grammars.pending("alpha-corp") == []
+
+
+def test_a_tenant_sees_its_pending_dsls_listed_and_can_change_them(replica):
+    first, second = replica(), replica()
+    assert first.post("/dsls", json={"name": "kv", "grammar": KV}, headers=ALPHA).status_code == 201
+    eventually(lambda: second.app.state.grammars.pending("alpha-corp") == ["kv"], "the other replica knows of it")
+    assert "kv" in [d["name"] for d in second.get("/dsls", headers=ALPHA).json()]
+    assert "kv" not in [d["name"] for d in second.get("/dsls", headers={"Authorization": "Bearer beta"}).json()]
+    added = second.post("/dsls/kv/examples", content=b'{"text": "port 80", "code": "port=80"}\n',
+                        headers={**ALPHA, "Content-Type": "application/jsonl"})
+    assert added.status_code in (200, 201), added.text
+
+
+def test_at_most_max_compiled_dsls_stay_compiled_and_the_others_compile_again_when_needed(replica):
+    first, second = replica(), replica(max_compiled_dsls=2)
+    for name in ("kv1", "kv2", "kv3"):
+        assert first.post("/dsls", json={"name": name, "grammar": KV}, headers=ALPHA).status_code == 201
+    eventually(lambda: len(second.app.state.grammars.pending("alpha-corp")) == 3, "the other replica knows of them")
+    for name in ("kv1", "kv2", "kv3", "kv1"):
+        checked = second.post("/validate", json={"dsl": name, "code": "port=80"}, headers=ALPHA)
+        assert checked.status_code == 200 and checked.json()["valid"] is True
+    grammars = second.app.state.grammars
+    assert [g.name for g in grammars.uploads("alpha-corp")] == ["kv1", "kv3"]
+    assert grammars.pending("alpha-corp") == ["kv2"]
+
+
+def _prompt_of(client) -> str:
+    return client.app.state.serving.tokenizer.decode(client.engine.calls[-1]["prompt_token_ids"])

@@ -119,7 +119,7 @@ class GenerateServing:
         settings = self.settings
         self.safety.check_request(req.text, req.context)
         caller.check_dsl(req.dsl)
-        grammar = self.grammars.get(req.dsl, tenant=tenant)
+        grammar = await self.grammars.resolve(req.dsl, tenant=tenant)
         adapter = self.adapters.resolve(caller, dsl=grammar.name, tenant=tenant, name=req.adapter)
         # The prompt shape an adapter was trained on wins over the service default, unless the request says.
         k = req.examples

@@ -42,7 +42,7 @@ async def list_models(grammars: GrammarsDep, adapters: AdaptersDep, caller: Call
     """What the caller may use as ``model``: each DSL, and each DSL with each adapter that serves it."""
     usable = [a for a in adapters.usable(caller) if a.error is None]
     cards: dict[str, ModelCard] = {}
-    for grammar in grammars.usable(caller):
+    for grammar in await grammars.resolve_usable(caller):
         cards[grammar.name] = ModelCard(id=grammar.name, owned_by=grammar.owner or "shared")
         for adapter in usable:
             if adapter.dsl in (None, grammar.name):
