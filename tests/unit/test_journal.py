@@ -58,3 +58,22 @@ def test_hostile_lines_are_skipped_and_the_real_ones_still_followed(tmp_path_fac
     assert real in recorder.seen and follower.read_upto == len(hostile) + 1
     for version in recorder.seen:  # whatever else got through names its own owner's item, where it lives
         assert version.key.startswith(f"{version.kind}/{version.owner}/{version.name}/{version.number:08d}.")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(snapshot=st.one_of(st.binary(max_size=300), _JSON.map(lambda d: json.dumps(d).encode()),
+                          st.builds(lambda upto, items: json.dumps({"upto": upto, "items": items}).encode(),
+                                    st.sampled_from([-1, 0, 2, 4]), st.lists(_LINE_FIELDS, max_size=3))))
+def test_a_snapshot_that_is_not_one_we_write_is_passed_over_for_the_lines(tmp_path_factory, snapshot):
+    """Snapshots are the replicas' own writing, trusted as versions are; one that is malformed, or whose number
+    is not where it says it stands, is passed over, and a new replica reads the journal's lines instead."""
+    store = DirectoryStore(tmp_path_factory.mktemp("store"))
+    versions, journal = Versions(store), Journal(store)
+    real = [versions.publish("adapters", "alpha", f"a{i}", b"w", suffix="tar.gz", meta={"digest": "x"})
+            for i in range(3)]
+    for version in real:
+        journal.record(version)
+    store.create("journal-index/000000000003.json", snapshot)  # at the last line's number
+    recorder = _Recorder()
+    asyncio.run(StoreFollower(versions, Journal(store), [recorder], poll_s=0.01).start())
+    assert set(real) <= set(recorder.seen)
