@@ -80,9 +80,10 @@ class DiskCache:
 
     def let_go(self, folder: Path) -> None:
         with self._lock:
-            self._held[folder] -= 1
-            if self._held[folder] <= 0:
-                del self._held[folder]
+            if folder in self._held:
+                self._held[folder] -= 1
+                if self._held[folder] <= 0:
+                    del self._held[folder]
 
     def add(self, folder: Path) -> list[Path]:
         """Count a folder just filled (held, as by :meth:`hold`), then evict past the bound; the folders evicted."""
@@ -97,7 +98,10 @@ class DiskCache:
         return victims
 
     def drop(self, folder: Path) -> None:
+        """Remove ``folder`` now, unless a request holds it: then it stays until evicted like any other."""
         with self._lock:
+            if folder in self._held:
+                return
             self._sizes.pop(folder, None)
         _remove(folder)
 
@@ -166,12 +170,13 @@ class AdapterResidency:
         return time.perf_counter() - started
 
     def release(self, adapter: Adapter) -> None:
-        """The request that :meth:`ensure` held ``adapter``'s files for has ended."""
-        if adapter.version is not None and adapter.path in self._sources:
+        """The request that :meth:`ensure` held ``adapter``'s files for has ended (even if the version has been
+        replaced or withdrawn meanwhile)."""
+        if adapter.version is not None:
             self.cache.let_go(adapter.path)
 
     def forget(self, adapter: Adapter) -> None:
-        """A withdrawn version: its files go."""
+        """A withdrawn or replaced version: its files go (once no request in flight holds them)."""
         if adapter.version is not None and adapter.path in self._sources:
             self._sources.pop(adapter.path)
             self.cache.drop(adapter.path)

@@ -100,8 +100,9 @@ class GrammarRegistry:
         return self.get(name, tenant=tenant)
 
     async def compiled(self, owner: str | None, name: str) -> None:
-        """Have ``owner``'s upload ``name`` compiled if it is pending (before it is changed or deleted)."""
-        if (owner, name) in self._pending:
+        """Have ``owner``'s upload ``name`` compiled if it is pending (before it is changed or deleted); again if
+        a newer version arrived while it compiled (a loader that fails drops the version from pending)."""
+        while (owner, name) in self._pending:
             await self._load(owner, name)
 
     async def resolve_usable(self, caller: Caller) -> list[Grammar]:
@@ -175,6 +176,9 @@ class GrammarRegistry:
         """Serve a compiled upload; past ``max_compiled``, the least recently used one published from the journal
         (``version``: where it can be compiled again from) goes back to pending."""
         key = (owner, grammar.name)
+        newer = self._pending.get(key)
+        if version is not None and newer is not None and newer.number > version.number:
+            return  # a newer version arrived while this one compiled: that one is served, once compiled
         self._pending.pop(key, None)
         self._uploads[key] = grammar
         self._uploads.move_to_end(key)

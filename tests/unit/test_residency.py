@@ -213,3 +213,40 @@ def test_at_most_max_compiled_dsls_stay_compiled_and_the_others_compile_again_wh
 
 def _prompt_of(client) -> str:
     return client.app.state.serving.tokenizer.decode(client.engine.calls[-1]["prompt_token_ids"])
+
+
+def test_a_replaced_version_a_request_still_holds_keeps_its_files_until_it_ends(tmp_path):
+    root = tmp_path / "cache"
+    cache = DiskCache(root, max_bytes=10_000)
+    old = _folder(root, "old", 800)
+    cache.add(old)  # held by a request in flight
+    cache.drop(old)  # a newer version was installed meanwhile
+    assert old.exists() and old in cache
+    cache.let_go(old)
+    cache.drop(old)
+    assert not old.exists() and old not in cache
+
+
+def test_a_dsl_version_that_arrives_while_the_last_one_compiles_is_the_one_served(tmp_path):
+    from service.grammars import GrammarRegistry
+    from service.grammars.grammar import Grammar
+    from service.store import Version
+
+    registry = GrammarRegistry(Settings().grammars_dir)
+    v1, v2 = (Version("dsls", "alpha-corp", "kv", n, 1, f"dsls/alpha-corp/kv/0000000{n}.json",
+                      meta={"description": "kv"}) for n in (1, 2))
+    loaded = []
+
+    async def loader(version: Version) -> None:
+        if version.number == 1:
+            registry.add_pending(v2, owner="alpha-corp")  # published while version 1 compiles
+        await asyncio.sleep(0)
+        loaded.append(version.number)
+        registry.add_upload(Grammar(name="kv", description="", text=f"v{version.number}", engine_text="",
+                                    examples=(), version=version.number, origin="upload"),
+                            owner="alpha-corp", version=version)
+
+    registry.loader = loader
+    registry.add_pending(v1, owner="alpha-corp")
+    served = asyncio.run(registry.resolve("kv", tenant="alpha-corp"))
+    assert loaded == [1, 2] and served.version == 2
