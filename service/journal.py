@@ -124,10 +124,14 @@ class Journal:
 
     def write_snapshot(self, upto: int, versions: list[Version]) -> None:
         """The index as of line ``upto`` (another replica may have written it first: that one stays)."""
+        key = _line_key(upto, _SNAPSHOTS)
+        before = _line_key(upto - 1, _SNAPSHOTS)
+        if any(o.key == key for o in unavailable_as_503(self.store.list_after, _SNAPSHOTS, before, 1)):
+            return  # written already: not sent again by every replica
         items = [asdict(v) for v in versions if not v.deleted]
         body = json.dumps({"upto": upto, "items": items}, default=str).encode()
         with contextlib.suppress(Exists):
-            unavailable_as_503(self.store.create, _line_key(upto, _SNAPSHOTS), body)
+            unavailable_as_503(self.store.create, key, body)
 
     def _catch_up(self) -> None:
         """Learn the newest line (after a number was taken by another writer)."""

@@ -83,15 +83,16 @@ class StoreFollower:
         await self.sync_once()
 
     async def sync_once(self) -> None:
-        """Apply the journal's new lines; write a snapshot every ``snapshot_every`` of them."""
+        """Apply the journal's new lines; at every ``snapshot_every``-th line, the snapshot there (every replica
+        offers the same one; the first written stays)."""
         while lines := await asyncio.to_thread(self.journal.read_after, self.read_upto):
             for number, version in lines:
                 if version is not None:
                     await self._apply(version)
                 self.read_upto = number
-        if self.read_upto - self.snapshot_upto >= self.snapshot_every:
-            await asyncio.to_thread(self.journal.write_snapshot, self.read_upto, list(self.index.values()))
-            self.snapshot_upto = self.read_upto
+                if number % self.snapshot_every == 0 and number > self.snapshot_upto:
+                    await asyncio.to_thread(self.journal.write_snapshot, number, list(self.index.values()))
+                    self.snapshot_upto = number
 
     def _listed(self) -> list[Version]:
         """The newest version of every item, by listing the store (only for a store without a journal)."""
