@@ -175,11 +175,11 @@ class AdapterResidency:
         if adapter.version is not None:
             self.cache.let_go(adapter.path)
 
-    def forget(self, adapter: Adapter) -> None:
+    async def forget(self, adapter: Adapter) -> None:
         """A withdrawn or replaced version: its files go (once no request in flight holds them)."""
         if adapter.version is not None and adapter.path in self._sources:
             self._sources.pop(adapter.path)
-            self.cache.drop(adapter.path)
+            await asyncio.to_thread(self.cache.drop, adapter.path)
 
     async def _fetch(self, adapter: Adapter, source: Version) -> Adapter:
         data = await asyncio.to_thread(self.versions.read, source)

@@ -135,27 +135,29 @@ class AdapterPublisher:
             await self._install(version, None)
             return
         self.installed[(version.owner, version.name)] = version.number
-        self._withdraw(tenant_of(version.owner), version.name)
-        self.registry.publish(self.residency.expect(version))
+        await self._serve(tenant_of(version.owner), version.name, self.residency.expect(version))
 
-    def _withdraw(self, owner: str | None, name: str) -> None:
-        """Stop serving the version of ``owner``'s ``name`` this replica serves, and drop its files."""
-        current = next((a for a in self.registry.all() if a.owner == owner and a.name == name
-                        and a.version is not None), None)
-        if current is not None:
+    async def _serve(self, owner: str | None, name: str, adapter: Adapter | None) -> None:
+        """Serve ``adapter`` (None: nothing) as ``owner``'s ``name``, then drop the files of the version it
+        replaces (requests resolve the new one from then on; one still holding the old keeps its files)."""
+        replaced = next((a for a in self.registry.all() if a.owner == owner and a.name == name
+                         and a.version is not None), None)
+        if adapter is None:
             self.registry.withdraw(owner, name)
-            self.residency.forget(current)
+        else:
+            self.registry.publish(adapter)
+        if replaced is not None and replaced.path != getattr(adapter, "path", None):
+            await self.residency.forget(replaced)
 
     async def _install(self, version: Version, data: bytes | None) -> Adapter | None:
         owner = tenant_of(version.owner)
         self.installed[(version.owner, version.name)] = version.number
         if version.deleted:
-            self._withdraw(owner, version.name)
+            await self._serve(owner, version.name, None)
             return None
         data = data if data is not None else await asyncio.to_thread(self.versions.read, version)
         adapter = await self.residency.place(version, data)
-        self._withdraw(owner, version.name)
-        self.registry.publish(adapter)
+        await self._serve(owner, version.name, adapter)
         engine = self.engine.engine
         if adapter.error is None and engine is not None and engine.ready:
             try:  # this replica has the files already: loaded now rather than by the first request
