@@ -160,6 +160,14 @@ class GrammarRegistry:
         uploads = self.uploads(None) + (self.uploads(tenant) if tenant is not None else [])
         return [g for g in shipped + uploads if caller.may_use_dsl(g.name)]
 
+    def usable_names(self, caller: Caller) -> list[tuple[str, str | None]]:
+        """``(name, owner)`` of each DSL :meth:`usable` lists, pending uploads included: naming them compiles
+        nothing."""
+        owners = (None, caller.tenant) if caller.tenant is not None else (None,)
+        uploads = [(name, owner) for owner in owners
+                   for name in sorted({n for o, n in [*self._uploads, *self._pending] if o == owner})]
+        return [(n, o) for n, o in [(name, None) for name in self.names()] + uploads if caller.may_use_dsl(n)]
+
     def names(self) -> list[str]:
         """The shipped DSLs."""
         return sorted(self._grammars)

@@ -250,3 +250,12 @@ def test_a_dsl_version_that_arrives_while_the_last_one_compiles_is_the_one_serve
     registry.add_pending(v1, owner="alpha-corp")
     served = asyncio.run(registry.resolve("kv", tenant="alpha-corp"))
     assert loaded == [1, 2] and served.version == 2
+
+
+def test_naming_the_models_compiles_no_pending_dsl(replica):
+    first, second = replica(), replica()
+    compiled = _counting_compiles(second)
+    assert first.post("/dsls", json={"name": "kv", "grammar": KV}, headers=ALPHA).status_code == 201
+    eventually(lambda: second.app.state.grammars.pending("alpha-corp") == ["kv"], "the other replica knows of it")
+    models = {m["id"]: m for m in second.get("/v1/models", headers=ALPHA).json()["data"]}
+    assert models["kv"]["owned_by"] == "alpha-corp" and compiled == []

@@ -42,12 +42,12 @@ async def list_models(grammars: GrammarsDep, adapters: AdaptersDep, caller: Call
     """What the caller may use as ``model``: each DSL, and each DSL with each adapter that serves it."""
     usable = [a for a in adapters.usable(caller) if a.error is None]
     cards: dict[str, ModelCard] = {}
-    for grammar in await grammars.resolve_usable(caller):
-        cards[grammar.name] = ModelCard(id=grammar.name, owned_by=grammar.owner or "shared")
+    for dsl, owner in grammars.usable_names(caller):  # a published DSL not compiled here yet is listed as it is
+        cards[dsl] = ModelCard(id=dsl, owned_by=owner or "shared")
         for adapter in usable:
-            if adapter.dsl in (None, grammar.name):
-                name = f"{grammar.name}:{adapter.name}"
-                cards.setdefault(name, ModelCard(id=name, owned_by=_owner(adapter), parent=grammar.name))
+            if adapter.dsl in (None, dsl):
+                name = f"{dsl}:{adapter.name}"
+                cards.setdefault(name, ModelCard(id=name, owned_by=_owner(adapter), parent=dsl))
     return ModelList(data=list(cards.values()))
 
 
