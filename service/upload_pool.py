@@ -52,5 +52,9 @@ class UploadPool:
                 del self._queued[key]
                 self._shares.pop(key, None)
 
+    def queued(self, owner: str | None) -> int:
+        """``owner``'s uploads running or waiting now."""
+        return self._queued.get(owner or "", 0)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

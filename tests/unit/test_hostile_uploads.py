@@ -28,7 +28,7 @@ from service.config import Settings
 from service.grammars.worker import _ParserCache
 from service.model import base_fingerprint, resolve_model
 from service.security import KeyStore, hash_key
-from tests.helpers import SMOLLM2, metric_value, write_fake_adapter, write_fake_weights
+from tests.helpers import SMOLLM2, eventually, metric_value, write_fake_adapter, write_fake_weights
 
 A_PREFIX = "base_model.model.model.layers.0.self_attn.q_proj"
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
@@ -234,12 +234,10 @@ def test_uploads_run_on_their_own_pool_and_one_tenant_cannot_take_all_of_it(repl
     with ThreadPoolExecutor(8) as pool:
         held = [pool.submit(client.post, "/adapters", content=b"held", headers=_auth("alpha")) for _ in range(5)]
         assert started.acquire(timeout=30)  # alpha holds its one thread; four more of alpha's wait
-        seventh = None
-        for _ in range(100):  # until the four are queued
-            seventh = client.post("/adapters", content=b"held", headers=_auth("alpha"))
-            if seventh.status_code == 429:
-                break
-        assert seventh is not None and seventh.status_code == 429
+        # Until all five reached the pool (a post sent before would be queued and wait for the release).
+        eventually(lambda: client.app.state.adapter_publisher.pool.queued("alpha-corp") == 5, "five queued")
+        seventh = client.post("/adapters", content=b"held", headers=_auth("alpha"))
+        assert seventh.status_code == 429
         assert seventh.json()["error"]["detail"]["limit"] == "uploads_in_progress"
         beta = client.post("/adapters", content=pack_adapter(_folder(tmp_path)), headers=_auth("beta"))
         generated = client.post("/generate", json={"dsl": "flow", "text": "post to #sales"}, headers=_auth("beta"))
