@@ -160,7 +160,7 @@ class AdapterRegistry:
             error = (f"made for base model {manifest.base_model.id} (fingerprint {manifest.base_model.fingerprint}), "
                      f"but the service runs fingerprint {self.base_fingerprint}")
         elif not 1 <= rank <= self.max_rank:
-            error = f"rank {rank} is above the service's max_lora_rank {self.max_rank}"
+            error = f"rank {rank} is not within 1 and the served max_lora_rank {self.max_rank}"
         with self._ids_lock:
             lora_id = self._ids.setdefault((owner, name, digest), next(self._next_id))
         return dataclasses.replace(

@@ -49,6 +49,7 @@ class DiskCache:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self._sizes: OrderedDict[Path, int] = OrderedDict()
+        self.bytes = 0  #: what the folders hold, kept with ``_sizes``
         self._held: Counter[Path] = Counter()
         self._lock = threading.Lock()  # touched on the event loop, filled and emptied in threads
         self.root.mkdir(parents=True, exist_ok=True)
@@ -59,12 +60,9 @@ class DiskCache:
         for folder in sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime):
             if folder.is_dir() and (folder / "manifest.yaml").is_file():
                 self._sizes[folder] = _size(folder)
+                self.bytes += self._sizes[folder]
             elif ".partial-" in folder.name and now - folder.stat().st_mtime > _STALE_S:
                 _remove(folder)
-
-    @property
-    def bytes(self) -> int:
-        return sum(self._sizes.values())
 
     def __contains__(self, folder: Path) -> bool:
         return folder in self._sizes
@@ -86,13 +84,13 @@ class DiskCache:
                     del self._held[folder]
 
     def add(self, folder: Path) -> list[Path]:
-        """Count a folder just filled (held, as by :meth:`hold`), then evict past the bound; the folders evicted."""
+        """Count a folder just filled (the most recent), then evict others past the bound; the folders evicted."""
         size = _size(folder)
         with self._lock:
+            self.bytes += size - self._sizes.get(folder, 0)
             self._sizes[folder] = size
             self._sizes.move_to_end(folder)
-            self._held[folder] += 1
-            victims = self._victims()
+            victims = self._victims(keep=folder)
         for victim in victims:
             _remove(victim)
         return victims
@@ -102,17 +100,18 @@ class DiskCache:
         with self._lock:
             if folder in self._held:
                 return
-            self._sizes.pop(folder, None)
+            self.bytes -= self._sizes.pop(folder, 0)
         _remove(folder)
 
-    def _victims(self) -> list[Path]:
-        """The least recently used folders no request holds, to get under the bound (taken out of the count)."""
+    def _victims(self, *, keep: Path) -> list[Path]:
+        """The least recently used folders no request holds, but ``keep``, to get under the bound (taken out of
+        the count)."""
         victims = []
         for folder in list(self._sizes):
             if self.bytes <= self.max_bytes:
                 break
-            if folder not in self._held:
-                del self._sizes[folder]
+            if folder != keep and folder not in self._held:
+                self.bytes -= self._sizes.pop(folder)
                 victims.append(folder)
         if self.bytes > self.max_bytes:
             log.warning("adapter cache: %d bytes, over its %d while requests hold every version in it",
@@ -150,7 +149,6 @@ class AdapterResidency:
         self._sources[folder] = version
         adapter = await self.pool.run(tenant_of(version.owner), self._unpacked, data, folder, version)
         await asyncio.to_thread(self.cache.add, folder)
-        self.cache.let_go(folder)
         return adapter
 
     async def ensure(self, adapter: Adapter) -> float | None:
@@ -197,7 +195,6 @@ class AdapterResidency:
             raise AdapterUnavailable(f"adapter {adapter.name!r} cannot be served: {checked.error}",
                                      detail={"adapter": adapter.name})
         evicted = await asyncio.to_thread(self.cache.add, adapter.path)
-        self.cache.let_go(adapter.path)  # added held, so nothing evicts it before the waiting requests hold it
         log.info("adapter %s version %d fetched (%d bytes)%s", adapter.name, source.number, len(data),
                  f"; {len(evicted)} evicted" if evicted else "")
         return checked

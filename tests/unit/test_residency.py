@@ -117,7 +117,8 @@ def test_a_version_a_request_holds_is_never_evicted(tmp_path):
     root = tmp_path / "cache"
     cache = DiskCache(root, max_bytes=1_000)
     held = _folder(root, "held", 800)
-    cache.add(held)  # added held: a request is about to load it
+    cache.add(held)
+    assert cache.hold(held)  # a request is about to load it
     assert cache.add(_folder(root, "next", 800)) == [] and held.exists() and cache.bytes == 1_600
     cache.let_go(held)
     cache.let_go(root / "next")
@@ -219,7 +220,8 @@ def test_a_replaced_version_a_request_still_holds_keeps_its_files_until_it_ends(
     root = tmp_path / "cache"
     cache = DiskCache(root, max_bytes=10_000)
     old = _folder(root, "old", 800)
-    cache.add(old)  # held by a request in flight
+    cache.add(old)
+    assert cache.hold(old)  # by a request in flight
     cache.drop(old)  # a newer version was installed meanwhile
     assert old.exists() and old in cache
     cache.let_go(old)
