@@ -8,6 +8,15 @@ matrix once per prompt token. The replacements group the batch's tokens by adapt
 tokens rather than the number of distinct adapters, and give index -1 no LoRA delta (bench/lora_ops.py measures
 them against vLLM's own).
 
+Compiled with LoRA on: vLLM 0.32's CPU platform turns torch.compile off whenever LoRA is enabled
+(``CpuPlatform.check_and_update_config``), because its LoRA wrapper branches in Python on the batch (prefill or
+decode, any adapter or none) and vLLM's CPU compile traces the model once and drops every guard: a trace would
+freeze the first batch's branch. Here a LoRA linear layer is one custom op (``nl2dsl::lora_linear``,
+``torch.library``) that the compiler keeps opaque; it takes the batch's per-token adapter slots as a tensor
+(a slice of the wrapper's own buffer, the length of the layer's input) and does all branching inside. The
+platform's switch is then put back to what it would have chosen without LoRA. A server started with
+``compilation_config`` mode 0 (``NL2DSL_CPU_COMPILE=false``) stays eager.
+
 vLLM loads ``vllm.general_plugins`` entry points in every process, the engine's worker included (see
 pyproject.toml). The patch applies only to the CPU build and version it was checked on; anywhere else it
 does nothing, and ``tests/integration/test_adapters.py`` catches a regression.
@@ -25,7 +34,7 @@ __all__ = ["CHECKED_VERSION", "register"]
 
 CHECKED_VERSION = "0.32.0"
 _WIDE = 8  # an adapter with at least this many tokens in a batch gets a matrix product of its own
-_GATHER_MAX = 64 * 1024  # weight matrices up to this many values are copied per token rather than looped over
+_GATHER_MAX = 64 * 1024  # weight matrices up to this many values are read per token rather than per adapter
 _PLANS_KEPT = 4
 
 
@@ -47,25 +56,82 @@ def register() -> None:
     for module in (ops, ops_pkg, punica_cpu):
         for name, fn in patched.items():
             setattr(module, name, fn)
+    punica_cpu.PunicaWrapperCPU.add_lora_linear = _add_lora_linear
+    _keep_compile_with_lora()
     ops._nl2dsl_patched = True
+
+
+def _keep_compile_with_lora() -> None:
+    """Let the CPU platform compile the model with LoRA enabled (its LoRA layers are custom ops here)."""
+    from vllm.config import CompilationMode
+    from vllm.platforms.cpu import CpuPlatform
+
+    checked = CpuPlatform.check_and_update_config.__func__
+
+    def check_and_update_config(cls, vllm_config) -> None:
+        asked = vllm_config.compilation_config.mode
+        checked(cls, vllm_config)
+        # The platform makes VLLM_COMPILE its one-trace compile, then sets NONE when LoRA is on.
+        if vllm_config.lora_config is not None and asked == CompilationMode.VLLM_COMPILE:
+            vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+
+    load = torch.compiler.load_compiled_function
+
+    def load_compiled_function(*args, **kwargs):
+        # vLLM finishes loading its own backend's artifacts; the CPU's one-trace compile uses plain inductor,
+        # whose saved function is complete, and vLLM then failed on the missing hook and compiled again.
+        loaded = load(*args, **kwargs)
+        compiled = getattr(getattr(loaded, "_artifacts", None), "compiled_fn", None)
+        if compiled is not None and not hasattr(compiled, "finalize_loading"):
+            compiled.finalize_loading = lambda *_: None
+        return loaded
+
+    torch.compiler.load_compiled_function = load_compiled_function
+
+
+def _add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked, lora_b_stacked, scale: float,
+                     output_slices, *, buffer=None, **kwargs) -> torch.Tensor:
+    """``PunicaWrapperCPU.add_lora_linear`` as one opaque op; ``y`` (tokens, sum(output_slices)) is updated in place."""
+    slots = self._token_lora_indices[: x.size(0)]
+    torch.ops.nl2dsl.lora_linear(y, x, list(lora_a_stacked), list(lora_b_stacked), slots, scale, list(output_slices))
+    return y
+
+
+@torch.library.custom_op("nl2dsl::lora_linear", mutates_args=("y",), device_types="cpu")
+def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor],
+                 slots: torch.Tensor, scale: float, output_slices: list[int]) -> None:
+    """``y[:, slice i] += (x @ lora_a[i][slot] * scale) @ lora_b[i][slot]`` for each token's adapter slot (-1: none)."""
+    offset = 0
+    for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
+        shrunk = torch.empty((x.size(0), a.shape[-2]), dtype=torch.float32)  # float32, as vLLM's own buffer
+        _add_lora(shrunk, x, a, slots, scale=scale, add=False)
+        _add_lora(y[:, offset : offset + size], shrunk, b, slots)
+        offset += size
+
+
+@_lora_linear.register_fake
+def _(y, x, lora_a, lora_b, slots, scale, output_slices) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class _Plan:
     """Which tokens meet which adapter's weights, worked out once per batch (every LoRA layer reuses it).
 
-    A batch lists each sequence's tokens together, so tokens come in runs of one adapter. A long run (a prompt)
-    gets one matrix product over its rows. The tokens between long runs (one decoding token per sequence,
-    typically) are "narrow": each gets a product with its own adapter's weights, gathered, in one batched product.
+    Tokens are grouped by adapter, wherever they sit in the batch (segments, as SGMV does): an adapter with at
+    least ``_WIDE`` tokens (a prompt, or the decoding tokens of several of its sequences) gets one matrix product
+    over all of them, so the weights are read once per adapter, not once per prompt. The other tokens with an
+    adapter are "narrow": each gets a product with its own adapter's weights, in one batched operation.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
     single: int | None  # the slot of every token, when the whole batch uses one adapter
-    runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
-    wide: list[tuple[int, int, int]]  # the long runs
-    narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
-    narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
-    narrow_mask: torch.Tensor  # ... and which of them have an adapter, (tokens, 1)
+    groups: list[tuple[int, slice | torch.Tensor]]  # (slot, its tokens) of every adapter in the batch
+    wide: list[tuple[int, slice | torch.Tensor]]  # the groups of at least _WIDE tokens
+    narrow_rows: torch.Tensor  # the other tokens with an adapter ...
+    narrow_slots: torch.Tensor  # ... and their slots
 
 
 _plans: list[_Plan] = []  # the most recent first; a step alternates between token and sampler indices
@@ -76,22 +142,22 @@ def _plan(indices: torch.Tensor) -> _Plan:
     for plan in _plans:
         if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
             return plan
-    slots, counts = torch.unique_consecutive(indices, return_counts=True)
-    runs, start = [], 0
+    slots, counts = torch.unique(indices, return_counts=True)
+    groups, wide, narrow = [], [], []
     for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
-        runs.append((slot, start, start + count))
-        start += count
-    long = [run for run in runs if run[2] - run[1] >= _WIDE]
-    narrow, position = [], 0
-    for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
-        if run_start > position:
-            narrow.append((position, run_start))
-        position = run_stop
-    rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
-    narrow_slots = indices[rows]
+        if slot < 0:
+            continue
+        rows = (indices == slot).nonzero().squeeze(1)
+        first, last = rows[0].item(), rows[-1].item()
+        group = (slot, slice(first, last + 1) if last - first + 1 == count else rows)
+        groups.append(group)
+        if count >= _WIDE:
+            wide.append(group)
+        else:
+            narrow.append(rows)
+    narrow_rows = torch.cat(narrow) if narrow else torch.zeros(0, dtype=torch.long)
     single = slots.item() if len(slots) == 1 and slots.item() >= 0 else None
-    plan = _Plan(indices.clone(), single, [r for r in runs if r[0] >= 0], [r for r in long if r[0] >= 0], narrow,
-                 narrow_slots.clamp(min=0), (narrow_slots >= 0).unsqueeze(1))
+    plan = _Plan(indices.clone(), single, groups, wide, narrow_rows, indices[narrow_rows])
     _plans[:] = [plan, *_plans[: _PLANS_KEPT - 1]]
     return plan
 
@@ -123,11 +189,13 @@ def _rows_of(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | Non
 def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = True) -> None:
     """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale.
 
-    Grouped as SGMV does (Punica, S-LoRA), so the cost follows the tokens, not the number of adapters: one
-    product per prompt, written in place (``addmm_``), and, where copying a weight matrix costs less than a tensor
-    operation (``_GATHER_MAX``: the embedded model's shapes), one batched product for all the decoding tokens over
-    their gathered weights. Larger matrices are never copied: a product per run of tokens. vLLM's own ops gather a
-    whole weight matrix per token, a prompt's hundreds included. Tokens with index -1 (no adapter) get nothing.
+    Grouped by adapter as SGMV does (Punica, S-LoRA), so the cost follows the adapters and the tokens, not the
+    prompts: one product per adapter over all its tokens, written in place where they are contiguous (``addmm_``),
+    and, where copying a weight matrix costs less than a tensor operation (``_GATHER_MAX``: the embedded model's
+    shapes), one batched product for the tokens of adapters with only a few of them (decoding sequences of many
+    tenants) over their weights read as rows. Larger matrices are never copied: a product per adapter. vLLM's own
+    ops gather a whole weight matrix per token, a prompt's hundreds included. Tokens with index -1 (no adapter)
+    get nothing.
     """
     stacked = weights
     if weights.dim() == 4:
@@ -138,30 +206,26 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     if not add:
         out.zero_()
     plan = _plan(indices)
-    if not plan.runs:  # no token of this batch has an adapter (base-model requests only)
-        return
     if plan.single is not None:  # the common case: one adapter for the whole batch
         out.addmm_(inputs, weights[plan.single].T, alpha=scale)
         return
     gather = weights[0].numel() <= _GATHER_MAX
-    for slot, start, stop in plan.wide if gather else plan.runs:
-        out[start:stop].addmm_(inputs[start:stop], weights[slot].T, alpha=scale)
-    if not gather or not plan.narrow:
+    for slot, rows in plan.wide if gather else plan.groups:
+        if isinstance(rows, slice):
+            out[rows].addmm_(inputs[rows], weights[slot].T, alpha=scale)
+        else:
+            out.index_add_(0, rows, inputs[rows] @ weights[slot].T, alpha=scale)
+    if not gather or not len(plan.narrow_rows):
         return
-    rows = torch.cat([inputs[start:stop] for start, stop in plan.narrow]) if len(plan.narrow) > 1 \
-        else inputs[plan.narrow[0][0] : plan.narrow[0][1]]
+    rows = inputs[plan.narrow_rows]
     table = _rows_of(stacked, weights) if whole else None
     if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
         k = weights.shape[2]
         picks = plan.narrow_slots.unsqueeze(1) * k + torch.arange(k)
-        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
+        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows, mode="sum")
     else:
         products = torch.bmm(weights[plan.narrow_slots], rows.unsqueeze(2)).squeeze(2)
-    products *= plan.narrow_mask
-    done = 0
-    for start, stop in plan.narrow:
-        out[start:stop].add_(products[done : done + stop - start], alpha=scale)
-        done += stop - start
+    out.index_add_(0, plan.narrow_rows, products, alpha=scale)
 
 
 def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):

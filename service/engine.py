@@ -235,6 +235,7 @@ def _start_async_llm(settings: Settings, model: str):
         gpu_memory_utilization=settings.gpu_memory_utilization,
         structured_outputs_config={"backend": "guidance"},
         generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
+        compilation_config={} if settings.cpu_compile else {"mode": 0},  # 0: eager (cpu_compile, service.config)
     ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
 
 

@@ -65,7 +65,9 @@ def weights_misfit(manager, lora) -> str | None:
     for module_name, module in manager.modules.items():
         stacked_a = getattr(module, "lora_a_stacked", None)
         stacked_b = getattr(module, "lora_b_stacked", None)
-        if stacked_a is None or stacked_b is None:
+        if not isinstance(stacked_a, tuple) or not isinstance(stacked_b, tuple):
+            # the vocabulary embedding keeps one tensor, not slices: served adapters never carry it (their tensors
+            # are checked at upload, service.adapters.validation), vLLM's warm-up adapter does
             continue
         weights = manager._get_lora_layer_weights(lora, module_name)
         if not weights:

