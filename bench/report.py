@@ -185,7 +185,8 @@ def _table(rows: list[dict], *, with_goal: bool) -> str:
 
 def _met(c: dict) -> bool:
     op, bound = c["goal"].split()
-    return c["ratio"] >= float(bound) if op == ">=" else c["ratio"] <= float(bound)
+    compare = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}[op]
+    return compare(float(c["ratio"]), float(bound))
 
 
 def _plot(rows: list[dict], path: Path) -> None:
