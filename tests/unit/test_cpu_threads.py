@@ -21,3 +21,14 @@ def test_all_names_exactly_the_cores_this_process_may_use(cores, expected):
 @pytest.mark.parametrize("setting", ["auto", "nobind", "0-6", "0-3|4-7"])
 def test_any_other_setting_goes_to_vllm_as_written(setting):
     assert cpu_threads_bind(setting, cores={0, 1}) == setting
+
+
+@pytest.mark.parametrize("setting,compiler,compiles", [(True, "/usr/bin/g++", True), (True, None, False),
+                                                       (False, "/usr/bin/g++", False)])
+def test_the_cpu_engine_compiles_when_asked_and_a_cpp_compiler_is_there(monkeypatch, setting, compiler, compiles):
+    """An image without g++ serves eager instead of failing at its first start (inductor compiles C++)."""
+    from service import engine
+    from service.config import Settings
+
+    monkeypatch.setattr(engine.shutil, "which", lambda name: compiler)
+    assert engine._compiles(Settings(cpu_compile=setting)) is compiles
