@@ -33,8 +33,8 @@ import torch
 __all__ = ["CHECKED_VERSION", "register"]
 
 CHECKED_VERSION = "0.32.0"
-_WIDE = 8  # an adapter with a run of this many tokens (a prompt) in a batch gets a matrix product of its own
-_GATHER_MAX = 64 * 1024  # weight matrices up to this many values are read per token rather than per adapter
+_WIDE = 8  # a run of at least this many tokens of one adapter (a prompt) gets a matrix product of its own
+_GATHER_MAX = 64 * 1024  # weight matrices up to this many values are copied per token rather than looped over
 _PLANS_KEPT = 4
 
 
@@ -120,19 +120,18 @@ def _(y, x, lora_a, lora_b, slots, scale, output_slices) -> None:
 class _Plan:
     """Which tokens meet which adapter's weights, worked out once per batch (every LoRA layer reuses it).
 
-    Tokens are grouped by adapter, wherever they sit in the batch (segments, as SGMV does): an adapter with a
-    prompt in the batch (a run of at least ``_WIDE`` tokens) gets one matrix product over all its tokens, its
-    other prompts and decoding tokens included, so its weights are read once, not once per prompt. The other
-    tokens with an adapter (decoding) are "narrow": each gets a product with its own adapter's weights, all in
-    one batched operation; for small matrices that costs less than an operation per adapter.
+    A batch lists each sequence's tokens together, so tokens come in runs of one adapter. A long run (a prompt)
+    gets one matrix product over its rows. The tokens between long runs (one decoding token per sequence,
+    typically) are "narrow": each gets a product with its own adapter's weights, gathered, in one batched product.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
     single: int | None  # the slot of every token, when the whole batch uses one adapter
-    groups: list[tuple[int, slice | torch.Tensor]]  # (slot, its tokens) of every adapter in the batch
-    wide: list[tuple[int, slice | torch.Tensor]]  # the groups of at least _WIDE tokens
-    narrow_rows: torch.Tensor  # the other tokens with an adapter ...
-    narrow_slots: torch.Tensor  # ... and their slots
+    runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
+    wide: list[tuple[int, int, int]]  # the long runs
+    narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
+    narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
+    narrow_mask: torch.Tensor  # ... and which of them have an adapter, (tokens, 1)
 
 
 _plans: list[_Plan] = []  # the most recent first; a step alternates between token and sampler indices
@@ -143,24 +142,22 @@ def _plan(indices: torch.Tensor) -> _Plan:
     for plan in _plans:
         if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
             return plan
-    runs, run_counts = torch.unique_consecutive(indices, return_counts=True)
-    prefilling = set(runs[run_counts >= _WIDE].tolist())  # adapters with a prompt (a long run) in the batch
-    slots, counts = torch.unique(indices, return_counts=True)
-    groups, wide, narrow = [], [], []
+    slots, counts = torch.unique_consecutive(indices, return_counts=True)
+    runs, start = [], 0
     for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
-        if slot < 0:
-            continue
-        rows = (indices == slot).nonzero().squeeze(1)
-        first, last = rows[0].item(), rows[-1].item()
-        group = (slot, slice(first, last + 1) if last - first + 1 == count else rows)
-        groups.append(group)
-        if slot in prefilling:
-            wide.append(group)
-        else:
-            narrow.append(rows)
-    narrow_rows = torch.cat(narrow) if narrow else torch.zeros(0, dtype=torch.long)
+        runs.append((slot, start, start + count))
+        start += count
+    long = [run for run in runs if run[2] - run[1] >= _WIDE]
+    narrow, position = [], 0
+    for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
+        if run_start > position:
+            narrow.append((position, run_start))
+        position = run_stop
+    rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
+    narrow_slots = indices[rows]
     single = slots.item() if len(slots) == 1 and slots.item() >= 0 else None
-    plan = _Plan(indices.clone(), single, groups, wide, narrow_rows, indices[narrow_rows])
+    plan = _Plan(indices.clone(), single, [r for r in runs if r[0] >= 0], [r for r in long if r[0] >= 0], narrow,
+                 narrow_slots.clamp(min=0), (narrow_slots >= 0).unsqueeze(1))
     _plans[:] = [plan, *_plans[: _PLANS_KEPT - 1]]
     return plan
 
@@ -192,13 +189,11 @@ def _rows_of(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | Non
 def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = True) -> None:
     """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale.
 
-    Grouped by adapter as SGMV does (Punica, S-LoRA), so the cost follows the adapters and the tokens, not the
-    prompts: one product per adapter over all its tokens, written in place where they are contiguous (``addmm_``),
-    and, where copying a weight matrix costs less than a tensor operation (``_GATHER_MAX``: the embedded model's
-    shapes), one batched product for the tokens of adapters with only a few of them (decoding sequences of many
-    tenants) over their weights read as rows. Larger matrices are never copied: a product per adapter. vLLM's own
-    ops gather a whole weight matrix per token, a prompt's hundreds included. Tokens with index -1 (no adapter)
-    get nothing.
+    Grouped as SGMV does (Punica, S-LoRA), so the cost follows the tokens, not the number of adapters: one
+    product per prompt, written in place (``addmm_``), and, where copying a weight matrix costs less than a tensor
+    operation (``_GATHER_MAX``: the embedded model's shapes), one batched product for all the decoding tokens over
+    their gathered weights. Larger matrices are never copied: a product per run of tokens. vLLM's own ops gather a
+    whole weight matrix per token, a prompt's hundreds included. Tokens with index -1 (no adapter) get nothing.
     """
     stacked = weights
     if weights.dim() == 4:
@@ -209,26 +204,30 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     if not add:
         out.zero_()
     plan = _plan(indices)
+    if not plan.runs:  # no token of this batch has an adapter (base-model requests only)
+        return
     if plan.single is not None:  # the common case: one adapter for the whole batch
         out.addmm_(inputs, weights[plan.single].T, alpha=scale)
         return
     gather = weights[0].numel() <= _GATHER_MAX
-    for slot, rows in plan.wide if gather else plan.groups:
-        if isinstance(rows, slice):
-            out[rows].addmm_(inputs[rows], weights[slot].T, alpha=scale)
-        else:
-            out.index_add_(0, rows, inputs[rows] @ weights[slot].T, alpha=scale)
-    if not gather or not len(plan.narrow_rows):
+    for slot, start, stop in plan.wide if gather else plan.runs:
+        out[start:stop].addmm_(inputs[start:stop], weights[slot].T, alpha=scale)
+    if not gather or not plan.narrow:
         return
-    rows = inputs[plan.narrow_rows]
+    rows = torch.cat([inputs[start:stop] for start, stop in plan.narrow]) if len(plan.narrow) > 1 \
+        else inputs[plan.narrow[0][0] : plan.narrow[0][1]]
     table = _rows_of(stacked, weights) if whole else None
     if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
         k = weights.shape[2]
         picks = plan.narrow_slots.unsqueeze(1) * k + torch.arange(k)
-        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows, mode="sum")
+        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
     else:
         products = torch.bmm(weights[plan.narrow_slots], rows.unsqueeze(2)).squeeze(2)
-    out.index_add_(0, plan.narrow_rows, products, alpha=scale)
+    products *= plan.narrow_mask
+    done = 0
+    for start, stop in plan.narrow:
+        out[start:stop].add_(products[done : done + stop - start], alpha=scale)
+        done += stop - start
 
 
 def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
