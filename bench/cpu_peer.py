@@ -268,12 +268,7 @@ async def _mixed_compiled_vs_eager(serving, engines: dict) -> list[Comparison]:
     prepared = await workload.prompts(serving, 64, adapter="flow-general", max_tokens=48)
     progress(f"mixed adapters: 64 requests over {MIXED} adapters, compiled and eager engines")
 
-    def jobs(k: int) -> list:
-        return [workload.job(p, constrained=False, max_tokens=12, ignore_eos=True,
-                             lora=workload.lora_request(f"copy-{10_000 + i % k}", 10_000 + i % k, path))
-                for i, p in enumerate(prepared)]
-
-    cases = {f"{name}, {k} adapters": _tokens_per_s(llm, jobs(k), len(prepared))
+    cases = {f"{name}, {k} adapters": _tokens_per_s(llm, workload.mixed_jobs(prepared, k, path), len(prepared))
              for name, llm in engines.items() for k in MIXED}
     medians = await interleaved(cases, REPEATS, warmup=True)
     rows = [Comparison("compiled LoRA path (mixed adapters)", f"{k} distinct adapters in 64 requests",

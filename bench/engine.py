@@ -161,12 +161,8 @@ async def _mixed(llm, prompts, path, counts: tuple[int, ...], max_loras: int) ->
     warm-up round only the engine's max_loras slots swap; disk loads are the cold-load comparison's business.
     """
     cases = {}
-    for k in counts:
-        ids = [10_000 + i for i in range(k)]  # shared by the cases: the largest fits the slots, no swapping
-        jobs = [workload.job(p, constrained=False, max_tokens=12, ignore_eos=True,
-                             lora=workload.lora_request(f"copy-{ids[i % k]}", ids[i % k], path))
-                for i, p in enumerate(prompts)]
-        cases[f"{k} adapters"] = _tokens_per_s(llm, jobs, len(jobs))
+    for k in counts:  # the cases share their ids: the largest fits the slots, no swapping
+        cases[f"{k} adapters"] = _tokens_per_s(llm, workload.mixed_jobs(prompts, k, path), len(prompts))
     medians = await interleaved(cases, MIXED_REPEATS, warmup=True)
     return [Comparison("mixed adapters", f"{k} distinct adapters in 64 requests, max_loras {max_loras}",
                        medians[f"{k} adapters"], medians["1 adapters"], "tokens/s", (f"{k} adapters", "1 adapter"),

@@ -71,6 +71,14 @@ def job(prepared: Prepared, *, constrained: bool = True, lora="same", max_tokens
                prepared.params.grammar if constrained else None, lora, ignore_eos)
 
 
+def mixed_jobs(prepared: list[Prepared], adapters: int, path) -> list[Job]:
+    """``prepared`` spread over ``adapters`` copies of the adapter at ``path`` (ids 10000 on: vLLM treats each id as
+    its own adapter), unconstrained, 12 tokens each: the mixed-adapter workload."""
+    return [job(p, constrained=False, max_tokens=12, ignore_eos=True,
+                lora=lora_request(f"copy-{10_000 + i % adapters}", 10_000 + i % adapters, path))
+            for i, p in enumerate(prepared)]
+
+
 def lora_request(name: str, lora_id: int, path) -> object:
     from vllm.lora.request import LoRARequest
 
