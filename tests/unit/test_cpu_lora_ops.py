@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import vllm.lora.ops.torch_ops.lora_ops as vllm_ops
@@ -121,5 +123,12 @@ def test_the_cpu_platform_compiles_with_lora_on_the_checked_vllm(tiny_model):
                           compilation_config=compilation)
         return args.create_engine_config().compilation_config.mode
 
-    assert mode() == CompilationMode.DYNAMO_TRACE_ONCE
-    assert mode(mode=0) == CompilationMode.NONE
+    # The platform's check sets the engine's environment (LD_PRELOAD of tcmalloc and libgomp among it): every
+    # process this test session spawns after it would inherit that (a grammar worker died at its start).
+    environment = dict(os.environ)
+    try:
+        assert mode() == CompilationMode.DYNAMO_TRACE_ONCE
+        assert mode(mode=0) == CompilationMode.NONE
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
