@@ -261,3 +261,35 @@ def test_naming_the_models_compiles_no_pending_dsl(replica):
     eventually(lambda: second.app.state.grammars.pending("alpha-corp") == ["kv"], "the other replica knows of it")
     models = {m["id"]: m for m in second.get("/v1/models", headers=ALPHA).json()["data"]}
     assert models["kv"]["owned_by"] == "alpha-corp" and compiled == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "hold", "let_go", "drop"]), st.integers(0, 5),
+                          st.integers(1, 400)), max_size=40))
+def test_the_disk_cache_counts_exactly_what_its_folders_hold_and_never_evicts_a_held_one(tmp_path_factory, steps):
+    """Any order of fills, holds, releases and drops (a tenant's requests decide it): the kept byte count is the
+    sum of the folders on disk, a held folder is never evicted, and the cache is over its bound only by held or
+    just-added folders."""
+    root = tmp_path_factory.mktemp("cache")
+    cache = DiskCache(root, max_bytes=1000)
+    held: dict[Path, int] = {}
+    for action, n, size in steps:
+        folder = root / f"v{n}"
+        if action == "add":
+            folder.mkdir(exist_ok=True)
+            (folder / "manifest.yaml").write_text("x")
+            (folder / "weights").write_bytes(b"\0" * size)
+            evicted = cache.add(folder)
+            assert folder not in evicted and not any(v in held for v in evicted)
+        elif action == "hold" and cache.hold(folder):
+            held[folder] = held.get(folder, 0) + 1
+        elif action == "let_go" and held.get(folder):
+            cache.let_go(folder)
+            held[folder] -= 1
+            if not held[folder]:
+                del held[folder]
+        elif action == "drop":
+            cache.drop(folder)
+        on_disk = [f for f in root.iterdir() if f.is_dir() and f in cache]
+        assert cache.bytes == sum(sum(p.stat().st_size for p in f.rglob("*") if p.is_file()) for f in on_disk)
+        assert all(f.is_dir() for f in held)
