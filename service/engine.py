@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from service import metrics
 from service.config import Settings
+from service.cpu_features import native_bfloat16
 from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout, GrammarInvalid
 from service.gateway_metrics import engine_name, prometheus_logger
 
@@ -222,10 +223,11 @@ def _start_async_llm(settings: Settings, model: str):
 
         stat_logger = prometheus_logger()
 
+    compiled = _compiles(settings)
     return AsyncLLM.from_engine_args(AsyncEngineArgs(
         model=model,
         tokenizer=model,
-        dtype=_dtype(settings.dtype),
+        dtype=_dtype(settings.dtype, compiled=compiled),
         seed=settings.seed,
         max_model_len=settings.max_model_len,
         enable_lora=True,
@@ -236,7 +238,7 @@ def _start_async_llm(settings: Settings, model: str):
         gpu_memory_utilization=settings.gpu_memory_utilization,
         structured_outputs_config={"backend": "guidance"},
         generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
-        compilation_config={} if _compiles(settings) else {"mode": 0},  # 0: eager
+        compilation_config={} if compiled else {"mode": 0},  # 0: eager
     ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
 
 
@@ -326,12 +328,17 @@ def _compiles(settings: Settings) -> bool:
     return settings.cpu_compile
 
 
-def _dtype(configured: str) -> str:
+def _dtype(configured: str, *, compiled: bool) -> str:
+    """The precision the engine computes in. ``auto``: the checkpoint's on a GPU; on the CPU bfloat16 where the CPU
+    has it natively and the model is compiled (as fast or faster a token, same outputs: docs/BENCHMARKS.md,
+    "bfloat16 on the CPU"), float32 elsewhere (eager bfloat16 falls back to slow matrix products)."""
     if configured != "auto":
         return configured
     from vllm.platforms import current_platform
 
-    return "float32" if current_platform.is_cpu() else "auto"
+    if not current_platform.is_cpu():
+        return "auto"
+    return "bfloat16" if compiled and native_bfloat16() else "float32"
 
 
 def _sampling_params(params: GenerationParams):

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from service.config import PROJECT_ROOT
+from service.cpu_features import native_bfloat16
 from service.grammars import Example, Grammar
 from service.model import EMBEDDED_NAME, base_fingerprint
 from service.training.batching import Encoder, exact_rows
@@ -271,8 +272,7 @@ def _precision(dtype: str, device):
         return getattr(torch, dtype), None
     if device.type != "cpu":
         return torch.bfloat16, None
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.float32, torch.bfloat16 if native else None
+    return torch.float32, torch.bfloat16 if native_bfloat16() else None
 
 
 def _name(dtype) -> str:

@@ -32,3 +32,16 @@ def test_the_cpu_engine_compiles_when_asked_and_a_cpp_compiler_is_there(monkeypa
 
     monkeypatch.setattr(engine.shutil, "which", lambda name: compiler)
     assert engine._compiles(Settings(cpu_compile=setting)) is compiles
+
+
+@pytest.mark.parametrize("setting,native,compiled,expected", [
+    ("auto", True, True, "bfloat16"), ("auto", False, True, "float32"), ("auto", True, False, "float32"),
+    ("float32", True, True, "float32"), ("bfloat16", False, False, "bfloat16")])
+def test_the_cpu_engine_computes_in_bfloat16_only_where_the_cpu_has_it_and_the_model_is_compiled(
+        monkeypatch, setting, native, compiled, expected):
+    """``auto`` picks bfloat16 where it was measured faster with the same outputs (native bfloat16, compiled);
+    eager bfloat16 and emulated bfloat16 are slower than float32. A setting other than ``auto`` is kept."""
+    from service import engine
+
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: native)
+    assert engine._dtype(setting, compiled=compiled) == expected
