@@ -4,8 +4,8 @@ An adapter trained only on prompts without examples got worse when served with t
 0.25 with 3 examples; issue 28), while the study this product follows found retrieved examples add to a
 fine-tuned model. So a share of the training prompts carry 1..k examples, retrieved for the pair's request by
 the same BM25 index serving uses (:class:`service.retrieval.ExampleIndex`) over the training pairs, never
-the pair itself; the rest carry none. The adapter then learns both prompt shapes, and onboarding serves it
-with the shape its own evaluation found better.
+the pair itself nor another pair with the same code; the rest carry none. The adapter then learns both prompt
+shapes, and onboarding serves it with the shape its own evaluation found better.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from service.grammars import Example
 from service.retrieval import ExampleIndex
 
 __all__ = ["RetrievedShots"]
+
+_SAME_CODE_SLACK = 8  # examples retrieved beyond k, for those left out for having the pair's code
 
 
 class RetrievedShots:
@@ -31,5 +33,7 @@ class RetrievedShots:
         if self.k <= 0 or self._rng.random() >= self.share:
             return []
         n = self._rng.randint(1, self.k)
-        found = self._index.search(pair.text, k=n + 1)  # the index already leaves out the pair's own text
-        return [ex for ex in found if ex != pair][:n]
+        # Never the pair, nor another pair with its code: an example whose code is the answer rewards copying the
+        # nearest example, which served with 3 examples copied a near miss's hour (cron, issue 28).
+        found = self._index.search(pair.text, k=n + _SAME_CODE_SLACK)
+        return [ex for ex in found if ex.code != pair.code][:n]

@@ -20,6 +20,19 @@ def test_a_share_of_prompts_carry_one_to_k_retrieved_examples_never_the_pair_its
         assert pair not in examples
 
 
+def test_no_example_carries_the_pairs_own_code():
+    """A paraphrase with the same code is the nearest example BM25 finds; a training prompt must not get it, or
+    the adapter learns to copy the nearest example instead of reading the request."""
+    paraphrases = [Example(f"send the answers of the {w} form to #sales", f"shot-{w}") for w in
+                   ("contact", "signup", "order", "refund")]
+    pool = POOL + paraphrases
+    shots = RetrievedShots(pool, k=3, share=1.0, seed=2)
+    for pair in pool * 10:
+        examples = shots(pair)
+        assert 1 <= len(examples) <= 3
+        assert all(ex.code != pair.code for ex in examples), (pair, examples)
+
+
 def test_no_examples_asked_for_none_given():
     assert all(RetrievedShots(POOL, k=0, share=1.0)(pair) == [] for pair in POOL)
 
