@@ -103,6 +103,8 @@ def _add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked, lor
 def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor],
                  slots: torch.Tensor, scale: float, output_slices: list[int]) -> None:
     """``y[:, slice i] += (x @ lora_a[i][slot] * scale) @ lora_b[i][slot]`` for each token's adapter slot (-1: none)."""
+    if not _plan(slots).runs:  # base-model requests only: nothing to add, and nothing to convert or zero
+        return
     offset = 0
     for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
         shrunk = torch.empty((x.size(0), a.shape[-2]), dtype=torch.float32)  # float32, as vLLM's own buffer
@@ -199,16 +201,20 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     if weights.dim() == 4:
         weights = weights.squeeze(dim=1)
     whole = weights.shape[1] == out.shape[1]  # every row of the weights is used, in ``out``'s dtype below
-    weights = weights[:, : out.shape[1]].to(dtype=out.dtype)
-    inputs = inputs.to(dtype=out.dtype)
+    weights = weights[:, : out.shape[1]]
     if not add:
         out.zero_()
     plan = _plan(indices)
     if not plan.runs:  # no token of this batch has an adapter (base-model requests only)
         return
-    if plan.single is not None:  # the common case: one adapter for the whole batch
-        out.addmm_(inputs, weights[plan.single].T, alpha=scale)
+    if plan.single is not None:  # the common case: one adapter for the whole batch (only its slot converted)
+        if out.dtype == torch.float32:
+            out.addmm_(inputs.float(), weights[plan.single].float().T, alpha=scale)
+        else:  # small bfloat16 products cost the CPU twice float32's: computed in float32, rounded once
+            out.add_((inputs.float() @ weights[plan.single].float().T).to(out.dtype), alpha=scale)
         return
+    weights = weights.to(dtype=out.dtype)
+    inputs = inputs.to(dtype=out.dtype)
     gather = weights[0].numel() <= _GATHER_MAX
     for slot, start, stop in plan.wide if gather else plan.runs:
         out[start:stop].addmm_(inputs[start:stop], weights[slot].T, alpha=scale)

@@ -106,12 +106,15 @@ def test_lora_linear_op_compiles_as_one_opaque_call_and_matches_token_by_token()
                           _reference_lora_linear(y, x, lora_a, lora_b, flipped, 0.5, output_slices), atol=1e-4)
 
 
-def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path():
+@pytest.mark.parametrize("slots", [[*range(16), -1, *range(15, -1, -1)], [5] * 12, [-1] * 6],
+                         ids=["16 adapters", "one adapter", "base only"])
+def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
     """At bfloat16 the layer's input, output and adapter weights are bfloat16 and the shrunk product float32 (as
-    vLLM keeps it): every decoding token of a 16-adapter step still gets its own adapter's delta, on the first
-    pass (gathered weights) and on later ones (rows cached in the product's dtype), within bfloat16's rounding."""
+    vLLM keeps it): every token of a 16-adapter step, of a one-adapter batch (its products computed in float32)
+    and of a base-only batch (left as it was) gets exactly its own adapter's delta, on the first pass (gathered
+    weights) and on later ones (rows cached in the product's dtype), within bfloat16's rounding."""
     torch.manual_seed(3)
-    slots = torch.tensor([*range(16), -1, *range(15, -1, -1)])
+    slots = torch.tensor(slots)
     output_slices = [24, 8, 8]
     x = torch.randn(len(slots), 16).bfloat16()
     lora_a = [torch.randn(16, 1, 4, 16).bfloat16() for _ in output_slices]
