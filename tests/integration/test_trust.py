@@ -93,12 +93,22 @@ def test_a_tenant_may_upload_at_most_its_quota_of_grammars(server):
     quota = Settings().max_grammars_per_tenant
     grammar = 'start: "k" DIGIT\nDIGIT: /[0-9]/\n'
     with server.client(key="alpha-key") as alpha:
+
+        def upload(name: str):
+            """POST /dsls, waiting out the other limit a tenant meets here: publishes a minute (this test's 22 and
+            whatever alpha's other tests published in the last minute)."""
+            while True:
+                response = alpha.post("/dsls", json={"name": name, "grammar": grammar})
+                if response.status_code != 429 or response.json()["error"]["detail"]["limit"] != "changes_per_minute":
+                    return response
+                time.sleep(int(response.headers["Retry-After"]))
+
         try:
             for i in range(quota):
-                assert alpha.post("/dsls", json={"name": f"q{i}", "grammar": grammar}).status_code == 201
-            over = alpha.post("/dsls", json={"name": "one-too-many", "grammar": grammar})
+                assert upload(f"q{i}").status_code == 201
+            over = upload("one-too-many")
             assert over.status_code == 429 and over.json()["error"]["detail"]["limit"] == "grammars"
-            assert alpha.post("/dsls", json={"name": "q0", "grammar": grammar}).status_code == 201  # replacing
+            assert upload("q0").status_code == 201  # replacing
         finally:
             for i in range(quota):
                 alpha.delete(f"/dsls/q{i}")
