@@ -223,8 +223,9 @@ async def main_async() -> None:
     for t, gbs in bandwidth.items():
         facts[f"memory bandwidth, {t} thread{'s' if t > 1 else ''} (GB/s)"] = round(gbs, 1)
     limits = {}
+    float32_bytes = model_bytes(model_dir)
     for precision, size in BYTES.items():
-        weights = model_bytes(model_dir) * size // 4
+        weights = float32_bytes * size // 4
         limits[precision] = weights / (bandwidth[cores] * 1e9) * 1000
         facts[f"weights read per decoding step at {precision} (MB)"] = round(weights / 1e6)
         facts[f"limit at concurrency 1, {precision}: weights / bandwidth (ms per output token)"] = \
