@@ -30,7 +30,8 @@ def test_phases_cover_spawn_to_ready_in_order():
     found = phases(LOG, spawned, ready)
     assert list(found) == [
         "Python imports and app set-up", "vLLM import and engine configuration",
-        "engine-core process: spawn and imports", "model runner set-up (a worker process: its spawn and imports)", "model weights",
+        "engine-core process: spawn and imports", "model runner set-up (a worker process: its spawn and imports)",
+        "model weights",
         "profile run, KV cache, engine warm-up", "engine handed over, first grammar + adapter generation",
         "store sync and the first ready answer",
     ]
