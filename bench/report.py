@@ -163,6 +163,7 @@ def main() -> None:
     parts.append(STARTUP_AND_STEP_NOTES)
     parts.append(COMPILE_NOTES)
     parts.append(PRECISION_NOTES)
+    parts.append(ONE_PROCESS_NOTES)
     parts.append("![ratios per comparison](BENCHMARKS.png)\n")
     DOC.write_text("\n".join(parts))
     _plot(rows, PLOT)
@@ -292,6 +293,60 @@ float32 runs of 2026-12-03.
       still keeps compile on.
     - Its adapter ran as fast as the base model (161 against 155 tokens/s), so it should not be read as
       vLLM's LoRA cost.
+"""
+
+
+ONE_PROCESS_NOTES = """\
+## One engine process, and a cheaper LoRA op call (issue 30)
+
+Two changes after the runs above, measured by `bench/cpu_peer.py` (now four engines: the bfloat16 engine also
+in vLLM's two processes, `NL2DSL_CPU_ONE_PROCESS=false`) and `bench/coldstart.py` on 2026-12-04:
+
+- **The model computes in the engine-core process** (`NL2DSL_CPU_ONE_PROCESS`, default on; docs/PLATFORM.md).
+  vLLM 0.32's CPU platform always gave the model a worker process of its own, and the engine core spun on its
+  shared-memory queue on the same 2 cores, so every parallel region of the model waited for a core it shared.
+  - One process against two, bfloat16 compiled, same requests, taking turns: 0.86 of the time per token at
+    concurrency 1, 0.88 at 8, 0.92 at 32; the mixed-adapter workload 1.02x (one adapter) and 1.05x (8
+    adapters) the tokens/s.
+  - The engine-core process starts confined to the bound cores with an OpenMP thread per core. OpenMP's own
+    binding (`GOMP_CPU_AFFINITY`, as vLLM binds its worker) was tried: it pins every later thread of the
+    process, vLLM's I/O threads too, to the first core; confined and free among the cores measured the same.
+  - The runs before this one were also slowed by it: the engine that had just been measured kept spinning for
+    a second into the next engine's round. With three two-process engines taking turns, bfloat16 measured 44.0
+    ms a token at concurrency 1 (13:55); alone among one-process engines, the same two-process engine 24.1-27.6
+    ms. The ratios against llama.cpp in the sections above are therefore pessimistic.
+- **The LoRA op is called through torch.library's low-level API.** `torch.library.custom_op` wraps the op in
+  Python that cost about 32 µs a call against 5 µs (an empty op with the same signature, both ways, 20,000
+  calls), and a step calls it at every LoRA layer: 120 times for the embedded model, with adapters or not. The
+  bfloat16 engine at concurrency 1 went from 24.4 to 19.8 ms a token (the same engine before and after, minutes
+  apart); in the run below it is 20.7 ms.
+- **Cold start** (goal <= 30 s): **25.9 s** to ready (median of 3: 28.4, 25.9, 24.9; 31.9 s before, so the goal
+  is met again). One interpreter fewer: the phase "model runner set-up" that was the worker's spawn and imports
+  is now 0 s. The same service with an eager engine, taking turns: 21.8 s.
+
+Where the goals stand, the 13:55 run's ratio in brackets (the run's tables below; `bench/engine.py`'s own
+mixed workload, not run again since the op's change, gave 0.84 for 8 adapters against 1 at 15:20):
+
+| goal | float32 | bfloat16 | met |
+|---|---|---|---|
+| concurrency 1, against llama.cpp, 2 threads (<= 1.3) | 34.6 / 21.0 = 1.65 (2.35) | 20.7 / 11.6 = 1.78 (3.75) | no |
+| concurrency 8 (< 1) | 0.91 (was 1.27) | 0.77 (was 1.71) | yes |
+| concurrency 32 (< 1) | 0.66 | 0.59 | yes |
+| against the limit at concurrency 1 (<= 1.5) | 3.07 | 3.67 | no (see below) |
+| 8 distinct adapters against 1 (>= 0.9), cpu_peer's mixed workload | 0.88 | 0.90 | bfloat16 (the default) yes |
+| cold start (<= 30 s) | | 25.9 s | yes |
+
+- **The limit line moved with the bandwidth measurement, not with the engine.** Reading 1 GiB with 2 threads
+  gave 35.8 GB/s at 13:55, 27.4 at 16:50 and 47.8 at 17:43 on this shared machine; llama.cpp's own time a token
+  was 1.56, 1.09 and 2.06 times the limit in those runs. Against llama.cpp, measured in the same rounds, the
+  engine is 1.65x (float32) and 1.78x (bfloat16) at concurrency 1.
+- **Where the time goes now** (`py-spy record --idle` on the engine-core process at concurrency 1, bfloat16,
+  20 s; sampling at 200 Hz slows the step, so these are shares): the compiled forward pass is 92% of the
+  process's busy loop; inside it, vLLM's attention and KV-cache write wrappers about 15%, the matrix products
+  and inductor's kernels the rest, with their OpenMP fork and join per kernel; sampling and input preparation
+  about 4%, the logits about 3%. The per-step cost outside the
+  model is small now; what is left is the number of small parallel regions per step, which inductor and vLLM's
+  CPU ops decide, not a setting of ours.
 """
 
 
