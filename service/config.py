@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     # (docs/BENCHMARKS.md, "The compiled LoRA path"). False: eager, as vLLM would run it.
     cpu_compile: bool = True
     # vLLM CPU backend: compute the model in the engine-core process rather than a worker process of its own, whose
-    # queue the engine core spins on while the model computes on the same cores. About 0.85x the time per token at
-    # concurrency 1 and 10 s less to start on 2 cores (docs/BENCHMARKS.md, "One engine process"); not with
-    # cpu_threads_bind "auto" (vLLM's NUMA rule). False: vLLM's two processes.
+    # queue the engine core spins on while the model computes on the same cores. 0.86x the time per token at
+    # concurrency 1 on 2 cores and one interpreter fewer to start (docs/BENCHMARKS.md, "One engine process"); not
+    # with cpu_threads_bind "auto" (vLLM's NUMA rule). False: vLLM's two processes.
     cpu_one_process: bool = True
     gpu_memory_utilization: float = 0.9
 

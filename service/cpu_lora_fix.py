@@ -20,8 +20,8 @@ platform's switch is then put back to what it would have chosen without LoRA. A 
 One process: the platform also makes every CPU engine two processes, the engine core (scheduling, sampling,
 grammar masks) and a worker that computes the model, and the engine core spins on their shared-memory queue
 on the cores the worker computes on. With ``additional_config={ONE_PROCESS: True}`` the model runs in the
-engine-core process (vLLM's one-process executor, as its own in-process engine does); service.engine binds
-that process's OpenMP threads (docs/BENCHMARKS.md, "One engine process").
+engine-core process (vLLM's one-process executor, as its own in-process engine does); service.engine starts
+that process on the bound cores with an OpenMP thread each (docs/BENCHMARKS.md, "One engine process").
 
 vLLM loads ``vllm.general_plugins`` entry points in every process, the engine's worker included (see
 pyproject.toml). The patch applies only to the CPU build and version it was checked on; anywhere else it
@@ -84,8 +84,8 @@ def _patch_cpu_platform() -> None:
         if vllm_config.lora_config is not None and asked == CompilationMode.VLLM_COMPILE:
             vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
         # The platform runs every CPU model in a worker process of its own, because it binds the worker's OpenMP
-        # threads through the environment of the process it spawns. The service sets that environment for the
-        # engine-core process instead (service.engine) and asks for the model to run there.
+        # threads through the environment of the process it spawns. The service starts the engine-core process
+        # on those cores instead (service.engine) and asks for the model to run there.
         if vllm_config.additional_config.get(ONE_PROCESS) and vllm_config.parallel_config.world_size == 1:
             vllm_config.parallel_config.distributed_executor_backend = "uni"
 
