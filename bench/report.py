@@ -323,6 +323,10 @@ in vLLM's two processes, `NL2DSL_CPU_ONE_PROCESS=false`) and `bench/coldstart.py
 - **Cold start** (goal <= 30 s): **25.9 s** to ready (median of 3: 28.4, 25.9, 24.9; 31.9 s before, so the goal
   is met again). One interpreter fewer: the phase "model runner set-up" that was the worker's spawn and imports
   is now 0 s. The same service with an eager engine, taking turns: 21.8 s.
+- **Service against the raw engine** (`bench/service.py`, 18:12, both in one engine process; goal >= 0.95,
+  kept at its edge): 0.95 at concurrency 1 (0.527 against 0.554 requests/s), 0.95 at 8 (2.22 against 2.33),
+  0.97 at 32 (4.13 against 4.27), the same output tokens. Against the run at 14:46 (two processes, before the
+  op change) the service gives 1.50x, 1.26x and 1.09x the requests/s.
 
 Where the goals stand, the 13:55 run's ratio in brackets (the run's tables below; `bench/engine.py`'s own
 mixed workload, not run again since the op's change, gave 0.84 for 8 adapters against 1 at 15:20):
