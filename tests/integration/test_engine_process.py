@@ -1,5 +1,5 @@
-"""The CPU engine computes the model in its engine-core process, one OpenMP thread bound to each core
-(service.engine, service/cpu_lora_fix.py): no worker process spinning on the cores the model computes on."""
+"""The CPU engine computes the model in its engine-core process, started on the bound cores (service.engine,
+service/cpu_lora_fix.py): no worker process, and no engine core spinning on the cores the model computes on."""
 
 from __future__ import annotations
 
