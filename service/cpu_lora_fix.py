@@ -4,9 +4,10 @@ The bug (docs/PLATFORM.md): the CPU LoRA ops index the stacked adapter weights w
 index, and a token with no adapter has index -1, which Python reads as "the last slot": a base request
 batched with adapter requests silently gets the last slot's adapter. The GPU kernels skip -1.
 The cost: those ops gather a full weight matrix per token, so a long prompt's prefill copies every LoRA
-matrix once per prompt token. The replacements group the batch's tokens by adapter, so the cost follows the
-tokens rather than the number of distinct adapters, and give index -1 no LoRA delta (bench/lora_ops.py measures
-them against vLLM's own).
+matrix once per prompt token. The replacements sort the batch's tokens by adapter and multiply each adapter's
+weights once over all its tokens (SGMV's segments), with a layer's weights for the batch's adapters kept ready
+between steps, so a layer costs a few tensor operations per adapter, whatever the tokens; and they give index -1
+no LoRA delta (bench/lora_ops.py measures them against vLLM's own).
 
 Compiled with LoRA on: vLLM 0.32's CPU platform turns torch.compile off whenever LoRA is enabled
 (``CpuPlatform.check_and_update_config``), because its LoRA wrapper branches in Python on the batch (prefill or
@@ -30,8 +31,11 @@ does nothing, and ``tests/integration/test_adapters.py`` catches a regression.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import itertools
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -41,9 +45,11 @@ __all__ = ["CHECKED_VERSION", "ONE_PROCESS", "register"]
 CHECKED_VERSION = "0.32.0"
 #: ``additional_config`` key (vLLM's engine arguments): compute the model in the engine-core process.
 ONE_PROCESS = "nl2dsl_one_process"
-_WIDE = 8  # a run of at least this many tokens of one adapter (a prompt) gets a matrix product of its own
-_GATHER_MAX = 64 * 1024  # weight matrices up to this many values are copied per token rather than looped over
+_PADDING = 8  # padded rows a batched product may add beyond as many as the batch's tokens with an adapter
 _PLANS_KEPT = 4
+_FUSED_BYTES = 512 * 1024 * 1024  # adapter weights kept per (layer, adapters of a batch, dtype), all layers together
+_MATRIX_UNIT_ROWS = 64  # from this many tokens in a batch, a bfloat16 model computes its LoRA products in bfloat16
+_HOT_CALLS = 4096  # an entry read within this many op calls (a few steps of a large model) is not pushed out
 
 
 def register() -> None:
@@ -123,15 +129,25 @@ _LIBRARY.define("lora_linear(Tensor(a!) y, Tensor x, Tensor[] lora_a, Tensor[] l
 
 def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor],
                  slots: torch.Tensor, scale: float, output_slices: list[int]) -> None:
-    """``y[:, slice i] += (x @ lora_a[i][slot] * scale) @ lora_b[i][slot]`` for each token's adapter slot (-1: none)."""
-    if not _plan(slots).runs:  # base-model requests only: nothing to add, and nothing to convert or zero
+    """``y[:, slice i] += (x @ lora_a[i][slot] * scale) @ lora_b[i][slot]`` for each token's adapter slot (-1: none).
+
+    The slices' weights are read as one matrix each way (``_fused``): every slice's shrinking rows one after
+    another, and their expanding rows block-diagonal, so a layer is one chain of two products per adapter."""
+    plan = _plan(slots)
+    if not plan.adapters:  # base-model requests only: nothing to add, and nothing to convert
         return
-    offset = 0
-    for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
-        shrunk = torch.empty((x.size(0), a.shape[-2]), dtype=torch.float32)  # float32, as vLLM's own buffer
-        _add_lora(shrunk, x, a, slots, scale=scale, add=False)
-        _add_lora(y[:, offset : offset + size], shrunk, b, slots)
-        offset += size
+    rank, dtype = lora_a[0].shape[-2], _dtype(x)
+
+    def build(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a = torch.cat([_slots(t, index) for t in lora_a], dim=1).to(dtype)  # (adapters, slices * rank, in)
+        b = a.new_zeros(len(index), len(lora_b) * rank, sum(output_slices))
+        offset = 0
+        for i, (t, size) in enumerate(zip(lora_b, output_slices, strict=True)):
+            b[:, i * rank : (i + 1) * rank, offset : offset + size] = _slots(t, index)[:, :size].transpose(1, 2)
+            offset += size
+        return a.transpose(1, 2), b
+
+    _add_rows(y, *_products(plan, x.to(dtype), _fused((*lora_a, *lora_b), plan.adapters, build, dtype)), scale)
 
 
 _LIBRARY.impl("lora_linear", _lora_linear, "CPU")
@@ -142,22 +158,27 @@ def _(y, x, lora_a, lora_b, slots, scale, output_slices) -> None:
     return None
 
 
+def _slots(stacked: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """vLLM's stacked weights, (slots, [1,] out, in), at the slots ``index``: (len(index), out, in)."""
+    return stacked.reshape(-1, *stacked.shape[-2:]).index_select(0, index)
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Which tokens meet which adapter's weights, worked out once per batch (every LoRA layer reuses it).
 
-    A batch lists each sequence's tokens together, so tokens come in runs of one adapter. A long run (a prompt)
-    gets one matrix product over its rows. The tokens between long runs (one decoding token per sequence,
-    typically) are "narrow": each gets a product with its own adapter's weights, gathered, in one batched product.
+    Segmented as SGMV does (Punica, S-LoRA): the tokens with an adapter sorted by adapter, and each adapter's
+    weights multiplied once over all its tokens, so a layer costs a few tensor operations per adapter, whatever
+    the tokens; when the adapters have like numbers of tokens (decoding), one batched product for all of them.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
-    single: int | None  # the slot of every token, when the whole batch uses one adapter
-    runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
-    wide: list[tuple[int, int, int]]  # the long runs
-    narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
-    narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
-    narrow_mask: torch.Tensor  # ... and which of them have an adapter, (tokens, 1)
+    adapters: tuple[int, ...]  # the batch's slots, sorted
+    order: torch.Tensor | None  # the tokens with an adapter, by adapter (None: every token has the one adapter)
+    segments: list[tuple[int, int, int]]  # (position in ``adapters``, start, stop) in ``order``
+    # When no segment is much longer than the rest, ``order`` padded to (adapters, length): the rows to read
+    # (padding reads row 0), the positions that are not padding (None: all) and the rows they go to, and length.
+    padded: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int] | None
 
 
 _plans: list[_Plan] = []  # the most recent first; a step alternates between token and sampler indices
@@ -168,96 +189,120 @@ def _plan(indices: torch.Tensor) -> _Plan:
     for plan in _plans:
         if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
             return plan
-    slots, counts = torch.unique_consecutive(indices, return_counts=True)
-    runs, start = [], 0
-    for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
-        runs.append((slot, start, start + count))
-        start += count
-    long = [run for run in runs if run[2] - run[1] >= _WIDE]
-    narrow, position = [], 0
-    for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
-        if run_start > position:
-            narrow.append((position, run_start))
-        position = run_stop
-    rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
-    narrow_slots = indices[rows]
-    single = slots.item() if len(slots) == 1 and slots.item() >= 0 else None
-    plan = _Plan(indices.clone(), single, [r for r in runs if r[0] >= 0], [r for r in long if r[0] >= 0], narrow,
-                 narrow_slots.clamp(min=0), (narrow_slots >= 0).unsqueeze(1))
+    adapters = tuple(sorted(set(indices.tolist()) - {-1}))
+    order, segments, padded = None, [(0, 0, len(indices))], None
+    if adapters and (len(adapters) > 1 or bool((indices < 0).any())):
+        last = torch.where(indices >= 0, indices, indices.max() + 1)  # the tokens without an adapter sort last
+        order = torch.sort(last, stable=True).indices[: int((indices >= 0).sum())]
+        counts = torch.unique_consecutive(indices[order], return_counts=True)[1].tolist()
+        bounds = [0, *itertools.accumulate(counts)]
+        segments = [(position, bounds[position], bounds[position + 1]) for position in range(len(adapters))]
+        length = max(counts)
+        if len(adapters) * length <= 2 * len(order) + _PADDING:
+            rows = torch.zeros(len(adapters), length, dtype=torch.long)
+            real = torch.zeros(len(adapters), length, dtype=torch.bool)
+            for position, start, stop in segments:
+                rows[position, : stop - start], real[position, : stop - start] = order[start:stop], True
+            kept = None if bool(real.all()) else real.flatten().nonzero().squeeze(1)
+            rows = rows.flatten()
+            padded = (rows, kept, rows if kept is None else rows[kept], length)
+    plan = _Plan(indices.clone(), adapters, order, segments, padded)
     _plans[:] = [plan, *_plans[: _PLANS_KEPT - 1]]
     return plan
 
 
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of a batch's LoRA products: float32 for small batches (small bfloat16 products cost the CPU
+    more than float32's), the model's from ``_MATRIX_UNIT_ROWS`` tokens on (bfloat16 runs on the CPU's matrix
+    units: a prompt's LoRA products at a third of float32's time). The sum is rounded once into the output."""
+    return x.dtype if len(x) >= _MATRIX_UNIT_ROWS else torch.float32
+
+
+def _products(plan: _Plan, inputs: torch.Tensor, weights: tuple[torch.Tensor, ...]):
+    """``inputs`` (tokens, in) times each token's adapter's chain of ``weights`` ((adapters, in, ..), ..,
+    (adapters, .., out)), all of one dtype: (the rows, None for all, and their products)."""
+    if plan.order is None:  # one adapter for the whole batch
+        return None, functools.reduce(torch.matmul, [w[0] for w in weights], inputs)
+    if plan.padded is not None:
+        rows, kept, targets, length = plan.padded
+        padded = inputs[rows].view(len(plan.adapters), length, -1)
+        products = functools.reduce(torch.bmm, weights, padded).flatten(0, 1)
+        return targets, products if kept is None else products[kept]
+    inputs = inputs[plan.order]  # a prompt among them: a product per adapter, over its own tokens only
+    products = inputs.new_empty(len(inputs), weights[-1].shape[-1])
+    for position, start, stop in plan.segments:
+        products[start:stop] = functools.reduce(torch.matmul, [w[position] for w in weights], inputs[start:stop])
+    return plan.order, products
+
+
+def _add_rows(out: torch.Tensor, rows: torch.Tensor | None, products: torch.Tensor, scale: float) -> None:
+    """``out[rows] += products * scale`` (``rows`` None: every row), rounded once into ``out``."""
+    if rows is None:
+        out.add_(products, alpha=scale)
+    elif products.dtype == out.dtype:
+        out.index_add_(0, rows, products, alpha=scale)
+    else:  # float32 products into a bfloat16 output (few rows): summed in float32
+        out.add_(products.new_zeros(out.shape).index_copy_(0, rows, products), alpha=scale)
+
+
 @dataclass
-class _Rows:
-    """An adapter weight tensor (slots, n, k) laid out as rows (slots * k, n), for as long as it is unchanged."""
+class _Fused:
+    """One layer's weights for some adapter slots, as ``_products`` reads them, while vLLM leaves them as they
+    were (it loads an adapter into a slot in place)."""
 
-    of: weakref.ref  # the weight tensor these rows were made from
-    version: int  # its version counter then (vLLM writes a slot in place when it loads an adapter there)
-    rows: torch.Tensor | None = None  # made on the second use of the same version, so not while slots churn
+    of: weakref.ref  # the layer's first weight tensor (vLLM's stacked slots)
+    versions: tuple[int, ...]  # the version counters of all its tensors then
+    weights: tuple[torch.Tensor, ...]
+    used: int  # the ``_fused`` call that last read it
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.untyped_storage().nbytes() for w in self.weights)
 
 
-_rows: dict[int, _Rows] = {}
+_fused_kept: OrderedDict[tuple, _Fused] = OrderedDict()  # the least recently used first
+_calls = 0
 
 
-def _rows_of(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
-    """``weights`` (the (slots, n, k) view of ``stacked``) as rows for ``embedding_bag``, or None the first time a
-    version is seen: a copy of every slot costs more than a step's products while adapters come and go."""
-    entry = _rows.get(id(stacked))
-    if entry is None or entry.of() is not stacked or entry.version != stacked._version:
-        _rows[id(stacked)] = _Rows(weakref.ref(stacked), stacked._version)
-        return None
-    if entry.rows is None or entry.rows.dtype != weights.dtype:
-        entry.rows = weights.transpose(1, 2).reshape(-1, weights.shape[1]).contiguous()
-    return entry.rows
+def _fused(stacked: tuple[torch.Tensor, ...], adapters: tuple[int, ...], build, *extra) -> tuple[torch.Tensor, ...]:
+    """``build(index of adapters)`` for a layer's ``stacked`` weights, kept while the weights are unchanged and
+    fit in ``_FUSED_BYTES``. An entry read within the last ``_HOT_CALLS`` calls is never pushed out (the new one
+    is made anew per call instead), so a batch larger than the room costs conversions rather than evicting what
+    every step reads."""
+    global _calls
+    _calls += 1
+    key = (id(stacked[0]), adapters, *extra)
+    versions = tuple(t._version for t in stacked)
+    kept = _fused_kept.get(key)
+    if kept is not None and kept.of() is stacked[0] and kept.versions == versions:
+        kept.used = _calls
+        _fused_kept.move_to_end(key)
+        return kept.weights
+    _fused_kept.pop(key, None)
+    fused = _Fused(weakref.ref(stacked[0]), versions, build(torch.tensor(adapters)), _calls)
+    room = _FUSED_BYTES - sum(entry.nbytes for entry in _fused_kept.values()) - fused.nbytes
+    while room < 0 and _fused_kept and next(iter(_fused_kept.values())).used < _calls - _HOT_CALLS:
+        room += _fused_kept.popitem(last=False)[1].nbytes
+    if room >= 0:
+        _fused_kept[key] = fused
+    return fused.weights
 
 
 def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = True) -> None:
-    """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale.
-
-    Grouped as SGMV does (Punica, S-LoRA), so the cost follows the tokens, not the number of adapters: one
-    product per prompt, written in place (``addmm_``), and, where copying a weight matrix costs less than a tensor
-    operation (``_GATHER_MAX``: the embedded model's shapes), one batched product for all the decoding tokens over
-    their gathered weights. Larger matrices are never copied: a product per run of tokens. vLLM's own ops gather a
-    whole weight matrix per token, a prompt's hundreds included. Tokens with index -1 (no adapter) get nothing.
-    """
-    stacked = weights
-    if weights.dim() == 4:
-        weights = weights.squeeze(dim=1)
-    whole = weights.shape[1] == out.shape[1]  # every row of the weights is used, in ``out``'s dtype below
-    weights = weights[:, : out.shape[1]]
+    """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale
+    (``add`` False: set, not added). Tokens with index -1 (no adapter) get nothing. vLLM's own ops gather a whole
+    weight matrix per token, a prompt's hundreds included."""
     if not add:
         out.zero_()
     plan = _plan(indices)
-    if not plan.runs:  # no token of this batch has an adapter (base-model requests only)
+    if not plan.adapters:  # no token of this batch has an adapter (base-model requests only)
         return
-    if plan.single is not None:  # the common case: one adapter for the whole batch (only its slot converted)
-        if out.dtype == torch.float32:
-            out.addmm_(inputs.float(), weights[plan.single].float().T, alpha=scale)
-        else:  # small bfloat16 products cost the CPU twice float32's: computed in float32, rounded once
-            out.add_((inputs.float() @ weights[plan.single].float().T).to(out.dtype), alpha=scale)
-        return
-    weights = weights.to(dtype=out.dtype)
-    inputs = inputs.to(dtype=out.dtype)
-    gather = weights[0].numel() <= _GATHER_MAX
-    for slot, start, stop in plan.wide if gather else plan.runs:
-        out[start:stop].addmm_(inputs[start:stop], weights[slot].T, alpha=scale)
-    if not gather or not plan.narrow:
-        return
-    rows = torch.cat([inputs[start:stop] for start, stop in plan.narrow]) if len(plan.narrow) > 1 \
-        else inputs[plan.narrow[0][0] : plan.narrow[0][1]]
-    table = _rows_of(stacked, weights) if whole else None
-    if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
-        k = weights.shape[2]
-        picks = plan.narrow_slots.unsqueeze(1) * k + torch.arange(k)
-        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
-    else:
-        products = torch.bmm(weights[plan.narrow_slots], rows.unsqueeze(2)).squeeze(2)
-    products *= plan.narrow_mask
-    done = 0
-    for start, stop in plan.narrow:
-        out[start:stop].add_(products[done : done + stop - start], alpha=scale)
-        done += stop - start
+    width, dtype = out.shape[1], _dtype(inputs)
+
+    def build(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (_slots(weights, index)[:, :width].to(dtype).transpose(1, 2),)  # (adapters, in, width)
+
+    _add_rows(out, *_products(plan, inputs.to(dtype), _fused((weights,), plan.adapters, build, dtype, width)), scale)
 
 
 def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 import vllm.lora.ops.torch_ops.lora_ops as vllm_ops
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import cpu_lora_fix
 
@@ -39,13 +41,12 @@ def test_expand_slice_writes_only_its_slice():
     assert out[0, 3:7].eq(2).all() and out[1].eq(0).all() and out[2, 3:7].eq(2).all()
 
 
-@pytest.mark.parametrize("gather_max", [cpu_lora_fix._GATHER_MAX, 0], ids=["small matrices", "large matrices"])
-def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch, gather_max):
+@pytest.mark.parametrize("room", [cpu_lora_fix._FUSED_BYTES, 0], ids=["weights kept", "weights made per call"])
+def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch, room):
     """A decoding step of 64 adapters (one token each), a base-model token and two prompts: every token gets
-    exactly its adapter's delta, whether the weights are gathered, read as cached rows (from the second use of
-    the same weights), or multiplied per adapter (large matrices); and a slot rewritten in place (an adapter
-    loaded there) is read anew."""
-    monkeypatch.setattr(cpu_lora_fix, "_GATHER_MAX", gather_max)
+    exactly its adapter's delta, whether the adapters' weights are kept between calls or made anew (no room),
+    and a slot rewritten in place (an adapter loaded there) is read anew."""
+    monkeypatch.setattr(cpu_lora_fix, "_FUSED_BYTES", room)
     torch.manual_seed(1)
     slots = torch.tensor([*range(64), -1] + [5] * 20 + [7] * 12)  # two prompts of unequal length
     x = torch.randn(len(slots), 16)
@@ -59,7 +60,7 @@ def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch,
             assert torch.allclose(buffer[token], expected, atol=1e-4), (token, slot)
 
     check(slots)
-    check(slots.roll(7))  # the same weights again: the cached rows
+    check(slots.roll(7))  # the same weights again
     check(slots.roll(7))
     lora_a[3, 0].copy_(torch.randn(4, 16))  # vLLM loads another adapter into slot 3
     check(slots.roll(7))
@@ -106,13 +107,14 @@ def test_lora_linear_op_compiles_as_one_opaque_call_and_matches_token_by_token()
                           _reference_lora_linear(y, x, lora_a, lora_b, flipped, 0.5, output_slices), atol=1e-4)
 
 
-@pytest.mark.parametrize("slots", [[*range(16), -1, *range(15, -1, -1)], [5] * 12, [-1] * 6],
-                         ids=["16 adapters", "one adapter", "base only"])
+@pytest.mark.parametrize("slots", [[*range(16), -1, *range(15, -1, -1)], [5] * 12, [-1] * 6, [5] * 80,
+                                   [2] * 70 + [0, 1, -1, 3]],
+                         ids=["16 adapters", "one adapter", "base only", "one prompt", "a prompt among decoding"])
 def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
-    """At bfloat16 the layer's input, output and adapter weights are bfloat16 and the shrunk product float32 (as
-    vLLM keeps it): every token of a 16-adapter step, of a one-adapter batch (its products computed in float32)
-    and of a base-only batch (left as it was) gets exactly its own adapter's delta, on the first pass (gathered
-    weights) and on later ones (rows cached in the product's dtype), within bfloat16's rounding."""
+    """At bfloat16 the layer's input, output and adapter weights are bfloat16: every token of a 16-adapter step,
+    of a one-adapter batch and of a base-only batch (left as it was) gets exactly its own adapter's delta,
+    computed in float32; batches of ``_MATRIX_UNIT_ROWS`` tokens or more (prompts) compute it in bfloat16.
+    Within bfloat16's rounding, on the first call and on later ones (the weights kept)."""
     torch.manual_seed(3)
     slots = torch.tensor(slots)
     output_slices = [24, 8, 8]
@@ -122,11 +124,32 @@ def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
     y = torch.randn(len(slots), sum(output_slices)).bfloat16()
     expected = _reference_lora_linear(y.float(), x.float(), [a.float() for a in lora_a],
                                       [b.float() for b in lora_b], slots, 0.5, output_slices)
-    for _ in range(3):  # gathered, then rows made, then rows reused
+    for _ in range(3):
         out = y.clone()
         torch.ops.nl2dsl.lora_linear(out, x, lora_a, lora_b, slots, 0.5, output_slices)
         assert out.dtype == torch.bfloat16
         assert torch.allclose(out.float(), expected, rtol=2e-2, atol=5e-2)
+
+
+_batches = st.lists(st.tuples(st.integers(-1, 5), st.integers(1, 12)), min_size=1, max_size=12).map(
+    lambda runs: torch.tensor([slot for slot, count in runs for _ in range(count)]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=_batches, second=_batches, reload=st.integers(0, 5))
+def test_any_batch_gets_each_tokens_own_adapter_and_a_reloaded_slot_is_read_anew(first, second, reload):
+    """Property: for any batch (runs of any length of any slot, -1 among them) the op adds exactly each token's
+    own adapter's delta; after vLLM loads another adapter into a slot, the next batch reads the new weights."""
+    torch.manual_seed(4)
+    output_slices = [12, 4, 4]
+    lora_a = [torch.randn(6, 1, 4, 16) for _ in output_slices]
+    lora_b = [torch.randn(6, 1, size, 4) for size in output_slices]
+    for batch in (first, second):
+        x, y = torch.randn(len(batch), 16), torch.randn(len(batch), sum(output_slices))
+        expected = _reference_lora_linear(y, x, lora_a, lora_b, batch, 0.5, output_slices)
+        torch.ops.nl2dsl.lora_linear(y, x, lora_a, lora_b, batch, 0.5, output_slices)
+        assert torch.allclose(y, expected, atol=1e-4)
+        lora_b[1][reload, 0].copy_(torch.randn(4, 4))
 
 
 def _engine_config(model: str, **args):
