@@ -45,7 +45,10 @@ __all__ = ["CHECKED_VERSION", "ONE_PROCESS", "register"]
 CHECKED_VERSION = "0.32.0"
 #: ``additional_config`` key (vLLM's engine arguments): compute the model in the engine-core process.
 ONE_PROCESS = "nl2dsl_one_process"
+_FUSED_ADAPTERS = 8  # batches of up to this many adapters read a layer's weights for all of them as one matrix
 _PADDING = 8  # padded rows a batched product may add beyond as many as the batch's tokens with an adapter
+_WIDE = 8  # with more adapters: a run of this many tokens of one adapter (a prompt) gets a product of its own
+_GATHER_MAX = 64 * 1024  # ... and weight matrices up to this many values are copied per token, not looped over
 _PLANS_KEPT = 4
 _FUSED_BYTES = 512 * 1024 * 1024  # adapter weights kept per (layer, adapters of a batch, dtype), all layers together
 _MATRIX_UNIT_ROWS = 64  # from this many tokens in a batch, a bfloat16 model computes its LoRA products in bfloat16
@@ -136,6 +139,14 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
     plan = _plan(slots)
     if not plan.adapters:  # base-model requests only: nothing to add, and nothing to convert
         return
+    if plan.many is not None:
+        offset = 0
+        for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
+            shrunk = torch.zeros((x.size(0), a.shape[-2]), dtype=torch.float32)  # float32, as vLLM's own buffer
+            _add_per_token(shrunk, x, a, plan.many, scale)
+            _add_per_token(y[:, offset : offset + size], shrunk, b, plan.many, 1.0)
+            offset += size
+        return
     rank, dtype = lora_a[0].shape[-2], _dtype(x)
 
     def build(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -170,6 +181,8 @@ class _Plan:
     Segmented as SGMV does (Punica, S-LoRA): the tokens with an adapter sorted by adapter, and each adapter's
     weights multiplied once over all its tokens, so a layer costs a few tensor operations per adapter, whatever
     the tokens; when the adapters have like numbers of tokens (decoding), one batched product for all of them.
+    A batch of more than ``_FUSED_ADAPTERS`` adapters reads each token's own weights instead (``_Many``): its
+    adapters change from step to step, and a matrix of all their weights would be made anew each time.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
@@ -179,6 +192,19 @@ class _Plan:
     # When no segment is much longer than the rest, ``order`` padded to (adapters, length): the rows to read
     # (padding reads row 0), the positions that are not padding (None: all) and the rows they go to, and length.
     padded: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int] | None
+    many: _Many | None  # the batch as the per-token products read it, when it has more than _FUSED_ADAPTERS
+
+
+@dataclass(frozen=True)
+class _Many:
+    """A batch of many adapters, by runs: a long run (a prompt) gets one product over its rows, and the tokens
+    between long runs (one decoding token per sequence, typically) one product each with their own adapter."""
+
+    runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
+    wide: list[tuple[int, int, int]]  # the long runs
+    narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
+    narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
+    narrow_mask: torch.Tensor  # ... and which of them have an adapter, (tokens, 1)
 
 
 _plans: list[_Plan] = []  # the most recent first; a step alternates between token and sampler indices
@@ -190,8 +216,10 @@ def _plan(indices: torch.Tensor) -> _Plan:
         if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
             return plan
     adapters = tuple(sorted(set(indices.tolist()) - {-1}))
-    order, segments, padded = None, [(0, 0, len(indices))], None
-    if adapters and (len(adapters) > 1 or bool((indices < 0).any())):
+    order, segments, padded, many = None, [(0, 0, len(indices))], None, None
+    if len(adapters) > _FUSED_ADAPTERS:
+        many = _many(indices)
+    elif adapters and (len(adapters) > 1 or bool((indices < 0).any())):
         last = torch.where(indices >= 0, indices, indices.max() + 1)  # the tokens without an adapter sort last
         order = torch.sort(last, stable=True).indices[: int((indices >= 0).sum())]
         counts = torch.unique_consecutive(indices[order], return_counts=True)[1].tolist()
@@ -206,9 +234,27 @@ def _plan(indices: torch.Tensor) -> _Plan:
             kept = None if bool(real.all()) else real.flatten().nonzero().squeeze(1)
             rows = rows.flatten()
             padded = (rows, kept, rows if kept is None else rows[kept], length)
-    plan = _Plan(indices.clone(), adapters, order, segments, padded)
+    plan = _Plan(indices.clone(), adapters, order, segments, padded, many)
     _plans[:] = [plan, *_plans[: _PLANS_KEPT - 1]]
     return plan
+
+
+def _many(indices: torch.Tensor) -> _Many:
+    slots, counts = torch.unique_consecutive(indices, return_counts=True)
+    runs, start = [], 0
+    for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
+        runs.append((slot, start, start + count))
+        start += count
+    long = [run for run in runs if run[2] - run[1] >= _WIDE]
+    narrow, position = [], 0
+    for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
+        if run_start > position:
+            narrow.append((position, run_start))
+        position = run_stop
+    rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
+    narrow_slots = indices[rows]
+    return _Many([r for r in runs if r[0] >= 0], [r for r in long if r[0] >= 0], narrow, narrow_slots.clamp(min=0),
+                 (narrow_slots >= 0).unsqueeze(1))
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
@@ -297,12 +343,71 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     plan = _plan(indices)
     if not plan.adapters:  # no token of this batch has an adapter (base-model requests only)
         return
+    if plan.many is not None:
+        _add_per_token(out, inputs, weights, plan.many, scale)
+        return
     width, dtype = out.shape[1], _dtype(inputs)
 
     def build(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (_slots(weights, index)[:, :width].to(dtype).transpose(1, 2),)  # (adapters, in, width)
 
     _add_rows(out, *_products(plan, inputs.to(dtype), _fused((weights,), plan.adapters, build, dtype, width)), scale)
+
+
+@dataclass
+class _Rows:
+    """An adapter weight tensor (slots, n, k) laid out as rows (slots * k, n), for as long as it is unchanged."""
+
+    of: weakref.ref  # the weight tensor these rows were made from
+    version: int  # its version counter then (vLLM writes a slot in place when it loads an adapter there)
+    rows: torch.Tensor | None = None  # made on the second use of the same version, so not while slots churn
+
+
+_rows: dict[int, _Rows] = {}
+
+
+def _rows_of(stacked: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``weights`` (the (slots, n, k) view of ``stacked``) as rows for ``embedding_bag`` in ``dtype``, or None the
+    first time a version is seen: a copy of every slot costs more than a step's products while adapters come and
+    go."""
+    entry = _rows.get(id(stacked))
+    if entry is None or entry.of() is not stacked or entry.version != stacked._version:
+        _rows[id(stacked)] = _Rows(weakref.ref(stacked), stacked._version)
+        return None
+    if entry.rows is None or entry.rows.dtype != dtype:
+        entry.rows = weights.transpose(1, 2).reshape(-1, weights.shape[1]).to(dtype).contiguous()
+    return entry.rows
+
+
+def _add_per_token(out, inputs, stacked, many: _Many, scale: float) -> None:
+    """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale,
+    for a batch of many adapters: one product per prompt, written in place (``addmm_``), and, where copying a
+    weight matrix costs less than a tensor operation (``_GATHER_MAX``: the embedded model's shapes), one batched
+    product for all the decoding tokens, each summing its adapter's rows (``embedding_bag``) or over its gathered
+    weights. Larger matrices are never copied: a product per run of tokens."""
+    weights = stacked.reshape(-1, *stacked.shape[-2:])
+    whole = weights.shape[1] == out.shape[1]  # every row of the weights is used, in ``out``'s dtype below
+    weights, dtype = weights[:, : out.shape[1]], out.dtype  # only the slots read are converted to ``dtype``
+    inputs = inputs.to(dtype=dtype)
+    gather = weights[0].numel() <= _GATHER_MAX
+    for slot, start, stop in many.wide if gather else many.runs:
+        out[start:stop].addmm_(inputs[start:stop], weights[slot].to(dtype).T, alpha=scale)
+    if not gather or not many.narrow:
+        return
+    rows = torch.cat([inputs[start:stop] for start, stop in many.narrow]) if len(many.narrow) > 1 \
+        else inputs[many.narrow[0][0] : many.narrow[0][1]]
+    table = _rows_of(stacked, weights, dtype) if whole else None
+    if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
+        k = weights.shape[2]
+        picks = many.narrow_slots.unsqueeze(1) * k + torch.arange(k)
+        products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
+    else:
+        products = torch.bmm(weights[many.narrow_slots].to(dtype), rows.unsqueeze(2)).squeeze(2)
+    products *= many.narrow_mask
+    done = 0
+    for start, stop in many.narrow:
+        out[start:stop].add_(products[done : done + stop - start], alpha=scale)
+        done += stop - start
 
 
 def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):

@@ -41,12 +41,17 @@ def test_expand_slice_writes_only_its_slice():
     assert out[0, 3:7].eq(2).all() and out[1].eq(0).all() and out[2, 3:7].eq(2).all()
 
 
-@pytest.mark.parametrize("room", [cpu_lora_fix._FUSED_BYTES, 0], ids=["weights kept", "weights made per call"])
-def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch, room):
+@pytest.mark.parametrize(("fused_adapters", "room"), [(8, cpu_lora_fix._FUSED_BYTES), (64, cpu_lora_fix._FUSED_BYTES),
+                                                      (64, 0)],
+                         ids=["each token's own weights", "one matrix, kept", "one matrix, made per call"])
+def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch, fused_adapters, room):
     """A decoding step of 64 adapters (one token each), a base-model token and two prompts: every token gets
-    exactly its adapter's delta, whether the adapters' weights are kept between calls or made anew (no room),
-    and a slot rewritten in place (an adapter loaded there) is read anew."""
+    exactly its adapter's delta, whether it reads its own adapter's weights (more adapters than
+    ``_FUSED_ADAPTERS``) or the batch's as one matrix, kept between calls or made anew (no room); and a slot
+    rewritten in place (an adapter loaded there) is read anew."""
+    monkeypatch.setattr(cpu_lora_fix, "_FUSED_ADAPTERS", fused_adapters)
     monkeypatch.setattr(cpu_lora_fix, "_FUSED_BYTES", room)
+    monkeypatch.setattr(cpu_lora_fix, "_plans", [])
     torch.manual_seed(1)
     slots = torch.tensor([*range(64), -1] + [5] * 20 + [7] * 12)  # two prompts of unequal length
     x = torch.randn(len(slots), 16)
@@ -135,11 +140,23 @@ _batches = st.lists(st.tuples(st.integers(-1, 5), st.integers(1, 12)), min_size=
     lambda runs: torch.tensor([slot for slot, count in runs for _ in range(count)]))
 
 
+@pytest.mark.parametrize("fused_adapters", [8, 0], ids=["one matrix", "each token's own weights"])
 @settings(max_examples=60, deadline=None)
 @given(first=_batches, second=_batches, reload=st.integers(0, 5))
-def test_any_batch_gets_each_tokens_own_adapter_and_a_reloaded_slot_is_read_anew(first, second, reload):
+def test_any_batch_gets_each_tokens_own_adapter_and_a_reloaded_slot_is_read_anew(fused_adapters, first, second,
+                                                                                 reload):
     """Property: for any batch (runs of any length of any slot, -1 among them) the op adds exactly each token's
-    own adapter's delta; after vLLM loads another adapter into a slot, the next batch reads the new weights."""
+    own adapter's delta, by either path; after vLLM loads another adapter into a slot, the next batch reads the
+    new weights."""
+    kept = cpu_lora_fix._FUSED_ADAPTERS
+    cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._plans[:] = fused_adapters, []
+    try:
+        _check_two_batches(first, second, reload)
+    finally:
+        cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._plans[:] = kept, []
+
+
+def _check_two_batches(first: torch.Tensor, second: torch.Tensor, reload: int) -> None:
     torch.manual_seed(4)
     output_slices = [12, 4, 4]
     lora_a = [torch.randn(6, 1, 4, 16) for _ in output_slices]
