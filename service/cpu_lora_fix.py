@@ -135,7 +135,8 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
     """``y[:, slice i] += (x @ lora_a[i][slot] * scale) @ lora_b[i][slot]`` for each token's adapter slot (-1: none).
 
     The slices' weights are read as one matrix each way (``_fused``): every slice's shrinking rows one after
-    another, and their expanding rows block-diagonal, so a layer is one chain of two products per adapter."""
+    another, and their expanding rows block-diagonal, so a layer is one chain of two products per adapter. A
+    batch of more than ``_FUSED_ADAPTERS`` adapters goes slice by slice, token by token (``_add_per_token``)."""
     plan = _plan(slots)
     if not plan.adapters:  # base-model requests only: nothing to add, and nothing to convert
         return
@@ -240,6 +241,7 @@ def _plan(indices: torch.Tensor) -> _Plan:
 
 
 def _many(indices: torch.Tensor) -> _Many:
+    """The runs of ``indices`` for the per-token products."""
     slots, counts = torch.unique_consecutive(indices, return_counts=True)
     runs, start = [], 0
     for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
