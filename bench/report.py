@@ -456,6 +456,10 @@ adapters went from 113 to 147 tokens/s with 1 adapter and from 97 to 124 with 8.
   with 8 adapters.
 - cpu_peer keeps four engines open and takes turns, and the one measured before sometimes still spins. The
   A/B with one engine is the cleaner comparison; this table is what the goal reads.
+- Tried for concurrency 1: inductor's C++ wrapper (`inductor_compile_config={"cpp_wrapper": True}`), to call
+  the compiled graph's kernels and ops without Python in between. torch 2.13 fails at the engine's start: one
+  of the graph's custom ops takes an argument its C++ wrapper cannot pass yet (`arg type PyObject is not yet
+  supported by custom_op_wrapper`).
 """
 
 
