@@ -456,6 +456,14 @@ adapters went from 113 to 147 tokens/s with 1 adapter and from 97 to 124 with 8.
   with 8 adapters.
 - cpu_peer keeps four engines open and takes turns, and the one measured before sometimes still spins. The
   A/B with one engine is the cleaner comparison; this table is what the goal reads.
+- **Where the 8-adapter time goes** (`py-spy record` on the engine-core process, 20 s each, cpu_peer's mixed
+  workload in a loop on one bfloat16 engine: 147 tokens/s with 1 adapter, 109 with 8). The LoRA op is 15% of
+  the samples with one adapter and 28% with 8. Its products take about the same share both ways (12.7% and
+  14.8%). The difference is copying rows in and out of the padded batch: gathering the inputs 6.1%, dropping
+  the padding rows 3.4%, adding the rows back (`index_add_`) 3.8%, and the float32 add for small batches
+  1.4%. vLLM's own per-step work outside the model is under 1.5% both ways. To close the gap, the op would
+  have to multiply the tokens where they sit. With the matrix products torch offers, that means a product per
+  run, which cost more ("tried and taken back", above).
 - Tried for concurrency 1: inductor's C++ wrapper (`inductor_compile_config={"cpp_wrapper": True}`), to call
   the compiled graph's kernels and ops without Python in between. torch 2.13 fails at the engine's start: one
   of the graph's custom ops takes an argument its C++ wrapper cannot pass yet (`arg type PyObject is not yet
