@@ -309,6 +309,7 @@ class _Fused:
 
 
 _fused_kept: OrderedDict[tuple, _Fused] = OrderedDict()  # the least recently used first
+_fused_bytes = 0  # their ``nbytes`` together
 _calls = 0
 
 
@@ -317,7 +318,7 @@ def _fused(stacked: tuple[torch.Tensor, ...], adapters: tuple[int, ...], build, 
     fit in ``_FUSED_BYTES``. An entry read within the last ``_HOT_CALLS`` calls is never pushed out (the new one
     is made anew per call instead), so a batch larger than the room costs conversions rather than evicting what
     every step reads."""
-    global _calls
+    global _calls, _fused_bytes
     _calls += 1
     key = (id(stacked[0]), adapters, *extra)
     versions = tuple(t._version for t in stacked)
@@ -326,13 +327,15 @@ def _fused(stacked: tuple[torch.Tensor, ...], adapters: tuple[int, ...], build, 
         kept.used = _calls
         _fused_kept.move_to_end(key)
         return kept.weights
-    _fused_kept.pop(key, None)
+    if kept is not None:  # made from weights vLLM has since rewritten
+        _fused_bytes -= _fused_kept.pop(key).nbytes
     fused = _Fused(weakref.ref(stacked[0]), versions, build(torch.tensor(adapters)), _calls)
-    room = _FUSED_BYTES - sum(entry.nbytes for entry in _fused_kept.values()) - fused.nbytes
-    while room < 0 and _fused_kept and next(iter(_fused_kept.values())).used < _calls - _HOT_CALLS:
-        room += _fused_kept.popitem(last=False)[1].nbytes
-    if room >= 0:
+    while _fused_bytes + fused.nbytes > _FUSED_BYTES and _fused_kept \
+            and next(iter(_fused_kept.values())).used < _calls - _HOT_CALLS:
+        _fused_bytes -= _fused_kept.popitem(last=False)[1].nbytes
+    if _fused_bytes + fused.nbytes <= _FUSED_BYTES:
         _fused_kept[key] = fused
+        _fused_bytes += fused.nbytes
     return fused.weights
 
 
