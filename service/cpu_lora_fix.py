@@ -4,10 +4,11 @@ The bug (docs/PLATFORM.md): the CPU LoRA ops index the stacked adapter weights w
 index, and a token with no adapter has index -1, which Python reads as "the last slot": a base request
 batched with adapter requests silently gets the last slot's adapter. The GPU kernels skip -1.
 The cost: those ops gather a full weight matrix per token, so a long prompt's prefill copies every LoRA
-matrix once per prompt token. The replacements sort the batch's tokens by adapter and multiply each adapter's
-weights once over all its tokens (SGMV's segments), with a layer's weights for the batch's adapters kept ready
-between steps, so a layer costs a few tensor operations per adapter, whatever the tokens; and they give index -1
-no LoRA delta (bench/lora_ops.py measures them against vLLM's own).
+matrix once per prompt token. The replacements multiply each adapter's weights once over all its tokens (SGMV's
+segments), with a layer's weights for the batch's adapters kept ready between steps, so a layer costs a few
+tensor operations per adapter, whatever the tokens; and they give index -1 no LoRA delta (bench/lora_ops.py
+measures them against vLLM's own). The model runner's batch is kept grouped by adapter, so an adapter's tokens
+are one run of rows, read and written where they sit.
 
 Compiled with LoRA on: vLLM 0.32's CPU platform turns torch.compile off whenever LoRA is enabled
 (``CpuPlatform.check_and_update_config``), because its LoRA wrapper branches in Python on the batch (prefill or
@@ -38,6 +39,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["CHECKED_VERSION", "ONE_PROCESS", "register"]
@@ -49,6 +51,7 @@ _FUSED_ADAPTERS = 8  # batches of up to this many adapters read a layer's weight
 _PADDING = 8  # padded rows a batched product may add beyond as many as the batch's tokens with an adapter
 _WIDE = 8  # with more adapters: a run of this many tokens of one adapter (a prompt) gets a product of its own
 _GATHER_MAX = 64 * 1024  # ... and weight matrices up to this many values are copied per token, not looped over
+_SEGMENT_ROWS = 16  # a grouped batch with this many tokens per adapter or more: a product per adapter, in place
 _PLANS_KEPT = 4
 _FUSED_BYTES = 512 * 1024 * 1024  # adapter weights kept per (layer, adapters of a batch, dtype), all layers together
 _MATRIX_UNIT_ROWS = 64  # from this many tokens in a batch, a bfloat16 model computes its LoRA products in bfloat16
@@ -75,6 +78,7 @@ def register() -> None:
             setattr(module, name, fn)
     punica_cpu.PunicaWrapperCPU.add_lora_linear = _add_lora_linear
     _patch_cpu_platform()
+    _patch_batch_order()
     ops._nl2dsl_patched = True
 
 
@@ -112,6 +116,43 @@ def _patch_cpu_platform() -> None:
         return loaded
 
     torch.compiler.load_compiled_function = load_compiled_function
+
+
+def _patch_batch_order() -> None:
+    """Keep the CPU model runner's batch grouped by adapter, so that each adapter's tokens are one run of rows
+    that the LoRA products read and write in place (``_Plan``). vLLM reorders the batch in
+    ``_may_reorder_batch`` for attention backends that ask (MLA puts decodes first); the CPU backend asks for
+    nothing, so the order is free."""
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    reorder = CPUModelRunner._may_reorder_batch
+
+    def _may_reorder_batch(self, scheduler_output) -> None:
+        reorder(self, scheduler_output)
+        if self.lora_config is not None and self.reorder_batch_threshold is None:
+            _group_by_adapter(self.input_batch)
+
+    CPUModelRunner._may_reorder_batch = _may_reorder_batch
+
+
+def _group_by_adapter(batch) -> None:
+    """Reorder vLLM's persistent ``InputBatch`` so that requests of one adapter sit together, ordered by adapter
+    id, base-model requests last; requests of one adapter keep their order. Once grouped, a step moves only the
+    requests that arrived or were moved into a finished one's place."""
+    count = batch.num_reqs
+    adapters = batch.request_lora_mapping[:count]
+    keys = np.where(adapters == 0, np.iinfo(np.int64).max, adapters)
+    wanted = np.argsort(keys, kind="stable")  # wanted[i]: the request (by its place now) to put at place i
+    if (wanted == np.arange(count)).all():
+        return
+    place = list(range(count))  # place[r]: where request r (by its place at the start) is now
+    at = list(range(count))  # at[i]: which request is at place i now
+    for i, request in enumerate(wanted.tolist()):
+        j = place[request]
+        if j != i:
+            batch.swap_states(i, j)
+            place[at[i]], place[request] = j, i
+            at[i], at[j] = request, at[i]
 
 
 def _add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked, lora_b_stacked, scale: float,
@@ -179,20 +220,25 @@ def _slots(stacked: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class _Plan:
     """Which tokens meet which adapter's weights, worked out once per batch (every LoRA layer reuses it).
 
-    Segmented as SGMV does (Punica, S-LoRA): the tokens with an adapter sorted by adapter, and each adapter's
+    Segmented as SGMV does (Punica, S-LoRA): the tokens with an adapter taken by adapter, and each adapter's
     weights multiplied once over all its tokens, so a layer costs a few tensor operations per adapter, whatever
     the tokens; when the adapters have like numbers of tokens (decoding), one batched product for all of them.
-    A batch of more than ``_FUSED_ADAPTERS`` adapters reads each token's own weights instead (``_Many``): its
-    adapters change from step to step, and a matrix of all their weights would be made anew each time.
+    vLLM's batch comes grouped by adapter (``_group_by_adapter``), so the tokens are read where they sit; a batch
+    that is not (a test's, another caller's) is sorted into a copy first. A batch of more than
+    ``_FUSED_ADAPTERS`` adapters reads each token's own weights instead (``_Many``): its adapters change from step
+    to step, and a matrix of all their weights would be made anew each time.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
-    adapters: tuple[int, ...]  # the batch's slots, sorted
-    order: torch.Tensor | None  # the tokens with an adapter, by adapter (None: every token has the one adapter)
+    adapters: tuple[int, ...]  # the batch's slots, in the order ``segments`` read them
+    # The tokens with an adapter, by adapter: a slice of the batch when it is grouped, else their rows (None:
+    # every token has the one adapter).
+    order: slice | torch.Tensor | None
     segments: list[tuple[int, int, int]]  # (position in ``adapters``, start, stop) in ``order``
     # When no segment is much longer than the rest, ``order`` padded to (adapters, length): the rows to read
-    # (padding reads row 0), the positions that are not padding (None: all) and the rows they go to, and length.
-    padded: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int] | None
+    # (padding reads row 0; None: ``order`` itself, every segment of that length), the positions that are not
+    # padding (None: all) and the rows they go to, and length.
+    padded: tuple[torch.Tensor | None, torch.Tensor | None, slice | torch.Tensor, int] | None
     many: _Many | None  # the batch as the per-token products read it, when it has more than _FUSED_ADAPTERS
 
 
@@ -216,37 +262,57 @@ def _plan(indices: torch.Tensor) -> _Plan:
     for plan in _plans:
         if plan.indices.shape == indices.shape and torch.equal(plan.indices, indices):
             return plan
-    adapters = tuple(sorted(set(indices.tolist()) - {-1}))
+    runs = _runs(indices)
+    with_adapter = [run for run in runs if run[0] >= 0]
+    adapters = tuple(sorted({slot for slot, _, _ in with_adapter}))
     order, segments, padded, many = None, [(0, 0, len(indices))], None, None
     if len(adapters) > _FUSED_ADAPTERS:
-        many = _many(indices)
-    elif adapters and (len(adapters) > 1 or bool((indices < 0).any())):
+        many = _many(indices, runs)
+    elif len(with_adapter) == len(adapters) and all(a[2] == b[1] for a, b in itertools.pairwise(with_adapter)):
+        if adapters and (len(adapters) > 1 or len(runs) > 1):  # grouped (vLLM's batches): read in place
+            adapters, start = tuple(slot for slot, _, _ in with_adapter), with_adapter[0][1]
+            order = slice(start, with_adapter[-1][2])
+            segments = [(position, a - start, b - start) for position, (_, a, b) in enumerate(with_adapter)]
+            counts = [b - a for _, a, b in with_adapter]
+            if len(adapters) > 1 and len(set(counts)) == 1:  # decoding: one batched product over a view
+                padded = (None, None, order, counts[0])
+            elif len(adapters) > 1 and sum(counts) < _SEGMENT_ROWS * len(adapters):
+                padded = _padded(torch.arange(order.start, order.stop), segments, counts)
+    elif adapters:
         last = torch.where(indices >= 0, indices, indices.max() + 1)  # the tokens without an adapter sort last
         order = torch.sort(last, stable=True).indices[: int((indices >= 0).sum())]
         counts = torch.unique_consecutive(indices[order], return_counts=True)[1].tolist()
         bounds = [0, *itertools.accumulate(counts)]
         segments = [(position, bounds[position], bounds[position + 1]) for position in range(len(adapters))]
-        length = max(counts)
-        if len(adapters) * length <= 2 * len(order) + _PADDING:
-            rows = torch.zeros(len(adapters), length, dtype=torch.long)
-            real = torch.zeros(len(adapters), length, dtype=torch.bool)
-            for position, start, stop in segments:
-                rows[position, : stop - start], real[position, : stop - start] = order[start:stop], True
-            kept = None if bool(real.all()) else real.flatten().nonzero().squeeze(1)
-            rows = rows.flatten()
-            padded = (rows, kept, rows if kept is None else rows[kept], length)
+        padded = _padded(order, segments, counts)
     plan = _Plan(indices.clone(), adapters, order, segments, padded, many)
     _plans[:] = [plan, *_plans[: _PLANS_KEPT - 1]]
     return plan
 
 
-def _many(indices: torch.Tensor) -> _Many:
-    """The runs of ``indices`` for the per-token products."""
+def _runs(indices: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(slot, start, stop) of each run of one slot in ``indices``."""
     slots, counts = torch.unique_consecutive(indices, return_counts=True)
-    runs, start = [], 0
-    for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
-        runs.append((slot, start, start + count))
-        start += count
+    bounds = [0, *itertools.accumulate(counts.tolist())]
+    return [(slot, bounds[i], bounds[i + 1]) for i, slot in enumerate(slots.tolist())]
+
+
+def _padded(order: torch.Tensor, segments: list[tuple[int, int, int]], counts: list[int]):
+    """``_Plan.padded`` for the rows ``order`` cut into ``segments``, or None when padding would add too many."""
+    length = max(counts)
+    if len(counts) * length > 2 * len(order) + _PADDING:
+        return None
+    rows = torch.zeros(len(counts), length, dtype=torch.long)
+    real = torch.zeros(len(counts), length, dtype=torch.bool)
+    for position, start, stop in segments:
+        rows[position, : stop - start], real[position, : stop - start] = order[start:stop], True
+    kept = None if bool(real.all()) else real.flatten().nonzero().squeeze(1)
+    rows = rows.flatten()
+    return rows, kept, rows if kept is None else rows[kept], length
+
+
+def _many(indices: torch.Tensor, runs: list[tuple[int, int, int]]) -> _Many:
+    """The ``runs`` of ``indices`` for the per-token products."""
     long = [run for run in runs if run[2] - run[1] >= _WIDE]
     narrow, position = [], 0
     for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
@@ -273,20 +339,23 @@ def _products(plan: _Plan, inputs: torch.Tensor, weights: tuple[torch.Tensor, ..
         return None, functools.reduce(torch.matmul, [w[0] for w in weights], inputs)
     if plan.padded is not None:
         rows, kept, targets, length = plan.padded
-        padded = inputs[rows].view(len(plan.adapters), length, -1)
+        padded = inputs[plan.order if rows is None else rows].reshape(len(plan.adapters), length, -1)
         products = functools.reduce(torch.bmm, weights, padded).flatten(0, 1)
         return targets, products if kept is None else products[kept]
     inputs = inputs[plan.order]  # a prompt among them: a product per adapter, over its own tokens only
     products = inputs.new_empty(len(inputs), weights[-1].shape[-1])
     for position, start, stop in plan.segments:
-        products[start:stop] = functools.reduce(torch.matmul, [w[position] for w in weights], inputs[start:stop])
+        chain = functools.reduce(torch.matmul, [w[position] for w in weights[:-1]], inputs[start:stop])
+        torch.matmul(chain, weights[-1][position], out=products[start:stop])
     return plan.order, products
 
 
-def _add_rows(out: torch.Tensor, rows: torch.Tensor | None, products: torch.Tensor, scale: float) -> None:
+def _add_rows(out: torch.Tensor, rows: slice | torch.Tensor | None, products: torch.Tensor, scale: float) -> None:
     """``out[rows] += products * scale`` (``rows`` None: every row), rounded once into ``out``."""
     if rows is None:
         out.add_(products, alpha=scale)
+    elif isinstance(rows, slice):
+        out[rows].add_(products, alpha=scale)
     elif products.dtype == out.dtype:
         out.index_add_(0, rows, products, alpha=scale)
     else:  # float32 products into a bfloat16 output (few rows): summed in float32

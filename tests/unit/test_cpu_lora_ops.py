@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import vllm.lora.ops.torch_ops.lora_ops as vllm_ops
@@ -136,8 +137,15 @@ def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
         assert torch.allclose(out.float(), expected, rtol=2e-2, atol=5e-2)
 
 
-_batches = st.lists(st.tuples(st.integers(-1, 5), st.integers(1, 12)), min_size=1, max_size=12).map(
-    lambda runs: torch.tensor([slot for slot, count in runs for _ in range(count)]))
+_runs = st.lists(st.tuples(st.integers(-1, 5), st.integers(1, 12)), min_size=1, max_size=12)
+_scattered = _runs.map(lambda runs: torch.tensor([slot for slot, count in runs for _ in range(count)]))
+# As vLLM's batch comes (``_group_by_adapter``): one run per adapter, base-model tokens after them, and tokens
+# of like counts (decoding), of unlike counts, or long runs (prompts).
+_grouped = st.tuples(st.permutations(range(6)), st.integers(1, 6),
+                     st.lists(st.integers(1, 40), min_size=6, max_size=6) | st.integers(1, 3).map(lambda n: [n] * 6),
+                     st.integers(0, 5)).map(
+    lambda g: torch.tensor([s for s in g[0][: g[1]] for _ in range(g[2][s])] + [-1] * g[3]))
+_batches = _scattered | _grouped
 
 
 @pytest.mark.parametrize("fused_adapters", [8, 0], ids=["one matrix", "each token's own weights"])
@@ -205,3 +213,47 @@ def test_the_cpu_platform_computes_the_model_in_the_engine_core_process_when_ask
 
     assert backend() == "mp"
     assert backend(**{cpu_lora_fix.ONE_PROCESS: True}) == "uni"
+
+
+class _Batch:
+    """vLLM's ``InputBatch`` as ``_group_by_adapter`` uses it: request ids, their adapter ids, and swaps."""
+
+    def __init__(self, adapters: list[int]):
+        self.req_ids = [f"r{i}" for i in range(len(adapters))]
+        self.request_lora_mapping = np.array(adapters + [0] * 4, dtype=np.int64)  # room beyond num_reqs
+        self.swaps = 0
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.req_ids)
+
+    def swap_states(self, i: int, j: int) -> None:
+        self.swaps += 1
+        self.req_ids[i], self.req_ids[j] = self.req_ids[j], self.req_ids[i]
+        mapping = self.request_lora_mapping
+        mapping[i], mapping[j] = mapping[j], mapping[i]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=40))
+def test_the_batch_is_grouped_by_adapter_keeping_each_adapters_order(adapters):
+    """Property: after ``_group_by_adapter`` every adapter's requests sit together, by adapter id, base-model
+    requests (id 0) last, each group in the order it had; every request is still there; grouping again moves
+    nothing."""
+    batch = _Batch(adapters)
+    cpu_lora_fix._group_by_adapter(batch)
+    wanted = sorted(range(len(adapters)), key=lambda i: (adapters[i] == 0, adapters[i]))
+    assert batch.req_ids == [f"r{i}" for i in wanted]
+    assert batch.request_lora_mapping[: len(adapters)].tolist() == [adapters[i] for i in wanted]
+    assert batch.swaps < max(len(adapters), 1)
+    before = batch.swaps
+    cpu_lora_fix._group_by_adapter(batch)
+    assert batch.swaps == before
+
+
+def test_the_cpu_model_runner_groups_its_batch_by_adapter_on_the_checked_vllm():
+    """The plugin hooks vLLM 0.32's reorder step of the CPU model runner; fails when vLLM moves it."""
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    cpu_lora_fix.register()
+    assert CPUModelRunner._may_reorder_batch.__module__ == cpu_lora_fix.__name__
