@@ -37,7 +37,7 @@ import importlib.metadata
 import itertools
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -177,17 +177,10 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
 
     The slices' weights are read as one matrix each way (``_fused``): every slice's shrinking rows one after
     another, and their expanding rows block-diagonal, so a layer is one chain of two products per adapter. A
-    batch of more than ``_FUSED_ADAPTERS`` adapters goes slice by slice, token by token (``_add_per_token``)."""
+    batch of more than ``_FUSED_ADAPTERS`` adapters reads a prompt's adapter alone that way, and its other tokens'
+    adapters slice by slice, token by token (``_add_per_token``)."""
     plan = _plan(slots)
     if not plan.adapters:  # base-model requests only: nothing to add, and nothing to convert
-        return
-    if plan.many is not None:
-        offset = 0
-        for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
-            shrunk = torch.zeros((x.size(0), a.shape[-2]), dtype=torch.float32)  # float32, as vLLM's own buffer
-            _add_per_token(shrunk, x, a, plan.many, scale)
-            _add_per_token(y[:, offset : offset + size], shrunk, b, plan.many, 1.0)
-            offset += size
         return
     rank, dtype = lora_a[0].shape[-2], _dtype(x)
 
@@ -200,6 +193,19 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
             offset += size
         return a.transpose(1, 2), b
 
+    if plan.many is not None:
+        for slot, start, stop in plan.many.wide:  # a prompt: its adapter's weights as one matrix each way
+            a, b = _fused((*lora_a, *lora_b), (slot,), build, dtype)
+            y[start:stop].add_(x[start:stop].to(dtype) @ a[0] @ b[0], alpha=scale)
+        if plan.many.narrow_runs:  # all slices shrink at once, into float32 as vLLM's own buffer
+            shrunk = torch.zeros((x.size(0), len(lora_a) * rank), dtype=torch.float32)
+            _add_per_token(shrunk, x, tuple(lora_a), plan.many, scale, wide=False)
+            offset = 0
+            for i, (b, size) in enumerate(zip(lora_b, output_slices, strict=True)):
+                _add_per_token(y[:, offset : offset + size], shrunk[:, i * rank : (i + 1) * rank], (b,), plan.many,
+                               1.0, wide=False)
+                offset += size
+        return
     _add_rows(y, *_products(plan, x.to(dtype), _fused((*lora_a, *lora_b), plan.adapters, build, dtype)), scale)
 
 
@@ -249,9 +255,17 @@ class _Many:
 
     runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
     wide: list[tuple[int, int, int]]  # the long runs
+    narrow_runs: list[tuple[int, int, int]]  # the others
     narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
     narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
-    narrow_mask: torch.Tensor  # ... and which of them have an adapter, (tokens, 1)
+    narrow_mask: torch.Tensor | None  # ... and which of them have an adapter, (tokens, 1) (None: all)
+    picks: dict[int, torch.Tensor] = field(default_factory=dict)  # ``embedding_bag``'s rows, by weight width
+
+    def picks_of(self, width: int) -> torch.Tensor:
+        """The rows of a (slots * width, n) table that each narrow token sums: its slot's ``width`` rows."""
+        if width not in self.picks:
+            self.picks[width] = self.narrow_slots.unsqueeze(1) * width + torch.arange(width)
+        return self.picks[width]
 
 
 _plans: list[_Plan] = []  # the most recent first; a step alternates between token and sampler indices
@@ -321,7 +335,9 @@ def _many(indices: torch.Tensor, runs: list[tuple[int, int, int]]) -> _Many:
         position = run_stop
     rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
     narrow_slots = indices[rows]
-    return _Many([r for r in runs if r[0] >= 0], [r for r in long if r[0] >= 0], narrow, narrow_slots.clamp(min=0),
+    with_adapter = [r for r in runs if r[0] >= 0]
+    return _Many(with_adapter, [r for r in long if r[0] >= 0], [r for r in with_adapter if r[2] - r[1] < _WIDE],
+                 narrow, narrow_slots.clamp(min=0), None if bool((narrow_slots >= 0).all()) else
                  (narrow_slots >= 0).unsqueeze(1))
 
 
@@ -418,7 +434,7 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     if not plan.adapters:  # no token of this batch has an adapter (base-model requests only)
         return
     if plan.many is not None:
-        _add_per_token(out, inputs, weights, plan.many, scale)
+        _add_per_token(out, inputs, (weights,), plan.many, scale)
         return
     width, dtype = out.shape[1], _dtype(inputs)
 
@@ -430,54 +446,66 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
 
 @dataclass
 class _Rows:
-    """An adapter weight tensor (slots, n, k) laid out as rows (slots * k, n), for as long as it is unchanged."""
+    """A layer's adapter weights, (slots, n, k) per slice, laid out as rows (slots * k, all slices' n side by
+    side), for as long as they are unchanged."""
 
-    of: weakref.ref  # the weight tensor these rows were made from
-    version: int  # its version counter then (vLLM writes a slot in place when it loads an adapter there)
-    rows: torch.Tensor | None = None  # made on the second use of the same version, so not while slots churn
-
-
-_rows: dict[int, _Rows] = {}
+    of: weakref.ref  # the first weight tensor these rows were made from
+    versions: tuple[int, ...]  # the version counters then (vLLM writes a slot in place when it loads an adapter)
+    rows: torch.Tensor | None = None  # made on the second use of the same versions, so not while slots churn
 
 
-def _rows_of(stacked: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """``weights`` (the (slots, n, k) view of ``stacked``) as rows for ``embedding_bag`` in ``dtype``, or None the
-    first time a version is seen: a copy of every slot costs more than a step's products while adapters come and
-    go."""
-    entry = _rows.get(id(stacked))
-    if entry is None or entry.of() is not stacked or entry.version != stacked._version:
-        _rows[id(stacked)] = _Rows(weakref.ref(stacked), stacked._version)
+_rows: dict[tuple[int, int], _Rows] = {}
+
+
+def _rows_of(stacked: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """``stacked`` (vLLM's (slots, [1,] n, k) per slice) as rows for ``embedding_bag`` in ``dtype``, or None the
+    first time their versions are seen: a copy of every slot costs more than a step's products while adapters
+    come and go."""
+    key, versions = (id(stacked[0]), len(stacked)), tuple(t._version for t in stacked)
+    entry = _rows.get(key)
+    if entry is None or entry.of() is not stacked[0] or entry.versions != versions:
+        _rows[key] = _Rows(weakref.ref(stacked[0]), versions)
         return None
     if entry.rows is None or entry.rows.dtype != dtype:
+        weights = torch.cat([t.reshape(-1, *t.shape[-2:]) for t in stacked], dim=1)
         entry.rows = weights.transpose(1, 2).reshape(-1, weights.shape[1]).to(dtype).contiguous()
     return entry.rows
 
 
-def _add_per_token(out, inputs, stacked, many: _Many, scale: float) -> None:
-    """``out`` (tokens, n) += each token's input times its adapter's weights, (slots, [1,] >=n, in), times scale,
-    for a batch of many adapters: one product per prompt, written in place (``addmm_``), and, where copying a
-    weight matrix costs less than a tensor operation (``_GATHER_MAX``: the embedded model's shapes), one batched
-    product for all the decoding tokens, each summing its adapter's rows (``embedding_bag``) or over its gathered
-    weights. Larger matrices are never copied: a product per run of tokens."""
-    weights = stacked.reshape(-1, *stacked.shape[-2:])
-    whole = weights.shape[1] == out.shape[1]  # every row of the weights is used, in ``out``'s dtype below
-    weights, dtype = weights[:, : out.shape[1]], out.dtype  # only the slots read are converted to ``dtype``
+def _add_per_token(out, inputs, stacked: tuple[torch.Tensor, ...], many: _Many, scale: float, *,
+                   wide: bool = True) -> None:
+    """``out`` (tokens, n) += each token's input times its adapter's weights, times scale: the slots of
+    ``stacked``, vLLM's (slots, [1,] n_i, in) per slice, side by side (n the sum of n_i, or fewer rows of one
+    slice). For a batch of many adapters: one product per prompt, written in place (``addmm_``), and, where
+    copying a weight matrix costs less than a tensor operation (``_GATHER_MAX``: the embedded model's shapes),
+    one batched product for all the decoding tokens, each summing its adapter's rows (``embedding_bag``) or over
+    its gathered weights. Larger matrices are never copied: a product per run of tokens. ``wide`` False leaves
+    the prompts out (the caller has done them)."""
+    slices = [t.reshape(-1, *t.shape[-2:]) for t in stacked]
+    whole = sum(w.shape[1] for w in slices) == out.shape[1]  # every row of the weights is used, as a table below
+    if len(slices) == 1:
+        slices = [slices[0][:, : out.shape[1]]]
+    dtype = out.dtype  # only the slots read are converted to ``dtype``
+
+    def of(index) -> torch.Tensor:  # the weights of slot(s) ``index``, (.., n, in)
+        return (torch.cat([w[index] for w in slices], dim=-2) if len(slices) > 1 else slices[0][index]).to(dtype)
+
     inputs = inputs.to(dtype=dtype)
-    gather = weights[0].numel() <= _GATHER_MAX
-    for slot, start, stop in many.wide if gather else many.runs:
-        out[start:stop].addmm_(inputs[start:stop], weights[slot].to(dtype).T, alpha=scale)
+    gather = slices[0][0].numel() <= _GATHER_MAX
+    for slot, start, stop in (many.wide if wide else []) if gather else many.runs if wide else many.narrow_runs:
+        out[start:stop].addmm_(inputs[start:stop], of(slot).T, alpha=scale)
     if not gather or not many.narrow:
         return
     rows = torch.cat([inputs[start:stop] for start, stop in many.narrow]) if len(many.narrow) > 1 \
         else inputs[many.narrow[0][0] : many.narrow[0][1]]
-    table = _rows_of(stacked, weights, dtype) if whole else None
+    table = _rows_of(stacked, dtype) if whole else None
     if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
-        k = weights.shape[2]
-        picks = many.narrow_slots.unsqueeze(1) * k + torch.arange(k)
+        picks = many.picks_of(slices[0].shape[2])
         products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
     else:
-        products = torch.bmm(weights[many.narrow_slots].to(dtype), rows.unsqueeze(2)).squeeze(2)
-    products *= many.narrow_mask
+        products = torch.bmm(of(many.narrow_slots), rows.unsqueeze(2)).squeeze(2)
+    if many.narrow_mask is not None:
+        products *= many.narrow_mask
     done = 0
     for start, stop in many.narrow:
         out[start:stop].add_(products[done : done + stop - start], alpha=scale)
