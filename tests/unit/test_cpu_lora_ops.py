@@ -148,20 +148,23 @@ _grouped = st.tuples(st.permutations(range(6)), st.integers(1, 6),
 _batches = _scattered | _grouped
 
 
-@pytest.mark.parametrize("fused_adapters", [8, 0], ids=["one matrix", "each token's own weights"])
+@pytest.mark.parametrize(("fused_adapters", "room"), [(8, cpu_lora_fix._FUSED_BYTES), (0, cpu_lora_fix._FUSED_BYTES),
+                                                      (0, 0)],
+                         ids=["one matrix", "each token's own weights", "each token's own weights, nothing kept"])
 @settings(max_examples=60, deadline=None)
 @given(first=_batches, second=_batches, reload=st.integers(0, 5))
-def test_any_batch_gets_each_tokens_own_adapter_and_a_reloaded_slot_is_read_anew(fused_adapters, first, second,
+def test_any_batch_gets_each_tokens_own_adapter_and_a_reloaded_slot_is_read_anew(fused_adapters, room, first, second,
                                                                                  reload):
     """Property: for any batch (runs of any length of any slot, -1 among them) the op adds exactly each token's
-    own adapter's delta, by either path; after vLLM loads another adapter into a slot, the next batch reads the
-    new weights."""
-    kept = cpu_lora_fix._FUSED_ADAPTERS
-    cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._plans[:] = fused_adapters, []
+    own adapter's delta, by every path (a prompt among many adapters reads its adapter as one matrix, kept or
+    made anew when there is no room); after vLLM loads another adapter into a slot, the next batch reads the new
+    weights."""
+    kept = cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._FUSED_BYTES
+    cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._FUSED_BYTES, cpu_lora_fix._plans[:] = fused_adapters, room, []
     try:
         _check_two_batches(first, second, reload)
     finally:
-        cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._plans[:] = kept, []
+        (cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._FUSED_BYTES), cpu_lora_fix._plans[:] = kept, []
 
 
 def _check_two_batches(first: torch.Tensor, second: torch.Tensor, reload: int) -> None:
