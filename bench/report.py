@@ -568,6 +568,15 @@ finished one's place.
     products are the cost, not the weights they read.
   - Tried and taken back: reading a prompt slice by slice when its adapter's matrices would not be kept,
     instead of making them for the call. That gave 91 tokens/s against 100.
+- **Tried for concurrency 1, base model** (one engine each, bfloat16, time per output token at concurrency 1 and
+  8 against the default engine measured just before: 18.5 and 22.2 ms):
+  - a py-spy profile of the engine core at concurrency 1 (`--native`) puts 31% of its samples inside OpenMP's
+    parallel regions around inductor's own kernels, 29% in oneDNN's products and 16% in attention and the
+    KV-cache write;
+  - inductor's kernels serial (`inductor_compile_config={"cpp.threads": 1}`): 19.1 and 27.3 ms. The regions
+    do real work at concurrency 8, and concurrency 1 did not gain;
+  - inductor's freezing (`{"freezing": true}`): vLLM's compile cache cannot store its output ("expected
+    OutputCode"), and with the cache off it measured 18.4 and 22.6 ms, no gain.
 """
 
 
