@@ -231,8 +231,9 @@ class _Plan:
     the tokens; when the adapters have like numbers of tokens (decoding), one batched product for all of them.
     vLLM's batch comes grouped by adapter (``_group_by_adapter``), so the tokens are read where they sit; a batch
     that is not (a test's, another caller's) is sorted into a copy first. A batch of more than
-    ``_FUSED_ADAPTERS`` adapters reads each token's own weights instead (``_Many``): its adapters change from step
-    to step, and a matrix of all their weights would be made anew each time.
+    ``_FUSED_ADAPTERS`` adapters reads each decoding token's own weights instead, and each prompt its own
+    adapter's (``_Many``): its adapters change from step to step, and a matrix of all their weights would be made
+    anew each time.
     """
 
     indices: torch.Tensor  # the tokens' slots this plan was made for (a copy)
