@@ -577,6 +577,10 @@ finished one's place.
     do real work at concurrency 8, and concurrency 1 did not gain;
   - inductor's freezing (`{"freezing": true}`): vLLM's compile cache cannot store its output ("expected
     OutputCode"), and with the cache off it measured 18.4 and 22.6 ms, no gain.
+- **Cold start** (`python -m bench.coldstart`, 23:19; goal 30 s): 24.5 s to ready, the median of 77.5, 24.5 and
+  23.9 s. The first start compiled the model again, because the op's source had changed. The engine alone took
+  21.5 s and the service with an eager engine 20.9 s. The plugin now also imports vLLM's CPU model runner in
+  every process that loads it, which costs 0.35 s in a process that would not have imported it.
 """
 
 
