@@ -254,9 +254,8 @@ class _Many:
     """A batch of many adapters, by runs: a long run (a prompt) gets one product over its rows, and the tokens
     between long runs (one decoding token per sequence, typically) one product each with their own adapter."""
 
-    runs: list[tuple[int, int, int]]  # (slot, start, stop) of every run with an adapter
-    wide: list[tuple[int, int, int]]  # the long runs
-    narrow_runs: list[tuple[int, int, int]]  # the others
+    wide: list[tuple[int, int, int]]  # (slot, start, stop) of the long runs with an adapter
+    narrow_runs: list[tuple[int, int, int]]  # ... and of the other runs with an adapter
     narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
     narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
     narrow_mask: torch.Tensor | None  # ... and which of them have an adapter, (tokens, 1) (None: all)
@@ -336,10 +335,9 @@ def _many(indices: torch.Tensor, runs: list[tuple[int, int, int]]) -> _Many:
         position = run_stop
     rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
     narrow_slots = indices[rows]
-    with_adapter = [r for r in runs if r[0] >= 0]
-    return _Many(with_adapter, [r for r in long if r[0] >= 0], [r for r in with_adapter if r[2] - r[1] < _WIDE],
-                 narrow, narrow_slots.clamp(min=0), None if bool((narrow_slots >= 0).all()) else
-                 (narrow_slots >= 0).unsqueeze(1))
+    mask = None if bool((narrow_slots >= 0).all()) else (narrow_slots >= 0).unsqueeze(1)
+    return _Many([r for r in long if r[0] >= 0], [r for r in runs if r[0] >= 0 and r[2] - r[1] < _WIDE], narrow,
+                 narrow_slots.clamp(min=0), mask)
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
@@ -491,14 +489,15 @@ def _add_per_token(out, inputs, stacked: tuple[torch.Tensor, ...], many: _Many, 
     def of(index) -> torch.Tensor:  # the weights of slot(s) ``index``, (.., n, in)
         return (torch.cat([w[index] for w in slices], dim=-2) if len(slices) > 1 else slices[0][index]).to(dtype)
 
-    inputs = inputs.to(dtype=dtype)
     gather = slices[0][0].numel() <= _GATHER_MAX
-    for slot, start, stop in (many.wide if wide else []) if gather else many.runs if wide else many.narrow_runs:
-        out[start:stop].addmm_(inputs[start:stop], of(slot).T, alpha=scale)
+    runs = [*(many.wide if wide else []), *([] if gather else many.narrow_runs)]  # the rest: summed per token
+    for slot, start, stop in runs:  # only the rows read are converted to ``dtype``
+        out[start:stop].addmm_(inputs[start:stop].to(dtype), of(slot).T, alpha=scale)
     if not gather or not many.narrow:
         return
     rows = torch.cat([inputs[start:stop] for start, stop in many.narrow]) if len(many.narrow) > 1 \
         else inputs[many.narrow[0][0] : many.narrow[0][1]]
+    rows = rows.to(dtype)
     table = _rows_of(stacked, dtype) if whole else None
     if table is not None:  # each token sums its adapter's k rows weighted by its input: no weight copied
         picks = many.picks_of(slices[0].shape[2])
