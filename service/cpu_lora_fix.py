@@ -293,9 +293,9 @@ def _plan(indices: torch.Tensor) -> _Plan:
             elif len(adapters) > 1 and sum(counts) < _SEGMENT_ROWS * len(adapters):
                 padded = _padded(torch.arange(order.start, order.stop), segments, counts)
     elif adapters:
+        counts = [sum(b - a for s, a, b in with_adapter if s == slot) for slot in adapters]
         last = torch.where(indices >= 0, indices, indices.max() + 1)  # the tokens without an adapter sort last
-        order = torch.sort(last, stable=True).indices[: int((indices >= 0).sum())]
-        counts = torch.unique_consecutive(indices[order], return_counts=True)[1].tolist()
+        order = torch.sort(last, stable=True).indices[: sum(counts)]
         bounds = [0, *itertools.accumulate(counts)]
         segments = [(position, bounds[position], bounds[position + 1]) for position in range(len(adapters))]
         padded = _padded(order, segments, counts)
