@@ -25,8 +25,9 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,12 @@ class _Worker:
         self._child = child
         self._memory_bytes = memory_mb * 2**20
         self._rss_limit: int | None = None
+        # The pipe is read and written beside the loop, and a cancelled job leaves that thread running: the pipe is
+        # closed only once no thread uses it. Closed under one, its descriptor's number went to the next worker's
+        # pipe, and the old thread read that worker's "ready" (a CI run failed on it).
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._killed = False
 
     async def start(self) -> None:
         await asyncio.to_thread(self.process.start)
@@ -107,21 +114,39 @@ class _Worker:
                 os.set_blocking(fd, True)
         # The message is arriving: read it beside the loop (a parse tree can be large).
         async with asyncio.timeout(timeout):
-            return await asyncio.to_thread(self.conn.recv)
+            return await asyncio.to_thread(self._beside, self.conn.recv)
 
     async def send(self, job: tuple[Any, ...], timeout: float) -> None:
         """Hand the worker a job beside the loop; one larger than the pipe holds waits while the worker reads it."""
         async with asyncio.timeout(timeout):
-            await asyncio.to_thread(self.conn.send, job)
+            await asyncio.to_thread(self._beside, self.conn.send, job)
+
+    def _beside(self, io: Callable[..., Any], *args: Any) -> Any:
+        """Run ``io`` on the pipe (in a thread), which stays open until it returns."""
+        with self._lock:
+            if self._killed:
+                raise EOFError("the worker was stopped")
+            self._in_use += 1
+        try:
+            return io(*args)
+        finally:
+            with self._lock:
+                self._in_use -= 1
+                if self._killed and not self._in_use:
+                    self.conn.close()
 
     def kill(self) -> None:
+        """Stop the process; its pipe closes now, or when the last thread using it returns (it gets EOF)."""
         if self.process.is_alive():
             self.process.kill()
-        self.conn.close()
+        with self._lock:
+            self._killed = True
+            if not self._in_use:
+                self.conn.close()
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive() and not self.conn.closed
+        return self.process.is_alive() and not self._killed
 
 
 class GrammarSandbox:

@@ -10,7 +10,7 @@ import signal
 import uvloop
 
 from service.grammars.bounds import DecodingLimits
-from service.grammars.sandbox import GrammarSandbox
+from service.grammars.sandbox import GrammarSandbox, _Worker
 
 KV = 'start: pair ("\\n" pair)*\npair: KEY "=" VALUE\nKEY: /[a-z]+/\nVALUE: /[a-z0-9]+/\n'
 
@@ -66,3 +66,24 @@ def test_a_cancelled_compile_ends_cancelled_and_the_next_one_gets_its_own_answer
     outcomes, after = uvloop.run(main())
     assert outcomes and set(outcomes) == {"cancelled"}, outcomes
     assert after == [True, True]
+
+
+def test_a_stopped_worker_keeps_its_pipe_until_the_thread_reading_it_returns():
+    """A cancelled job leaves its thread in the pipe's ``recv``. Closing the pipe under it freed the descriptor's
+    number for the next worker's pipe, and the old thread read the new worker's "ready" (the next compile then
+    failed with EOFError: 1 CI run in 2, 3 local runs of the test above in 30)."""
+
+    async def main():
+        worker = _Worker(memory_mb=256)
+        await worker.start()
+        reading = asyncio.create_task(asyncio.to_thread(worker._beside, worker.conn.recv))
+        while not worker._in_use:  # the thread is in recv, waiting for a message that will not come
+            await asyncio.sleep(0.01)
+        worker.kill()
+        open_while_read = not worker.conn.closed
+        [read] = await asyncio.wait_for(asyncio.gather(reading, return_exceptions=True), 30)
+        return open_while_read, read, worker.conn.closed, worker.alive
+
+    open_while_read, read, closed_after, alive = uvloop.run(main())
+    assert open_while_read and isinstance(read, EOFError)  # the thread got the stopped worker's end of file ...
+    assert closed_after and not alive  # ... and then the pipe was closed
