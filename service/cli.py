@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--dsl", default=None, help="score this DSL (any the service serves) instead of a suite")
     evaluate.add_argument("--test", type=Path, default=None, help="with --dsl: a JSONL file of text/code pairs")
     evaluate.add_argument("--adapter", default=None, help="with --dsl: the adapter ('base': none)")
-    evaluate.add_argument("--examples", type=int, default=None, help="with --dsl: retrieved examples per prompt")
+    evaluate.add_argument("--examples", type=example_counts, default=None,
+                          help="with --dsl: retrieved examples per prompt; several (0,3): each scored on the same "
+                               "pairs, and each against the first with a paired test")
     evaluate.add_argument("--tenant", default=None, help="with --dsl: send the requests for this tenant (admin key)")
 
     onboard = commands.add_parser("onboard", help="grammar + pairs -> checked dataset, gated adapter, report")
@@ -115,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"serve": _serve, "prepare": _prepare, "grammar": _grammar_check, "keys": _keys_hash, "data": _data,
                 "train": _train, "blend": _blend, "eval": _eval, "onboard": _onboard}
     return handlers[args.command](args)
+
+
+def example_counts(value: str) -> list[int]:
+    """``--examples``: one count or several, comma-separated, each from 0 to 8 (what a request may ask), at most 8."""
+    try:
+        counts = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r}: whole numbers, comma-separated (0,3)") from None
+    if not 1 <= len(counts) <= 8 or not all(0 <= count <= 8 for count in counts):
+        raise argparse.ArgumentTypeError(f"{value[:40]!r}: 1 to 8 counts, each from 0 to 8")
+    return counts
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -227,8 +240,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.dsl:  # any DSL and test file, scored as given
         if args.test is None:
             raise SystemExit("--dsl needs --test FILE.jsonl")
-        cases = [Case(RunConfig(args.adapter or "default", args.dsl, tenant=args.tenant, adapter=args.adapter,
-                                examples=args.examples), args.test.name, args.limit, test_file=args.test)]
+        label = args.adapter or "default"
+        cases = [Case(RunConfig(label if count is None else f"{label}, {count} examples", args.dsl,
+                                tenant=args.tenant, adapter=args.adapter, examples=count),
+                      args.test.name, args.limit, test_file=args.test) for count in args.examples or [None]]
         out = args.out or Path(f"eval-{args.dsl}.md")
         command = shlex.join(["nl2dsl", "eval", *sys.argv[2:]])
     else:

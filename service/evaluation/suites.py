@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from service.evaluation.paired import paired
 from service.evaluation.runner import RunConfig, Summary, score
 from service.evaluation.sections import carry_sections
 from service.grammars import Grammar, GrammarRegistry, load_examples
@@ -187,6 +188,21 @@ def bar_lines(results: list[tuple[Case, Summary]]) -> list[str]:
     return lines + [""]
 
 
+def paired_lines(results: list[tuple[Case, Summary]]) -> list[str]:
+    """Each configuration against the first one, on the same pairs of one test set: the pairs each got right and
+    the other did not, and the exact McNemar test (``service.evaluation.paired``)."""
+    scored = [(case, s) for case, s in results if s.hits]
+    if len(scored) < 2:
+        return []
+    (first, reference), lines = scored[0], []
+    for case, s in scored[1:]:
+        if len(s.hits) == len(reference.hits):
+            p = paired(s.hits, reference.hits)
+            lines.append(f"- {case.config.label!r} against {first.config.label!r}: {p.wins} pairs won, {p.losses} "
+                         f"lost, exact McNemar p = {p.p_value:.2g}")
+    return ["Paired, on the same pairs:", "", *lines, ""] if lines else []
+
+
 def write_report(results: list[tuple[Case, Summary]], *, title: str, command: str, markdown: Path,
                  intro: str = "") -> None:
     """One markdown table per test set, the bar where it applies, a PNG chart and the JSON."""
@@ -200,6 +216,7 @@ def write_report(results: list[tuple[Case, Summary]], *, title: str, command: st
             if case.test_set == test_set:
                 lines.append("| " + " | ".join(cell(case, s) for _, cell in _COLUMNS) + " |")
         lines.append("")
+        lines += paired_lines([(case, s) for case, s in results if case.test_set == test_set])
     chart = markdown.with_suffix(".png")
     lines += [f"![exact match and tree similarity per configuration]({chart.name})", ""]
     markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["generate", "main", "roughen"]
+__all__ = ["fresh", "generate", "main", "roughen"]
 
 
 def generate(n: int, seed: int, one: Callable[[random.Random], tuple[str, str]],
@@ -40,8 +40,41 @@ def roughen(rng: random.Random, text: str, *, openers: Sequence[str], typos: dic
     return text
 
 
-def main(generate_n: Callable[[int], list[dict[str, str]]]) -> None:
-    """``python -m <generator> OUT.jsonl [N]``: write N pairs (default 1,000)."""
-    out, count = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    out.write_text("".join(json.dumps(row) + "\n" for row in generate_n(count)))
-    print(f"wrote {count} pairs to {out}")
+def fresh(generate_n: Callable[..., list[dict[str, str]]], count: int, *, seed: int,
+          seen: Iterable[str]) -> list[dict[str, str]]:
+    """The first ``count`` pairs a seed draws whose request is not in ``seen`` nor drawn before: a test set
+    apart from the pairs an adapter was trained and checked on. (A seed's first k pairs are the same however
+    many are drawn, so drawing more keeps the ones already taken.)"""
+    seen = set(seen)
+    size = count
+    while True:
+        taken, texts = [], set(seen)
+        for row in generate_n(size, seed=seed):
+            if row["text"] not in texts:
+                texts.add(row["text"])
+                taken.append(row)
+                if len(taken) == count:
+                    return taken
+        if size >= 64 * count + len(seen):  # the generator has few requests left to give
+            raise ValueError(f"seed {seed} drew only {len(taken)} new requests in {size} pairs")
+        size *= 2
+
+
+def main(generate_n: Callable[..., list[dict[str, str]]]) -> None:
+    """``python -m <generator> OUT.jsonl [N] [--seed S] [--apart-from FILE.jsonl ...]``: write N pairs (default
+    1,000); with ``--apart-from``, only requests in none of those files, each once."""
+    parser = argparse.ArgumentParser(prog=f"python -m {generate_n.__module__}")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("count", type=int, nargs="?", default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--apart-from", type=Path, nargs="+", default=[],
+                        help="JSONL pairs whose requests the new ones must not repeat (a training set)")
+    args = parser.parse_args()
+    if args.apart_from:
+        seen = [json.loads(line)["text"] for path in args.apart_from for line in path.read_text().splitlines()
+                if line.strip()]
+        rows = fresh(generate_n, args.count, seed=args.seed, seen=seen)
+    else:
+        rows = generate_n(args.count, seed=args.seed)
+    args.out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    print(f"wrote {len(rows)} pairs to {args.out}")

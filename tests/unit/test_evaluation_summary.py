@@ -82,3 +82,26 @@ def test_bar_section_reports_met_and_not_met_per_tenant():
     # The matrix also runs every configuration without the grammar: the bar reads the constrained run.
     free = Case(RunConfig("flow-general", "flow", constrained=False), "flow", 1), replace(base, exact_match=0.1)
     assert "exact match 0.850 (bar >= 0.8: met)" in "\n".join(bar_lines([*results, free]))
+
+
+def test_configurations_scored_on_the_same_pairs_are_compared_pair_by_pair(tmp_path):
+    """``nl2dsl eval --examples 0,3``: the report says which pairs each shape got right and the other did not,
+    and the exact McNemar p-value, not only two rates whose intervals overlap."""
+    from service.evaluation.runner import RunConfig
+    from service.evaluation.suites import Case, write_report
+
+    def scored(hits):
+        s = summarize([Outcome("a", "a" if hit else "b", True, "stop", 1.0) for hit in hits])
+        s.string_similarity = s.tree_similarity = s.name_hallucination_rate = s.key_hallucination_rate = 0.0
+        return s
+
+    alone = scored([True, True, False, False, False, True])
+    with_examples = scored([True, False, True, True, True, True])  # 3 won, 1 lost
+    other_size = scored([True, True])
+    results = [(Case(RunConfig("logq", "logq"), "fresh.jsonl", None), alone),
+               (Case(RunConfig("logq, 3 examples", "logq", examples=3), "fresh.jsonl", None), with_examples),
+               (Case(RunConfig("logq, 8 examples", "logq", examples=8), "fresh.jsonl", 2), other_size)]
+    write_report(results, title="t", command="nl2dsl eval", markdown=tmp_path / "EVAL.md")
+    text = (tmp_path / "EVAL.md").read_text()
+    assert "'logq, 3 examples' against 'logq': 3 pairs won, 1 lost, exact McNemar p = 0.62" in text
+    assert "'logq, 8 examples' against" not in text  # other pairs: no paired test

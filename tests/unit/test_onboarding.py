@@ -283,3 +283,37 @@ def test_the_published_adapter_is_served_with_the_prompt_shape_its_evaluation_fo
     tie = [rows[1], (RunConfig("adapter + 3", "u", adapter="c", examples=3), _summary(5, 10))]
     _serve_with_better_shape(tmp_path, tie)  # no evidence for the longer prompt: the shorter one
     assert yaml.safe_load((tmp_path / "manifest.yaml").read_text())["prompt"]["examples"] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(1, 60), skip=st.integers(0, 80))
+def test_fresh_pairs_repeat_no_request_they_were_kept_apart_from(seed, count, skip):
+    """``python -m service.training.logq_data OUT N --seed S --apart-from pairs.jsonl``: a test set for an adapter
+    trained on pairs.jsonl. Here the requests to keep apart from are the seed's own first ones (the worst case):
+    the new pairs skip them and any repeat, and keep the order the seed draws them in."""
+    from service.training import demo_pairs, logq_data
+
+    seen = [row["text"] for row in logq_data.generate(skip, seed=seed)]
+    rows = demo_pairs.fresh(logq_data.generate, count, seed=seed, seen=seen)
+    texts = [row["text"] for row in rows]
+    assert len(rows) == count and len(set(texts)) == count and not set(texts) & set(seen)
+    stream = logq_data.generate(64 * count + skip, seed=seed)
+    positions = [stream.index(row) for row in rows]
+    assert positions == sorted(positions)  # the first new ones, in the seed's order
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40) | st.lists(st.integers(-3, 12), max_size=10).map(lambda xs: ",".join(map(str, xs))))
+def test_eval_reads_examples_as_1_to_8_counts_of_0_to_8_or_refuses_the_option(value):
+    """``nl2dsl eval --dsl D --test F --examples 0,3`` scores each count on the same pairs."""
+    import argparse
+
+    from service.cli import example_counts
+
+    try:
+        counts = example_counts(value)
+    except argparse.ArgumentTypeError as exc:
+        assert value[:40] in str(exc) or repr(value[:40]) in str(exc)
+        return
+    assert 1 <= len(counts) <= 8 and all(0 <= c <= 8 for c in counts)
+    assert counts == [int(part) for part in value.split(",")]
