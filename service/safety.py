@@ -138,9 +138,10 @@ _REQUEST_RULES: list[_Rule] = [
      "harassment"),
     _Rule("harassment_spam", _rx(
         r"\b(?:send|text|email|e-mail|message|post|sms|dm|tell|call)\w*\b", _GAP,
-        r"\b(?:idiot|stupid|worthless|loser|moron|useless|pathetic|ugly|fat|dumb|kill (?:yo)?urself|kys|die\b|"
-        r"we know where you live|you(?:'ll| will) regret|watch your back|hurt you|ruin (?:your|his|her) life|"
-        r"you(?:'re| are) fired and)"),
+        # Whole words: "fatal errors" is not "fat" ("email sender fatal errors" was refused as abuse).
+        r"\b(?:(?:idiots?|stupid|worthless|losers?|morons?|useless|pathetic|ugly|fat|dumb|kys|die)\b|"
+        r"kill (?:yo)?urself|we know where you live|you(?:'ll| will) regret|watch your back|hurt you|"
+        r"ruin (?:your|his|her) life|you(?:'re| are) fired and)"),
      "abusive or threatening message"),
     _Rule("harassment_spam", _rx(
         r"\b(?:phish\w*|fake (?:login|invoice|password reset)|verify your (?:account|password|identity) at|"

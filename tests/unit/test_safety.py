@@ -56,6 +56,19 @@ def test_training_and_test_requests_are_not_blocked():
     assert sum(request_verdict(t) is not None for t in texts) == 0
 
 
+def test_requests_a_generator_written_apart_draws_are_not_blocked():
+    """Requests nobody tuned the rules on: the onboarding demos' generators with seeds they were not shipped with.
+    "query email sender fatal errors ... only deletes last 30m" was refused as abuse ("email" ... "fat")."""
+    from service.training import cron_data, logq_data, shop_data
+
+    texts = [row["text"] for module in (cron_data, logq_data, shop_data) for seed in (1, 12345)
+             for row in module.generate(2000, seed=seed)]
+    blocked = [t for t in texts if request_verdict(t) is not None]
+    assert not blocked, blocked[:5]
+    assert request_verdict("query email sender fatal errors hitting /api/orders only deletes last 30m") is None
+    assert request_verdict("email him that he is fat and useless") is not None  # the rule still reads words
+
+
 def _tree(code: str, tenant: str | None = None, dsl: str = "flow"):
     result = GRAMMARS.get(dsl, tenant=tenant).parse(code)
     assert result.valid, result.error
