@@ -262,8 +262,9 @@ def _eval(args: argparse.Namespace) -> int:
             grammar = _served_grammar(url, args.dsl, api_key=args.api_key)
         results = run_suite(url, cases, data_dir=settings.data_dir, grammars_dir=settings.grammars_dir,
                             concurrency=args.concurrency, api_key=args.api_key, grammar=grammar)
-    write_report(results, title=f"Evaluation: {args.suite}", command=command, markdown=out,
-                 intro=INTROS.get(args.suite, ""))
+    title = f"Evaluation: {args.dsl} on {args.test.name}" if args.dsl else f"Evaluation: {args.suite}"
+    intro = "" if args.dsl else INTROS.get(args.suite, "")
+    write_report(results, title=title, command=command, markdown=out, intro=intro)
     print(f"wrote {out}")
     return 0
 

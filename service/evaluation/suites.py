@@ -206,7 +206,7 @@ def paired_lines(results: list[tuple[Case, Summary]]) -> list[str]:
 def write_report(results: list[tuple[Case, Summary]], *, title: str, command: str, markdown: Path,
                  intro: str = "") -> None:
     """One markdown table per test set, the bar where it applies, a PNG chart and the JSON."""
-    lines = [f"# {title}", "", intro, "", "Produced by:", "", f"```sh\n{command}\n```", ""]
+    lines = [f"# {title}", "", *([intro, ""] if intro else []), "Produced by:", "", f"```sh\n{command}\n```", ""]
     lines += bar_lines(results)
     test_sets = list(dict.fromkeys(case.test_set for case, _ in results))
     for test_set in test_sets:
