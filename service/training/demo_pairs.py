@@ -71,8 +71,9 @@ def main(generate_n: Callable[..., list[dict[str, str]]]) -> None:
                         help="JSONL pairs whose requests the new ones must not repeat (a training set)")
     args = parser.parse_args()
     if args.apart_from:
-        seen = [json.loads(line)["text"] for path in args.apart_from for line in path.read_text().splitlines()
-                if line.strip()]
+        from service.grammars import load_examples
+
+        seen = [example.text for path in args.apart_from for example in load_examples(path)]
         rows = fresh(generate_n, args.count, seed=args.seed, seen=seen)
     else:
         rows = generate_n(args.count, seed=args.seed)
