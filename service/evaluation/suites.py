@@ -212,11 +212,9 @@ def write_report(results: list[tuple[Case, Summary]], *, title: str, command: st
     for test_set in test_sets:
         lines += [f"## Test set `{test_set}`", "", "| " + " | ".join(name for name, _ in _COLUMNS) + " |",
                   "|" + "---|" * len(_COLUMNS)]
-        for case, s in results:
-            if case.test_set == test_set:
-                lines.append("| " + " | ".join(cell(case, s) for _, cell in _COLUMNS) + " |")
-        lines.append("")
-        lines += paired_lines([(case, s) for case, s in results if case.test_set == test_set])
+        in_set = [(case, s) for case, s in results if case.test_set == test_set]
+        lines += ["| " + " | ".join(cell(case, s) for _, cell in _COLUMNS) + " |" for case, s in in_set]
+        lines += ["", *paired_lines(in_set)]
     chart = markdown.with_suffix(".png")
     lines += [f"![exact match and tree similarity per configuration]({chart.name})", ""]
     markdown.parent.mkdir(parents=True, exist_ok=True)
