@@ -120,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def example_counts(value: str) -> list[int]:
-    """``--examples``: one count or several, comma-separated, each from 0 to 8 (what a request may ask), at most 8."""
+    """``--examples``: one count or several, comma-separated, at most 8, each from 0 to what a request may ask
+    (``max_examples``, service.config)."""
+    from service.config import Settings
+
+    most = Settings.model_fields["max_examples"].default
     try:
         counts = [int(part) for part in value.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value[:40]!r}: whole numbers, comma-separated (0,3)") from None
-    if not 1 <= len(counts) <= 8 or not all(0 <= count <= 8 for count in counts):
-        raise argparse.ArgumentTypeError(f"{value[:40]!r}: 1 to 8 counts, each from 0 to 8")
+    if not 1 <= len(counts) <= 8 or not all(0 <= count <= most for count in counts):
+        raise argparse.ArgumentTypeError(f"{value[:40]!r}: 1 to 8 counts, each from 0 to {most}")
     return counts
 
 
