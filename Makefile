@@ -85,6 +85,7 @@ bench: prepare $(VENV)/.llama-cpp
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.coldstart
 	$(BIN)/python -m bench.cpu_peer
+	$(BIN)/python -m bench.cpu_shape
 	$(BIN)/python -m bench.precision
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.report

