@@ -88,17 +88,8 @@ def engine_gguf(target: Path, precision: str) -> Path:
 
     kind = {"float32": gguf.GGMLQuantizationType.F32, "bfloat16": gguf.GGMLQuantizationType.BF16}[precision]
     file_type = {"float32": gguf.LlamaFileType.ALL_F32, "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[precision]
-    reader = gguf.GGUFReader(find_gguf())
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     tmp = target.with_suffix(".partial")
-    writer = gguf.GGUFWriter(tmp, arch)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        value = file_type if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
-        field_kind = field.types[0]
-        writer.add_key_value(field.name, value, field_kind,
-                             sub_type=field.types[-1] if field_kind == gguf.GGUFValueType.ARRAY else None)
+    reader, writer = shipped_gguf_writer(tmp, file_type)
     for tensor in reader.tensors:
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         values = torch.from_numpy(np.array(values, dtype=np.float32)).to(torch.bfloat16).float().numpy()
@@ -112,6 +103,29 @@ def engine_gguf(target: Path, precision: str) -> Path:
     writer.close()
     tmp.rename(target)
     return target
+
+
+def shipped_gguf_writer(path: Path, file_type, overrides: dict | None = None):
+    """The shipped GGUF's reader, and a writer to ``path`` with its metadata (the tokenizer, the architecture), its
+    file type ``file_type`` and the values of ``overrides`` (key -> value, for keys the shipped file has; a key may
+    be one of gguf's templates, "{arch}.block_count")."""
+    import gguf
+
+    reader = gguf.GGUFReader(find_gguf())
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(path, arch)
+    overrides = {key.format(arch=arch): value for key, value in (overrides or {}).items()}
+    overrides[gguf.Keys.General.FILE_TYPE] = file_type
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        value = overrides.pop(field.name, None)
+        kind = field.types[0]
+        writer.add_key_value(field.name, field.contents() if value is None else value, kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    if overrides:
+        raise RuntimeError(f"the shipped GGUF lacks {sorted(overrides)}")
+    return reader, writer
 
 
 def model_bytes(model_dir: Path) -> int:

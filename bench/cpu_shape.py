@@ -37,12 +37,11 @@ from pathlib import Path
 import httpx
 
 from bench import workload
-from bench.cpu_peer import TOKENS, _engine_tpot, _llama_tpot, llama_server, memory_bandwidth_gbs
+from bench.cpu_peer import TOKENS, _engine_tpot, _llama_tpot, llama_server, memory_bandwidth_gbs, shipped_gguf_writer
 from bench.engine import _tokens_per_s
 from bench.results import ROOT, Comparison, interleaved, progress, save
 from service.config import Settings
 from service.engine import open_engine
-from service.model import find_gguf
 
 COMMAND = "python -m bench.cpu_shape"
 REPEATS = 3
@@ -112,8 +111,6 @@ def write_gguf(path: Path, shape: dict, layers: int, weights: dict) -> None:
     import gguf
     import torch
 
-    reader = gguf.GGUFReader(find_gguf())
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     sizes = {gguf.Keys.LLM.EMBEDDING_LENGTH: shape["hidden_size"],
              gguf.Keys.LLM.FEED_FORWARD_LENGTH: shape["intermediate_size"],
              gguf.Keys.LLM.BLOCK_COUNT: layers,
@@ -121,20 +118,8 @@ def write_gguf(path: Path, shape: dict, layers: int, weights: dict) -> None:
              gguf.Keys.Attention.HEAD_COUNT_KV: shape["num_key_value_heads"],
              gguf.Keys.Rope.DIMENSION_COUNT: shape["head_dim"],
              gguf.Keys.Rope.FREQ_BASE: shape["rope_theta"]}
-    sizes = {key.format(arch=arch): value for key, value in sizes.items()}
     tmp = path.with_suffix(".partial")
-    writer = gguf.GGUFWriter(tmp, arch)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        value = sizes.pop(field.name, field.contents())
-        if field.name == gguf.Keys.General.FILE_TYPE:
-            value = gguf.LlamaFileType.MOSTLY_BF16
-        kind = field.types[0]
-        writer.add_key_value(field.name, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY
-                             else None)
-    if sizes:
-        raise RuntimeError(f"the shipped GGUF lacks {sorted(sizes)}")
+    _, writer = shipped_gguf_writer(tmp, gguf.LlamaFileType.MOSTLY_BF16, sizes)
     heads = {"attn_q": shape["num_attention_heads"], "attn_k": shape["num_key_value_heads"]}
     for name, w in weights.items():
         if name.startswith("model.layers."):
@@ -148,7 +133,7 @@ def write_gguf(path: Path, shape: dict, layers: int, weights: dict) -> None:
         if w.dim() == 1:
             writer.add_tensor(target, w.float().numpy(), raw_dtype=gguf.GGMLQuantizationType.F32)
         else:  # BF16 is stored as its bytes, two per value
-            writer.add_tensor(target, w.to(torch.bfloat16).contiguous().view(torch.uint8).numpy(),
+            writer.add_tensor(target, w.contiguous().view(torch.uint8).numpy(),
                               raw_dtype=gguf.GGMLQuantizationType.BF16)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
