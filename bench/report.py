@@ -627,8 +627,9 @@ mixed-adapter case was added):
 - **What a layer costs.** From 8 to 16 layers a step reads 3,490 MB more; the engine's step grew by 144 ms
   (17.9 ms a layer of 436 MB: 24 GB/s, 0.76-0.79 of the measured bandwidth), llama.cpp's by 162 ms (20.2 ms
   a layer). Extrapolated to Mistral's 32 layers (not measured): about 584 against 662 ms a token, 0.88x
-  llama.cpp and about 1.27x the limit. The fixed part of a step is a few ms at either size, which is the whole
-  step of the embedded model.
+  llama.cpp and about 1.27x the limit. What is left of the 8-layer step after its layers, 10 ms, is about what
+  reading the 402 MB output layer takes: the fixed costs that make up most of the embedded model's 20 ms step
+  are small next to layers of this size.
 - **Mixed adapters are cheap at this shape.** A rank-16 adapter on all seven projections adds about 0.6% to a
   layer's weights, and the prompts' products that made 64 adapters cost 0.70 of one on the embedded model are
   small next to the base model's. The 64 requests' prompts dominate this workload (12 new tokens each), so
@@ -638,8 +639,8 @@ mixed-adapter case was added):
   differ by 6e-3). In the runs, the first greedy token agreed on 30 of 32 prompts at 8 layers and 27 of 32 at
   16, the first 4 tokens on 28 and 21: random weights give nearly flat logits over 49,152 tokens, and two
   bfloat16 kernels round differently enough to swap near ties.
-- llama.cpp at concurrency 32 took 1.1-2.1 s a token, 4-5x its concurrency-8 step: its batched BF16 products
-  on this CPU scale worse than oneDNN's, which the engine uses.
+- llama.cpp at concurrency 32 took 1.1-2.1 s a token, 4.4-4.7x its concurrency-8 step, where the engine's
+  grew 1.6x. Not profiled: llama.cpp's batched BF16 decoding scales much worse on this CPU.
 - On the embedded model the concurrency-1 goals stay unmet (1.95-2.03x llama.cpp, 2.25-2.74x the limit,
   above): a 135M model on a CPU is the case where llama.cpp's smaller fixed cost per step decides.
 """
