@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -37,7 +36,15 @@ from pathlib import Path
 import httpx
 
 from bench import workload
-from bench.cpu_peer import TOKENS, _engine_tpot, _llama_tpot, llama_server, memory_bandwidth_gbs, shipped_gguf_writer
+from bench.cpu_peer import (
+    TOKENS,
+    _engine_tpot,
+    _llama_tpot,
+    llama_server,
+    memory_bandwidth_gbs,
+    model_bytes,
+    shipped_gguf_writer,
+)
 from bench.engine import _tokens_per_s
 from bench.results import ROOT, Comparison, interleaved, progress, save
 from service.config import Settings
@@ -155,11 +162,7 @@ def shaped_model(cache: Path, tokenizer_dir: Path, layers: int) -> tuple[Path, P
         folder.with_suffix(".partial").rename(folder)
         progress(f"wrote {folder}; the same values as a BF16 GGUF")
         write_gguf(path, MISTRAL_LAYER, layers, weights)
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        params = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118 (a handle is not iterable)
-    return folder, path, 2 * params  # the tied embedding is read once, as the output layer
+    return folder, path, model_bytes(folder) // 2  # model_bytes counts float32 bytes
 
 
 def shaped_adapter(folder: Path, model: Path, *, like: Path, seed: int = 1) -> Path:
