@@ -194,9 +194,10 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
         return a.transpose(1, 2), b
 
     if plan.many is not None:
-        for slot, start, stop in plan.many.wide:  # a prompt: its adapter's weights as one matrix each way
-            a, b = _fused((*lora_a, *lora_b), (slot,), build, dtype)
-            y[start:stop].add_(x[start:stop].to(dtype) @ a[0] @ b[0], alpha=scale)
+        if not _add_prompts(y, x, plan.many.wide, build, dtype, scale):
+            for slot, start, stop in plan.many.wide:  # a prompt: its adapter's weights as one matrix each way
+                a, b = _fused((*lora_a, *lora_b), (slot,), build, dtype)
+                _addmm(y[start:stop], x[start:stop].to(dtype) @ a[0], b[0], scale)
         if plan.many.narrow_runs:  # all slices shrink at once, into float32 as vLLM's own buffer
             shrunk = torch.zeros((x.size(0), len(lora_a) * rank), dtype=torch.float32)
             _add_per_token(shrunk, x, tuple(lora_a), plan.many, scale, wide=False)
@@ -206,7 +207,7 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
                                1.0, wide=False)
                 offset += size
         return
-    _add_rows(y, *_products(plan, x.to(dtype), _fused((*lora_a, *lora_b), plan.adapters, build, dtype)), scale)
+    _add_products(y, plan, x.to(dtype), _fused((*lora_a, *lora_b), plan.adapters, build, dtype), scale)
 
 
 _LIBRARY.impl("lora_linear", _lora_linear, "CPU")
@@ -215,6 +216,25 @@ _LIBRARY.impl("lora_linear", _lora_linear, "CPU")
 @torch.library.register_fake("nl2dsl::lora_linear")
 def _(y, x, lora_a, lora_b, slots, scale, output_slices) -> None:
     return None
+
+
+def _add_prompts(y: torch.Tensor, x: torch.Tensor, prompts: list[tuple[int, int, int]], build, dtype: torch.dtype,
+                 scale: float) -> bool:
+    """``_lora_linear`` for the ``prompts`` ((slot, start, stop) each) of a batch of many adapters: their
+    adapters' weights made for this call (``build``), one batched shrink over the prompts padded to the longest,
+    and an expand per prompt written into ``y``. A shrink per prompt cost more in its calls than in its
+    arithmetic (docs/BENCHMARKS.md). False, and nothing added, for fewer than two prompts or when padding would
+    more than double their rows."""
+    lengths = [stop - start for _, start, stop in prompts]
+    if len(prompts) < 2 or len(prompts) * max(lengths) > 2 * sum(lengths) + _PADDING:
+        return False
+    shrink, expand = build(torch.tensor([slot for slot, _, _ in prompts]))
+    padded = x.new_empty(len(prompts), max(lengths), x.size(1), dtype=dtype)  # a padding row's product is not read
+    for rows, (_, start, stop) in zip(padded, prompts, strict=True):
+        rows[: stop - start] = x[start:stop]
+    for shrunk, weight, (_, start, stop) in zip(torch.bmm(padded, shrink), expand, prompts, strict=True):
+        _addmm(y[start:stop], shrunk[: stop - start], weight, scale)
+    return True
 
 
 def _slots(stacked: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -347,22 +367,39 @@ def _dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if len(x) >= _MATRIX_UNIT_ROWS else torch.float32
 
 
-def _products(plan: _Plan, inputs: torch.Tensor, weights: tuple[torch.Tensor, ...]):
-    """``inputs`` (tokens, in) times each token's adapter's chain of ``weights`` ((adapters, in, ..), ..,
-    (adapters, .., out)), all of one dtype: (the rows, None for all, and their products)."""
+def _add_products(out: torch.Tensor, plan: _Plan, inputs: torch.Tensor, weights: tuple[torch.Tensor, ...],
+                  scale: float) -> None:
+    """``out`` += ``inputs`` (tokens, in) times each token's adapter's chain of ``weights`` ((adapters, in, ..), ..,
+    (adapters, .., out)), all of one dtype, times ``scale``."""
+    *chain, last = weights
     if plan.order is None:  # one adapter for the whole batch
-        return None, functools.reduce(torch.matmul, [w[0] for w in weights], inputs)
-    if plan.padded is not None:
+        _addmm(out, functools.reduce(torch.matmul, [w[0] for w in chain], inputs), last[0], scale)
+    elif plan.padded is not None:
         rows, kept, targets, length = plan.padded
         padded = inputs[plan.order if rows is None else rows].reshape(len(plan.adapters), length, -1)
         products = functools.reduce(torch.bmm, weights, padded).flatten(0, 1)
-        return targets, products if kept is None else products[kept]
-    inputs = inputs[plan.order]  # a prompt among them: a product per adapter, over its own tokens only
-    products = inputs.new_empty(len(inputs), weights[-1].shape[-1])
-    for position, start, stop in plan.segments:
-        chain = functools.reduce(torch.matmul, [w[position] for w in weights[:-1]], inputs[start:stop])
-        torch.matmul(chain, weights[-1][position], out=products[start:stop])
-    return plan.order, products
+        _add_rows(out, targets, products if kept is None else products[kept], scale)
+    elif isinstance(plan.order, slice):  # grouped, a prompt among them: a product per adapter, in place
+        out, inputs = out[plan.order], inputs[plan.order]
+        for position, start, stop in plan.segments:
+            _addmm(out[start:stop], functools.reduce(torch.matmul, [w[position] for w in chain], inputs[start:stop]),
+                   last[position], scale)
+    else:  # the same, on a sorted copy of the rows
+        inputs = inputs[plan.order]
+        products = inputs.new_empty(len(inputs), last.shape[-1])
+        for position, start, stop in plan.segments:
+            chain_product = functools.reduce(torch.matmul, [w[position] for w in chain], inputs[start:stop])
+            torch.matmul(chain_product, last[position], out=products[start:stop])
+        _add_rows(out, plan.order, products, scale)
+
+
+def _addmm(out: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, scale: float) -> None:
+    """``out += inputs @ weight * scale``: one call where the dtypes agree. A product made apart and then added
+    costs the CPU about three times as much on a prompt (a fresh tensor, and bfloat16's slow ``add_``)."""
+    if out.dtype == inputs.dtype:
+        out.addmm_(inputs, weight, alpha=scale)
+    else:  # float32 products of a small batch into a bfloat16 output: rounded once
+        out.add_(inputs @ weight, alpha=scale)
 
 
 def _add_rows(out: torch.Tensor, rows: slice | torch.Tensor | None, products: torch.Tensor, scale: float) -> None:
@@ -379,7 +416,7 @@ def _add_rows(out: torch.Tensor, rows: slice | torch.Tensor | None, products: to
 
 @dataclass
 class _Fused:
-    """One layer's weights for some adapter slots, as ``_products`` reads them, while vLLM leaves them as they
+    """One layer's weights for some adapter slots, as ``_add_products`` reads them, while vLLM leaves them as they
     were (it loads an adapter into a slot in place)."""
 
     of: weakref.ref  # the layer's first weight tensor (vLLM's stacked slots)
@@ -440,7 +477,7 @@ def _add_lora(out, inputs, weights, indices, *, scale: float = 1.0, add: bool = 
     def build(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (_slots(weights, index)[:, :width].to(dtype).transpose(1, 2),)  # (adapters, in, width)
 
-    _add_rows(out, *_products(plan, inputs.to(dtype), _fused((weights,), plan.adapters, build, dtype, width)), scale)
+    _add_products(out, plan, inputs.to(dtype), _fused((weights,), plan.adapters, build, dtype, width), scale)
 
 
 @dataclass
