@@ -198,8 +198,9 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
             for slot, start, stop in plan.many.wide:  # a prompt: its adapter's weights as one matrix each way
                 a, b = _fused((*lora_a, *lora_b), (slot,), build, dtype)
                 _addmm(y[start:stop], x[start:stop].to(dtype) @ a[0], b[0], scale)
-        if plan.many.narrow_runs:  # all slices shrink at once, into float32 as vLLM's own buffer
-            shrunk = torch.zeros((x.size(0), len(lora_a) * rank), dtype=torch.float32)
+        if plan.many.narrow_runs:  # all slices shrink at once, in the model's dtype: a bfloat16 table of every
+            # slot's rows is read at half float32's bytes, and such a step reads every adapter's weights
+            shrunk = x.new_zeros((x.size(0), len(lora_a) * rank))
             _add_per_token(shrunk, x, tuple(lora_a), plan.many, scale, wide=False)
             offset = 0
             for i, (b, size) in enumerate(zip(lora_b, output_slices, strict=True)):
