@@ -197,7 +197,7 @@ def _lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], l
         if not _add_prompts(y, x, plan.many.wide, build, dtype, scale):
             for slot, start, stop in plan.many.wide:  # a prompt: its adapter's weights as one matrix each way
                 a, b = _fused((*lora_a, *lora_b), (slot,), build, dtype)
-                _addmm(y[start:stop], x[start:stop].to(dtype) @ a[0], b[0], scale)
+                _add_chain(y, x, start, stop, (a[0],), b[0], scale)
         if plan.many.narrow_runs:  # all slices shrink at once, in the model's dtype: a bfloat16 table of every
             # slot's rows is read at half float32's bytes, and such a step reads every adapter's weights
             shrunk = x.new_zeros((x.size(0), len(lora_a) * rank))
@@ -222,19 +222,29 @@ def _(y, x, lora_a, lora_b, slots, scale, output_slices) -> None:
 def _add_prompts(y: torch.Tensor, x: torch.Tensor, prompts: list[tuple[int, int, int]], build, dtype: torch.dtype,
                  scale: float) -> bool:
     """``_lora_linear`` for the ``prompts`` ((slot, start, stop) each) of a batch of many adapters: their
-    adapters' weights made for this call (``build``), one batched shrink over the prompts padded to the longest,
-    and an expand per prompt written into ``y``. A shrink per prompt cost more in its calls than in its
-    arithmetic (docs/BENCHMARKS.md). False, and nothing added, for fewer than two prompts or when padding would
-    more than double their rows."""
-    lengths = [stop - start for _, start, stop in prompts]
-    if len(prompts) < 2 or len(prompts) * max(lengths) > 2 * sum(lengths) + _PADDING:
+    adapters' weights made for this call (``build``), one batched shrink over a window of the batch's rows around
+    each prompt, and an expand per prompt written into ``y`` (the window's other rows get zero). A shrink per
+    prompt cost more in its calls than in its arithmetic, and the windows and the batched product have a few
+    sizes only (``_bucket``: oneDNN makes a kernel per shape, docs/BENCHMARKS.md). False, and nothing added, for
+    fewer than two prompts, or when the windows would more than double their rows or not fit the batch."""
+    if len(prompts) < 2:
         return False
-    shrink, expand = build(torch.tensor([slot for slot, _, _ in prompts]))
-    padded = x.new_empty(len(prompts), max(lengths), x.size(1), dtype=dtype)  # a padding row's product is not read
-    for rows, (_, start, stop) in zip(padded, prompts, strict=True):
-        rows[: stop - start] = x[start:stop]
-    for shrunk, weight, (_, start, stop) in zip(torch.bmm(padded, shrink), expand, prompts, strict=True):
-        _addmm(y[start:stop], shrunk[: stop - start], weight, scale)
+    lengths = [stop - start for _, start, stop in prompts]
+    size, count = _bucket(max(lengths)), _bucket(len(prompts))
+    if len(prompts) * max(lengths) > 2 * sum(lengths) + _PADDING or size > len(x):
+        return False
+    firsts = [min(start, len(x) - size) for _, start, _ in prompts]
+    slots = [slot for slot, _, _ in prompts]
+    shrink, expand = build(torch.tensor(slots + slots[:1] * (count - len(prompts))))
+    windows = x.new_empty(count, size, x.size(1), dtype=dtype)  # the extra prompts' rows are never read
+    for rows, first in zip(windows, firsts, strict=False):
+        rows.copy_(x[first : first + size])
+    shrunk = torch.bmm(windows, shrink)[: len(prompts)]
+    offsets = torch.arange(size)
+    starts = torch.tensor([start - first for (_, start, _), first in zip(prompts, firsts, strict=True)])
+    shrunk *= ((offsets >= starts[:, None]) & (offsets < starts[:, None] + torch.tensor(lengths)[:, None]))[..., None]
+    for products, weight, first in zip(shrunk, expand, firsts, strict=False):
+        _addmm(y[first : first + size], products, weight, scale)
     return True
 
 
@@ -374,17 +384,16 @@ def _add_products(out: torch.Tensor, plan: _Plan, inputs: torch.Tensor, weights:
     (adapters, .., out)), all of one dtype, times ``scale``."""
     *chain, last = weights
     if plan.order is None:  # one adapter for the whole batch
-        _addmm(out, functools.reduce(torch.matmul, [w[0] for w in chain], inputs), last[0], scale)
+        _add_chain(out, inputs, 0, len(inputs), [w[0] for w in chain], last[0], scale)
     elif plan.padded is not None:
         rows, kept, targets, length = plan.padded
         padded = inputs[plan.order if rows is None else rows].reshape(len(plan.adapters), length, -1)
         products = functools.reduce(torch.bmm, weights, padded).flatten(0, 1)
         _add_rows(out, targets, products if kept is None else products[kept], scale)
     elif isinstance(plan.order, slice):  # grouped, a prompt among them: a product per adapter, in place
-        out, inputs = out[plan.order], inputs[plan.order]
         for position, start, stop in plan.segments:
-            _addmm(out[start:stop], functools.reduce(torch.matmul, [w[position] for w in chain], inputs[start:stop]),
-                   last[position], scale)
+            _add_chain(out, inputs, plan.order.start + start, plan.order.start + stop, [w[position] for w in chain],
+                       last[position], scale)
     else:  # the same, on a sorted copy of the rows
         inputs = inputs[plan.order]
         products = inputs.new_empty(len(inputs), last.shape[-1])
@@ -401,6 +410,52 @@ def _addmm(out: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, scale:
         out.addmm_(inputs, weight, alpha=scale)
     else:  # float32 products of a small batch into a bfloat16 output: rounded once
         out.add_(inputs @ weight, alpha=scale)
+
+
+def _add_chain(out: torch.Tensor, inputs: torch.Tensor, start: int, stop: int, chain, last: torch.Tensor,
+               scale: float) -> None:
+    """``out[start:stop] += inputs[start:stop]`` times the matrices of ``chain`` and ``last``, times ``scale``,
+    over windows of the batch's rows of a few sizes only (``_windows``): the rows of a window outside
+    [start, stop) get exactly zero added. oneDNN makes a matrix product's kernel for each shape it meets, 4-8 ms
+    a shape on this CPU, and a prompt's row count is new at almost every step."""
+    for first, last_row, begin, end in _windows(start, stop, len(inputs)):
+        products = functools.reduce(torch.matmul, chain, inputs[first:last_row])
+        if (begin, end) != (first, last_row):
+            products = products.clone() if not chain else products  # never zero ``inputs`` itself
+            products[: begin - first] = 0
+            products[end - first :] = 0
+        _addmm(out[first:last_row], products, last, scale)
+
+
+def _windows(start: int, stop: int, total: int) -> list[tuple[int, int, int, int]]:
+    """Windows over rows [start, stop) of a batch of ``total`` rows: (window start, window stop, the rows of
+    [start, stop) it covers: start, stop). One window of ``_bucket(stop - start)`` rows where the batch has
+    them, else windows of the largest such size it has, which overlap without covering a row twice."""
+    size = _bucket(stop - start)
+    if size > total:
+        size = _bucket_below(total)
+    windows, position = [], start
+    while position < stop:
+        first = min(position, total - size)
+        windows.append((first, first + size, position, min(stop, first + size)))
+        position = min(stop, first + size)
+    return windows
+
+
+def _bucket(rows: int) -> int:
+    """``rows`` up to the next of 16, 24, 32, 48, 64, 96, 128, ... (below 16: itself)."""
+    if rows <= 16:
+        return rows
+    power = 1 << (rows - 1).bit_length()
+    return power * 3 // 4 if power * 3 // 4 >= rows else power
+
+
+def _bucket_below(rows: int) -> int:
+    """The largest of ``_bucket``'s sizes up to ``rows`` (below 16: ``rows``)."""
+    if rows <= 16:
+        return rows
+    power = 1 << (rows.bit_length() - 1)
+    return power * 3 // 2 if power * 3 // 2 <= rows else power
 
 
 def _add_rows(out: torch.Tensor, rows: slice | torch.Tensor | None, products: torch.Tensor, scale: float) -> None:

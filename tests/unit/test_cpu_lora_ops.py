@@ -260,3 +260,21 @@ def test_the_cpu_model_runner_groups_its_batch_by_adapter_on_the_checked_vllm():
 
     cpu_lora_fix.register()
     assert CPUModelRunner._may_reorder_batch.__module__ == cpu_lora_fix.__name__
+
+
+@settings(max_examples=300, deadline=None)
+@given(total=st.integers(1, 5000), data=st.data())
+def test_the_products_windows_cover_each_row_once_with_few_sizes(total, data):
+    """Property: the row windows a LoRA product is computed over (``_windows``) cover exactly the rows asked for,
+    each once, with at most three windows inside the batch, and their sizes come from a small set (exact below
+    16, then 16, 24, 32, 48, 64, ...), so oneDNN's kernels, made per shape, are made once, not at every step."""
+    start = data.draw(st.integers(0, total - 1))
+    stop = data.draw(st.integers(start + 1, total))
+    windows = cpu_lora_fix._windows(start, stop, total)
+    covered = [row for first, last, begin, end in windows for row in range(begin, end)]
+    assert covered == list(range(start, stop))
+    assert len(windows) <= 3
+    for first, last, begin, end in windows:
+        assert 0 <= first <= begin < end <= last <= total
+        size = last - first
+        assert size <= 16 or size in {2**k for k in range(4, 14)} | {3 * 2**k for k in range(3, 13)}
