@@ -125,11 +125,14 @@ async def main_async() -> None:
     async with open_engine(wide, model=serving.engine.model) as engine:
         comparisons += await _mixed(engine.llm, adapter_prompts, flow_general.path, MIXED, WIDE)
     # The same comparison on vLLM's own CPU LoRA ops: no general plugin in the engine's processes. Its batches
-    # are all-adapter or all-base, so the index -1 bug the plugin also fixes does not come into play.
+    # are all-adapter or all-base, so the index -1 bug the plugin also fixes does not come into play. Eager, as
+    # vLLM runs them with LoRA on: the engine's configuration is made in this process, where the plugin has
+    # already put the platform's compile back.
     progress("adapter vs base model again, on vLLM's own CPU LoRA ops (VLLM_PLUGINS='': our plugin off)")
     os.environ["VLLM_PLUGINS"] = ""
     try:
-        async with open_engine(settings, model=serving.engine.model) as engine:
+        async with open_engine(settings.model_copy(update={"cpu_compile": False}), model=serving.engine.model) \
+                as engine:
             await _warm_up(engine.llm, batch)
             medians = await interleaved(_adapter_vs_base(engine.llm, batch), REPEATS)
     finally:
