@@ -167,6 +167,7 @@ def main() -> None:
     parts.append(SEGMENTED_NOTES)
     parts.append(GROUPED_NOTES)
     parts.append(SHAPE_NOTES)
+    parts.append(OP_BY_OP_NOTES)
     parts.append("![ratios per comparison](BENCHMARKS.png)\n")
     DOC.write_text("\n".join(parts))
     _plot(rows, PLOT)
@@ -648,3 +649,110 @@ mixed-adapter case was added):
 
 if __name__ == "__main__":
     main()
+
+
+OP_BY_OP_NOTES = """\
+## The step op by op, and the LoRA products without a kernel per shape (issue 30)
+
+Measured on 2026-12-05 with the torch profiler inside the engine-core process (vLLM's `profiler_config`), on the
+default engine (compiled, bfloat16, one process, LoRA on) at concurrency 1, base model, 188 decoding steps:
+24.2 ms a step with the profiler on (22-25 ms a token without it, this morning).
+
+| per decoding step, concurrency 1 | ms | share |
+|---|---|---|
+| matrix products in oneDNN (`onednn_mm`: q/k/v, gate/up, down, output layer; 91 calls) | 12.8 | 51% |
+| the o projection in vLLM's SGL kernel (`weight_packed_linear`, 30 calls) | 1.3 | 5% |
+| inductor's kernels and the compiled graph's Python around its calls | 3.6 | 14% |
+| attention and the KV-cache write, 30 each: vLLM's Python wrappers, and their C++ kernels (0.75 ms) | 3.3 | 13% |
+| the model runner's Python around the step | 1.7 | 7% |
+| our LoRA op with no adapter in the batch (120 calls) | 0.9 | 3.5% |
+
+- **The matrix products alone take about llama.cpp's whole step.** Measured apart (one token, bfloat16, 2
+  threads, 30 copies of each weight so that it comes from memory): q/k/v 35.7 µs, o 23.6, gate/up 154, down
+  47.4 µs a layer, the output layer 2.5 ms: 10.4 ms a step, at 22-37 GB/s. llama.cpp's whole step took 9.7-11.6
+  ms in the runs above. The goal (1.3x llama.cpp, 12.6-15 ms) would leave 2-4 ms for everything else; vLLM's
+  Python around attention and the model runner take about 4 ms of it. vLLM's SGL kernel gives the same times as
+  oneDNN at one token (35.3 against 35.7 µs for q/k/v, 143 against 154 for gate/up, 2.30 against 2.55 ms for the
+  output layer), so moving layers between the two gains nothing.
+- On this model the concurrency-1 goals stay missed, by 1.5-1.6x against llama.cpp (1.95-2.03 measured, goal 1.3)
+  and 1.5-1.8x against the limit (2.25-2.74, goal 1.5). At the production model's layer shape they are met
+  (below).
+
+**The LoRA products, three changes** (`service/cpu_lora_fix.py`), found with the same profiler on
+`bench/engine.py`'s mixed workload:
+
+- **Added into the output in one call.** A product made apart and then added (`y += x @ a @ b`) makes a fresh
+  tensor and runs bfloat16's slow `add_`; `y.addmm_(x @ a, b)` adds inside oneDNN's product. On 6,400 rows of
+  the gate/up layer: 11.3 ms for the product and 9.8 ms for the add, against 2.2 ms as one call.
+- **Kernels of a few shapes only.** oneDNN makes a matrix product's kernel for each shape it meets: 3.5-8 ms
+  each here (`ONEDNN_VERBOSE`: `create:cache_miss`), and a prompt's row count is new at almost every step. A
+  prefill step of 8 adapters made up to 8 new shapes for each layer kind. The products now run over windows of
+  the batch's rows of 16, 24, 32, 48, 64, 96, ... rows (`_windows`; the window's other rows get exactly zero
+  added), at most three windows a product.
+- **A many-adapter batch's prompts** (more than 8 adapters) shrink in one batched product over a window around
+  each prompt, and a decoding step of many adapters shrinks in the model's dtype: it reads every adapter's
+  rows, and a bfloat16 table is half a float32 one (`embedding_bag` over 64 slots' tables out of cache: 188
+  against 340 µs a call).
+
+The op alone, bfloat16, 2 threads:
+
+| batch | before | after |
+|---|---|---|
+| one layer of each kind, 64 prompts (6,400 tokens), one adapter | 35.7 ms | 8.0 ms |
+| ... 16 prompts over 8 adapters | 9.6 ms | 4.7 ms |
+| ... 64 prompts over 64 adapters | 49.9 ms | 39.0 ms |
+| three layers of each kind, 22 prompts of new lengths at every step, one adapter | 28.7 ms | 23.0 ms |
+| ... over 8 adapters | 125.5 ms | 27.2 ms |
+| ... over 22 of 64 adapters | 114.0 ms | 56.3 ms |
+
+In the engine, the mixed workload (64 requests, 64 slots, bfloat16; the code of 2026-12-04 then the new code,
+one engine each, minutes apart, 06:40): one adapter 277-290 → 337-349 tokens/s, 8 distinct adapters 188-220 →
+235-276, 64 distinct adapters 135-138 → 185-189; an adapter against the base model 0.70 → 0.73. This workload
+sends the same 64 prompts in every round, so its shapes' kernels are made in the warm-up round; traffic with new
+prompt lengths pays them at every step (the op's last three rows), so the windows show there more than here.
+
+`python -m bench.engine`, finished 2026-12-05 07:27 (the ratios of the 2026-12-04 22:07 run in brackets):
+
+| comparison | value | baseline | ratio | goal |
+|---|---|---|---|---|
+| LoRA adapter vs base model | 165 tokens/s | 249 tokens/s | 0.66 (0.735) | |
+| 8 distinct adapters in 64 requests, max_loras 16 | 226 | 287 | 0.79 (0.903) | >= 0.9, **no** |
+| 8 distinct adapters in 64 requests, max_loras 64 | 226 | 298 | 0.76 (0.899) | >= 0.9, **no** |
+| 64 distinct adapters, max_loras 64 | 170 | 298 | 0.57 (0.71) | >= 0.8, **no** |
+| grammar-constrained decoding | 150 | 164 | 0.915 (0.94) | >= 0.95, **no** |
+
+- **Every adapter case is faster in tokens/s, the ratios lower.** Against the 2026-12-04 20:06 run (the last
+  with its tokens/s written above): one adapter 139 → 287-298 tokens/s, 8 distinct adapters 114-115 → 226, 64
+  distinct 104 → 170, while the peer that none of this touches (peft + transformers) read 28.3 then and 23.5
+  now: the machine was not faster. The ratios are against one adapter, which gained most: with one adapter a
+  layer is one product over every token, and what the changes removed (a kernel per shape, a separate add) cost
+  every case, but the mixed ones pay per adapter what remains.
+- The grammar ratio moves between runs of code the grammar path does not touch (0.97, 0.94, 0.93, 0.90 in
+  earlier runs).
+- The row "LoRA adapter vs base model, vLLM's own CPU LoRA ops" read 0.98 in this run and is left out: that
+  engine's configuration was made in the bench's process, where the plugin had already put the platform's
+  compile back, so it ran compiled, which vLLM never does with LoRA on. `bench/engine.py` now opens it eager.
+
+**64 distinct adapters on the embedded model: what the bytes allow.** An adapter of flow-general's shape
+(rank 16 on all seven projections) is 9.8 MB at bfloat16, 3.6% of the 269 MB model. A decoding step of 64
+requests over 64 adapters reads all of them: 625 MB beside the model's 269 MB, against 279 MB with one adapter,
+so a step bound by memory would give 64 adapters (269 + 10) / (269 + 625) = 0.31 of one adapter's throughput.
+The mixed workload does better (0.57) because it is mostly prompts (6,300 prompt tokens against 768 new
+ones), which are bound by arithmetic. Profiled before these changes, a decoding step of 64 tokens took 150 ms
+with 64 adapters (86 ms of it in the LoRA op) against 75-79 ms with one (24 ms). At Mistral 7B's layer shape an
+adapter of this shape is 84 MB, 0.6% of the model's 14.5 GB, and the same workload gave 0.89 (below). The 0.8
+goal for 64 distinct adapters was met on this model only while one adapter was slow (0.81-0.82 on 2026-12-03
+and 2026-12-04, one adapter at 99-122 tokens/s).
+
+Where issue 30's goals stand (the runs above; cold start measured after these changes):
+
+| goal | embedded model (135M) | Mistral 7B's layer shape |
+|---|---|---|
+| concurrency 1 vs llama.cpp (<= 1.3) | 1.95-2.03, **no** | 0.87-0.88, yes |
+| concurrency 1 vs the limit (<= 1.5) | 2.25-2.74, **no** | 1.21-1.28, yes |
+| ahead of llama.cpp at concurrency 8 and 32 | 0.79-0.84 and 0.58-0.66, yes | 0.64 and 0.22-0.23, yes |
+| 8 distinct adapters vs 1 (>= 0.9) | 0.76-0.79 (bench.engine), 0.935 (cpu_peer, before these changes) | 0.96, yes |
+| 64 distinct adapters vs 1 (>= 0.8) | 0.57, **no** (0.31 is the bandwidth floor of its decoding steps) | 0.89, yes |
+| cold start (<= 30 s) | 27.1 s (median of 29.7, 25.6 and 27.1; engine alone 23.0 s), yes | |
+| service vs raw engine (>= 0.95) | 0.95-0.97 (2026-12-04 18:12), yes | |
+"""
