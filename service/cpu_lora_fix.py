@@ -223,7 +223,7 @@ def _add_prompts(y: torch.Tensor, x: torch.Tensor, prompts: list[tuple[int, int,
                  scale: float) -> bool:
     """``_lora_linear`` for the ``prompts`` ((slot, start, stop) each) of a batch of many adapters: their
     adapters' weights made for this call (``build``), one batched shrink over a window of the batch's rows around
-    each prompt, and an expand per prompt written into ``y`` (the window's other rows get zero). A shrink per
+    each prompt, and an expand per prompt written into its own rows of ``y``. A shrink per
     prompt cost more in its calls than in its arithmetic, and the windows and the batched product have a few
     sizes only (``_bucket``: oneDNN makes a kernel per shape, docs/BENCHMARKS.md). False, and nothing added, for
     fewer than two prompts, or when the windows would more than double their rows or not fit the batch."""
@@ -239,12 +239,10 @@ def _add_prompts(y: torch.Tensor, x: torch.Tensor, prompts: list[tuple[int, int,
     windows = x.new_empty(count, size, x.size(1), dtype=dtype)  # the extra prompts' rows are never read
     for rows, first in zip(windows, firsts, strict=False):
         rows.copy_(x[first : first + size])
-    shrunk = torch.bmm(windows, shrink)[: len(prompts)]
-    offsets = torch.arange(size)
-    starts = torch.tensor([start - first for (_, start, _), first in zip(prompts, firsts, strict=True)])
-    shrunk *= ((offsets >= starts[:, None]) & (offsets < starts[:, None] + torch.tensor(lengths)[:, None]))[..., None]
-    for products, weight, first in zip(shrunk, expand, firsts, strict=False):
-        _addmm(y[first : first + size], products, weight, scale)
+    shrunk = torch.bmm(windows, shrink)
+    for rows, weight, first, (_, start, stop) in zip(shrunk, expand, firsts, prompts, strict=False):
+        _add_windows(y, start, stop, lambda begin, end, rows=rows, first=first: rows[begin - first : end - first],
+                     weight, scale)
     return True
 
 
@@ -414,32 +412,32 @@ def _addmm(out: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, scale:
 
 def _add_chain(out: torch.Tensor, inputs: torch.Tensor, start: int, stop: int, chain, last: torch.Tensor,
                scale: float) -> None:
-    """``out[start:stop] += inputs[start:stop]`` times the matrices of ``chain`` and ``last``, times ``scale``,
-    over windows of the batch's rows of a few sizes only (``_windows``): the rows of a window outside
-    [start, stop) get exactly zero added. oneDNN makes a matrix product's kernel for each shape it meets, 4-8 ms
-    a shape on this CPU, and a prompt's row count is new at almost every step."""
-    for first, last_row, begin, end in _windows(start, stop, len(inputs)):
-        products = functools.reduce(torch.matmul, chain, inputs[first:last_row])
-        if (begin, end) != (first, last_row):
-            products = products.clone() if not chain else products  # never zero ``inputs`` itself
+    """``out[start:stop] += inputs[start:stop]`` times the matrices of ``chain`` and ``last``, times ``scale``."""
+    _add_windows(out, start, stop, lambda first, end: functools.reduce(torch.matmul, chain, inputs[first:end]),
+                 last, scale)
+
+
+def _add_windows(out: torch.Tensor, start: int, stop: int, rows_of, weight: torch.Tensor, scale: float) -> None:
+    """``out[start:stop] += rows_of(start, stop) @ weight * scale``, over windows of a few sizes only
+    (``_windows``), each row once. oneDNN makes a matrix product's kernel for each shape it meets, 3.5-8 ms a
+    shape on this CPU, and a prompt's row count is new at almost every step. The windows stay inside
+    [start, stop): another request's rows are never written, whatever this adapter's weights hold."""
+    for first, end, begin in _windows(start, stop):
+        products = rows_of(first, end)
+        if begin > first:  # the rows the window before has added
+            products = products.clone()
             products[: begin - first] = 0
-            products[end - first :] = 0
-        _addmm(out[first:last_row], products, last, scale)
+        _addmm(out[first:end], products, weight, scale)
 
 
-def _windows(start: int, stop: int, total: int) -> list[tuple[int, int, int, int]]:
-    """Windows over rows [start, stop) of a batch of ``total`` rows: (window start, window stop, the rows of
-    [start, stop) it covers: start, stop). One window of ``_bucket(stop - start)`` rows where the batch has
-    them, else windows of the largest such size it has, which overlap without covering a row twice."""
-    size = _bucket(stop - start)
-    if size > total:
-        size = _bucket_below(total)
-    windows, position = [], start
-    while position < stop:
-        first = min(position, total - size)
-        windows.append((first, first + size, position, min(stop, first + size)))
-        position = min(stop, first + size)
-    return windows
+def _windows(start: int, stop: int) -> list[tuple[int, int, int]]:
+    """Windows over rows [start, stop): (window start, window stop, first row it adds). One window when the
+    count is one of ``_bucket``'s sizes, else the largest such size below it and a window of the next size up
+    from what is left, ending at ``stop`` (it overlaps the first by less than half of what it adds)."""
+    size = _bucket_below(stop - start)
+    if size == stop - start:
+        return [(start, stop, start)]
+    return [(start, start + size, start), (stop - _bucket(stop - start - size), stop, start + size)]
 
 
 def _bucket(rows: int) -> int:
