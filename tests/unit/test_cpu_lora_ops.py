@@ -121,13 +121,7 @@ def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
     of a one-adapter batch and of a base-only batch (left as it was) gets exactly its own adapter's delta,
     computed in float32; batches of ``_MATRIX_UNIT_ROWS`` tokens or more (prompts) compute it in bfloat16.
     Within bfloat16's rounding, on the first call and on later ones (the weights kept)."""
-    torch.manual_seed(3)
-    slots = torch.tensor(slots)
-    output_slices = [24, 8, 8]
-    x = torch.randn(len(slots), 16).bfloat16()
-    lora_a = [torch.randn(16, 1, 4, 16).bfloat16() for _ in output_slices]
-    lora_b = [torch.randn(16, 1, size, 4).bfloat16() for size in output_slices]
-    y = torch.randn(len(slots), sum(output_slices)).bfloat16()
+    slots, output_slices, x, lora_a, lora_b, y = _bfloat16_layer(slots, seed=3)
     expected = _reference_lora_linear(y.float(), x.float(), [a.float() for a in lora_a],
                                       [b.float() for b in lora_b], slots, 0.5, output_slices)
     for _ in range(3):
@@ -135,6 +129,17 @@ def test_a_bfloat16_model_gets_each_tokens_own_adapter_in_every_path(slots):
         torch.ops.nl2dsl.lora_linear(out, x, lora_a, lora_b, slots, 0.5, output_slices)
         assert out.dtype == torch.bfloat16
         assert torch.allclose(out.float(), expected, rtol=2e-2, atol=5e-2)
+
+
+def _bfloat16_layer(slots: list[int], *, seed: int):
+    """A merged q/k/v layer of a bfloat16 model with 16 adapter slots (rank 4), its batch's input and output."""
+    torch.manual_seed(seed)
+    output_slices = [24, 8, 8]
+    x = torch.randn(len(slots), 16).bfloat16()
+    lora_a = [torch.randn(16, 1, 4, 16).bfloat16() for _ in output_slices]
+    lora_b = [torch.randn(16, 1, size, 4).bfloat16() for size in output_slices]
+    y = torch.randn(len(slots), sum(output_slices)).bfloat16()
+    return torch.tensor(slots), output_slices, x, lora_a, lora_b, y
 
 
 _runs = st.lists(st.tuples(st.integers(-1, 5), st.integers(1, 12)), min_size=1, max_size=12)
@@ -278,21 +283,15 @@ def test_the_products_windows_cover_each_row_once_with_few_sizes(start, count):
         assert size <= 16 or size in {2**k for k in range(4, 14)} | {3 * 2**k for k in range(3, 13)}
 
 
-@pytest.mark.parametrize("slots", [[0] * 37 + [1] * 23 + [-1] * 5, [*range(12)] * 1 + [0] * 30 + [3] * 41],
+@pytest.mark.parametrize("slots", [[0] * 37 + [1] * 23 + [-1] * 5, [*range(12), *[0] * 30, *[3] * 41]],
                          ids=["two prompts and base tokens", "many adapters: prompts and decoding tokens"])
 @pytest.mark.parametrize("poison", [float("inf"), float("nan")])
 def test_an_adapter_with_non_finite_weights_changes_no_other_requests_rows(slots, poison):
     """A tenant's adapter whose weights hold inf or NaN (slot 0 here) leaves every other token's output exactly
     as its own adapter (or the base model) makes it: no product of slot 0 is written outside slot 0's rows."""
-    torch.manual_seed(5)
-    slots = torch.tensor(slots)
-    output_slices = [24, 8, 8]
-    x = torch.randn(len(slots), 16).bfloat16()
-    lora_a = [torch.randn(16, 1, 4, 16).bfloat16() for _ in output_slices]
-    lora_b = [torch.randn(16, 1, size, 4).bfloat16() for size in output_slices]
+    slots, output_slices, x, lora_a, lora_b, y = _bfloat16_layer(slots, seed=5)
     lora_b[1][0, 0, 0, 0] = poison
     lora_a[0][0, 0, 1, 3] = poison
-    y = torch.randn(len(slots), sum(output_slices)).bfloat16()
     clean = [a.clone() for a in lora_a], [b.clone() for b in lora_b]
     for weights in clean:
         for w in weights:
