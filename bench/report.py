@@ -752,7 +752,7 @@ so a step bound by memory would give 64 adapters (269 + 10) / (269 + 625) = 0.31
 The mixed workload does better (0.46-0.57) because it is mostly prompts (6,300 prompt tokens against 768 new
 ones), which are bound by arithmetic. Profiled before these changes, a decoding step of 64 tokens took 150 ms
 with 64 adapters (86 ms of it in the LoRA op) against 75-79 ms with one (24 ms). At Mistral 7B's layer shape an
-adapter of this shape is 84 MB, 0.6% of the model's 14.5 GB, and the same workload gave 0.89 (below). The 0.8
+adapter of this shape is 84 MB, 0.6% of the model's 14.5 GB, and the same workload gave 0.89 (above). The 0.8
 goal for 64 distinct adapters was met on this model only while one adapter was slow (0.81-0.82 on 2026-12-03
 and 2026-12-04, one adapter at 99-122 tokens/s).
 
@@ -763,7 +763,7 @@ Where issue 30's goals stand (the runs above; cold start measured after these ch
 | concurrency 1 vs llama.cpp (<= 1.3) | 1.95-2.03, **no** | 0.87-0.88, yes |
 | concurrency 1 vs the limit (<= 1.5) | 2.25-2.74, **no** | 1.21-1.28, yes |
 | ahead of llama.cpp at concurrency 8 and 32 | 0.79-0.84 and 0.58-0.66, yes | 0.64 and 0.22-0.23, yes |
-| 8 distinct adapters vs 1 (>= 0.9) | 0.68-0.70 (bench.engine), 0.935 (cpu_peer, before these changes) | 0.96, yes |
+| 8 distinct adapters vs 1 (>= 0.9) | 0.68-0.70 (bench.engine), **no**; 0.935 (cpu_peer, before today) | 0.96, yes |
 | 64 distinct adapters vs 1 (>= 0.8) | 0.46, **no** (0.31 is the bandwidth floor of its decoding steps) | 0.89, yes |
 | cold start (<= 30 s) | 27.1 s (median of 29.7, 25.6 and 27.1; engine alone 23.0 s), yes | |
 | service vs raw engine (>= 0.95) | 0.95-0.97 (2026-12-04 18:12), yes | |
