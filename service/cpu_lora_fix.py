@@ -236,9 +236,10 @@ def _add_prompts(y: torch.Tensor, x: torch.Tensor, prompts: list[tuple[int, int,
     firsts = [min(start, len(x) - size) for _, start, _ in prompts]
     slots = [slot for slot, _, _ in prompts]
     shrink, expand = build(torch.tensor(slots + slots[:1] * (count - len(prompts))))
-    windows = x.new_empty(count, size, x.size(1), dtype=dtype)  # the extra prompts' rows are never read
-    for rows, first in zip(windows, firsts, strict=False):
-        rows.copy_(x[first : first + size])
+    # Each window holds its prompt's rows and zeros: another request's rows never meet this adapter's weights.
+    windows = x.new_zeros(count, size, x.size(1), dtype=dtype)  # the extra prompts' rows are never read
+    for rows, first, (_, start, stop) in zip(windows, firsts, prompts, strict=False):
+        rows[start - first : stop - first].copy_(x[start:stop])
     shrunk = torch.bmm(windows, shrink)
     for rows, weight, first, (_, start, stop) in zip(shrunk, expand, firsts, prompts, strict=False):
         _add_windows(y, start, stop, lambda begin, end, rows=rows, first=first: rows[begin - first : end - first],
@@ -272,7 +273,7 @@ class _Plan:
     order: slice | torch.Tensor | None
     segments: list[tuple[int, int, int]]  # (position in ``adapters``, start, stop) in ``order``
     # When no segment is much longer than the rest, ``order`` padded to (adapters, length): the rows to read
-    # (padding reads row 0; None: ``order`` itself, every segment of that length), the positions that are not
+    # (padding repeats the segment's first row; None: ``order`` itself, every segment of that length), the positions that are not
     # padding (None: all) and the rows they go to, and length.
     padded: tuple[torch.Tensor | None, torch.Tensor | None, slice | torch.Tensor, int] | None
     many: _Many | None  # the batch as the per-token products read it, when it has more than _FUSED_ADAPTERS
@@ -281,13 +282,13 @@ class _Plan:
 @dataclass(frozen=True)
 class _Many:
     """A batch of many adapters, by runs: a long run (a prompt) gets one product over its rows, and the tokens
-    between long runs (one decoding token per sequence, typically) one product each with their own adapter."""
+    with an adapter (one decoding token per sequence, typically) one product each with their own adapter; tokens
+    without an adapter are not read."""
 
     wide: list[tuple[int, int, int]]  # (slot, start, stop) of the long runs with an adapter
     narrow_runs: list[tuple[int, int, int]]  # ... and of the other runs with an adapter
-    narrow: list[tuple[int, int]]  # (start, stop) of the stretches between long runs ...
-    narrow_slots: torch.Tensor  # ... their tokens' slots, -1 read as 0 ...
-    narrow_mask: torch.Tensor | None  # ... and which of them have an adapter, (tokens, 1) (None: all)
+    narrow: list[tuple[int, int]]  # (start, stop) of the stretches of those other runs ...
+    narrow_slots: torch.Tensor  # ... and their tokens' slots (never -1)
     picks: dict[int, torch.Tensor] = field(default_factory=dict)  # ``embedding_bag``'s rows, by weight width
 
     def picks_of(self, width: int) -> torch.Tensor:
@@ -347,26 +348,28 @@ def _padded(order: torch.Tensor, segments: list[tuple[int, int, int]], counts: l
         return None
     rows = torch.zeros(len(counts), length, dtype=torch.long)
     real = torch.zeros(len(counts), length, dtype=torch.bool)
-    for position, start, stop in segments:
-        rows[position, : stop - start], real[position, : stop - start] = order[start:stop], True
+    for position, start, stop in segments:  # padding repeats the segment's own first row: no other row is read
+        rows[position], real[position, : stop - start] = order[start], True
+        rows[position, : stop - start] = order[start:stop]
     kept = None if bool(real.all()) else real.flatten().nonzero().squeeze(1)
     rows = rows.flatten()
     return rows, kept, rows if kept is None else rows[kept], length
 
 
 def _many(indices: torch.Tensor, runs: list[tuple[int, int, int]]) -> _Many:
-    """The ``runs`` of ``indices`` for the per-token products."""
-    long = [run for run in runs if run[2] - run[1] >= _WIDE]
-    narrow, position = [], 0
-    for _, run_start, run_stop in [*long, (-1, len(indices), len(indices))]:
-        if run_start > position:
-            narrow.append((position, run_start))
-        position = run_stop
+    """The ``runs`` of ``indices`` for the per-token products. Only tokens with an adapter are read: a token
+    without one takes no LoRA arithmetic at all (a slot read for it and masked by zero let another tenant's
+    NaN or inf weights through, since NaN times 0 is NaN: docs/SECURITY.md)."""
+    with_adapter = [run for run in runs if run[0] >= 0]
+    narrow_runs = [run for run in with_adapter if run[2] - run[1] < _WIDE]
+    narrow: list[tuple[int, int]] = []
+    for _, start, stop in narrow_runs:  # neighbouring short runs are read as one stretch
+        if narrow and narrow[-1][1] == start:
+            narrow[-1] = (narrow[-1][0], stop)
+        else:
+            narrow.append((start, stop))
     rows = torch.cat([torch.arange(a, b) for a, b in narrow]) if narrow else torch.zeros(0, dtype=torch.long)
-    narrow_slots = indices[rows]
-    mask = None if bool((narrow_slots >= 0).all()) else (narrow_slots >= 0).unsqueeze(1)
-    return _Many([r for r in long if r[0] >= 0], [r for r in runs if r[0] >= 0 and r[2] - r[1] < _WIDE], narrow,
-                 narrow_slots.clamp(min=0), mask)
+    return _Many([r for r in with_adapter if r[2] - r[1] >= _WIDE], narrow_runs, narrow, indices[rows])
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
@@ -412,9 +415,12 @@ def _addmm(out: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, scale:
 
 def _add_chain(out: torch.Tensor, inputs: torch.Tensor, start: int, stop: int, chain, last: torch.Tensor,
                scale: float) -> None:
-    """``out[start:stop] += inputs[start:stop]`` times the matrices of ``chain`` and ``last``, times ``scale``."""
-    _add_windows(out, start, stop, lambda first, end: functools.reduce(torch.matmul, chain, inputs[first:end]),
-                 last, scale)
+    """``out[start:stop] += inputs[start:stop]`` times the matrices of ``chain`` and ``last``, times ``scale`` (the
+    rows taken to the weights' dtype: a prompt among many adapters in a small float32 batch of a bfloat16 model
+    met float32 weights)."""
+    _add_windows(out, start, stop,
+                 lambda first, end: functools.reduce(torch.matmul, chain, inputs[first:end].to(last.dtype)), last,
+                 scale)
 
 
 def _add_windows(out: torch.Tensor, start: int, stop: int, rows_of, weight: torch.Tensor, scale: float) -> None:
@@ -595,8 +601,6 @@ def _add_per_token(out, inputs, stacked: tuple[torch.Tensor, ...], many: _Many, 
         products = torch.nn.functional.embedding_bag(picks, table, per_sample_weights=rows.contiguous(), mode="sum")
     else:
         products = torch.bmm(of(many.narrow_slots), rows.unsqueeze(2)).squeeze(2)
-    if many.narrow_mask is not None:
-        products *= many.narrow_mask
     done = 0
     for start, stop in many.narrow:
         out[start:stop].add_(products[done : done + stop - start], alpha=scale)
