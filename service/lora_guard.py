@@ -9,7 +9,8 @@ every tensor before anything is stored (:mod:`service.adapters.validation`); thi
 backstop, in the worker process (vLLM loads ``vllm.general_plugins`` entry points in every process):
 
 - adding an adapter (``add_lora``, or a request's first use) checks each layer's weights against that layer's
-  slot buffers, and refuses the adapter with ``ValueError`` before any slot is touched: ``add_lora`` fails for
+  slot buffers, and every value for NaN, infinities and magnitudes past ``MAX_WEIGHT`` (the bound uploads are
+  held to), and refuses the adapter with ``ValueError`` before any slot is touched: ``add_lora`` fails for
   its caller alone, the engine runs on;
 - should an activation fail anyway, the slot is emptied in every layer before the error goes on, so no slot
   ever points at weights that are not its adapter's.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-__all__ = ["CHECKED_VERSIONS", "register", "weights_misfit"]
+__all__ = ["CHECKED_VERSIONS", "register", "weights_misfit", "weights_out_of_range"]
 
 #: vLLM releases whose LoRAModelManager this was checked against (both builds share the code).
 CHECKED_VERSIONS = ("0.32.0",)
@@ -44,7 +45,7 @@ def register() -> None:
 
     def _add_adapter(self, lora) -> None:
         add(self, lora)
-        if problem := weights_misfit(self, lora):
+        if problem := weights_misfit(self, lora) or weights_out_of_range(lora):
             self._registered_adapters.pop(lora.id, None)
             raise ValueError(f"LoRA {lora.id} does not fit the model: {problem}")
 
@@ -86,6 +87,20 @@ def weights_misfit(manager, lora) -> str | None:
                     and b.shape[0] == slot_b.shape[-2] and b.shape[1] <= slot_b.shape[-1] and a.shape[0] == b.shape[1]):
                 return (f"{module_name}: lora_a {list(a.shape)}, lora_b {list(b.shape)} for a slot of "
                         f"{list(slot_a.shape[-2:])} and {list(slot_b.shape[-2:])}")
+    return None
+
+
+def weights_out_of_range(lora) -> str | None:
+    """Which of ``lora``'s weights hold NaN, an infinity or a magnitude past what uploads may (None: none)."""
+    from service.adapters.validation import MAX_WEIGHT
+    from service.adapters.validation import weights_out_of_range as out_of_range
+
+    for module_name, weights in lora.loras.items():
+        for side in ("lora_a", "lora_b"):
+            pieces = getattr(weights, side)
+            for piece in pieces if isinstance(pieces, list) else [pieces]:
+                if piece is not None and out_of_range(piece.detach().float().cpu().numpy()):
+                    return f"{module_name}: {side} holds NaN, infinite values or values beyond +/-{MAX_WEIGHT:g}"
     return None
 
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service import safe_yaml
 from service.names import NAME_PATTERN
 
-__all__ = ["AdapterConfig", "AdapterInvalid", "BaseShapes", "Manifest", "TensorInfo", "check_folder",
-           "read_manifest"]
+__all__ = ["MAX_WEIGHT", "AdapterConfig", "AdapterInvalid", "BaseShapes", "Manifest", "TensorInfo", "check_folder",
+           "read_manifest", "weights_out_of_range"]
 
 #: The projections of a Llama/Mistral decoder layer vLLM applies LoRA to, and which base dimensions they map.
 PROJECTIONS: dict[str, tuple[str, str]] = {
@@ -43,6 +44,13 @@ _MAX_CONFIG_BYTES = 65_536
 _MAX_HEADER_BYTES = 1_048_576
 #: Seven projections x 2 matrices x 128 layers: more than any base this service runs.
 _MAX_TENSORS = 2_000
+#: The largest weight magnitude served. PEFT starts lora_A within 1/sqrt(in_features) (0.04 on the embedded
+#: model) and lora_B at 0; the four shipped adapters end training under 0.09. 1024 is over 10,000 times that,
+#: and keeps one layer's product (rank x in_features terms) far from overflow; 3e38 or inf made another tenant's
+#: output NaN when the op masked by multiplying with 0 (docs/SECURITY.md, 16). The engine checks again
+#: (service.lora_guard).
+MAX_WEIGHT = 1024.0
+_VALUES_PER_READ = 1 << 20
 
 
 class AdapterInvalid(ValueError):
@@ -218,6 +226,35 @@ def _check_weights(path: Path, *, base: BaseShapes, rank: int, targets: set[str]
         layer, projection = unpaired[0]
         raise AdapterInvalid(f"{name}: layer {layer}'s {projection} has lora_A or lora_B without the other")
     _check_offsets(name, tensors, data_bytes=size - 8 - header_len)
+    _check_values(path, tensors, data_start=8 + header_len)
+
+
+def _check_values(path: Path, tensors: dict[str, TensorInfo], *, data_start: int) -> None:
+    """Every weight finite and at most :data:`MAX_WEIGHT` in magnitude, read a bounded piece at a time."""
+    with path.open("rb") as f:
+        for key, info in tensors.items():
+            start, stop = info.data_offsets
+            f.seek(data_start + start)
+            item = _ITEM_BYTES[info.dtype]
+            for offset in range(start, stop, _VALUES_PER_READ * item):
+                values = _as_float32(f.read(min(stop - offset, _VALUES_PER_READ * item)), info.dtype)
+                if weights_out_of_range(values):
+                    raise AdapterInvalid(f"{path.name}: tensor {key} holds NaN, infinite values or values beyond "
+                                         f"+/-{MAX_WEIGHT:g}, far past what training makes")
+
+
+def weights_out_of_range(values: np.ndarray) -> bool:
+    """True when ``values`` hold a NaN, an infinity or a magnitude past :data:`MAX_WEIGHT`."""
+    return bool(values.size) and not (np.isfinite(values).all() and float(np.abs(values).max()) <= MAX_WEIGHT)
+
+
+def _as_float32(data: bytes, dtype: str) -> np.ndarray:
+    """Little-endian safetensors values as float32 (bfloat16 is float32's upper half)."""
+    if dtype == "F32":
+        return np.frombuffer(data, dtype="<f4")
+    if dtype == "F16":
+        return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
 
 
 def _check_offsets(name: str, tensors: dict[str, TensorInfo], *, data_bytes: int) -> None:

@@ -1,0 +1,140 @@
+"""Tenants share an engine, not its state (issue 42; docs/SECURITY.md, 16-23): the attacks that need no engine.
+
+Each test is named for what it stops; the attacks that need the real engine (a poisoned adapter, the prefix
+cache's timing) are in tests/integration/test_shared_engine.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service import lora_guard
+from service.adapters import archive
+from service.adapters.validation import MAX_WEIGHT
+from tests.unit.test_hostile_uploads import _auth, _files, _folder, _refused, _stored, _tar
+
+_POISONS = [float("nan"), float("inf"), float("-inf"), 3e38, -2 * MAX_WEIGHT]
+
+
+# 16: one tenant's adapter poisons everyone's output -------------------------------------------------------
+
+@pytest.mark.parametrize("poison", _POISONS, ids=["nan", "inf", "-inf", "3e38", "past the bound"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+def test_an_adapter_with_non_finite_or_huge_weights_is_refused_at_publish_and_nothing_is_stored(
+        replica, tmp_path, poison, dtype):
+    folder = _folder(tmp_path)
+    tensors = safetensors.numpy.load(folder.joinpath("adapter_model.safetensors").read_bytes())
+    key = sorted(tensors)[-1]
+    tensors[key][3, 1] = poison
+    if dtype == "bfloat16":  # numpy has no bfloat16: written through torch
+        from safetensors.torch import save
+        data = save({k: torch.from_numpy(v).bfloat16() for k, v in tensors.items()})
+    else:
+        data = safetensors.numpy.save({k: v.astype(dtype) for k, v in tensors.items()})
+    folder.joinpath("adapter_model.safetensors").write_bytes(data)
+    client = replica()
+    error = _refused(client.post("/adapters", content=_tar(_files(folder)), headers=_auth("alpha")))
+    assert key in error["message"] and "NaN, infinite values or values beyond" in error["message"]
+    assert _stored(tmp_path) == []
+
+
+def test_weights_trained_as_usual_pass_the_value_check(replica, tmp_path):
+    assert replica().post("/adapters", content=_tar(_files(_folder(tmp_path))),
+                          headers=_auth("alpha")).status_code == 201
+
+
+@pytest.mark.parametrize("poison", _POISONS, ids=["nan", "inf", "-inf", "3e38", "past the bound"])
+def test_the_engine_guard_refuses_an_adapter_whose_weights_are_non_finite_or_huge(poison):
+    """The engine's own backstop: an adapter that reached it anyway is refused by name before any slot."""
+    good = SimpleNamespace(lora_a=torch.randn(8, 576) * 0.05, lora_b=torch.randn(576, 8) * 0.05)
+    bad = SimpleNamespace(lora_a=torch.randn(8, 576) * 0.05, lora_b=torch.randn(576, 8).bfloat16())
+    bad.lora_b[5, 2] = poison
+    assert lora_guard.weights_out_of_range(SimpleNamespace(loras={"layers.0.q_proj": good})) is None
+    problem = lora_guard.weights_out_of_range(SimpleNamespace(loras={"layers.0.q_proj": good,
+                                                                     "layers.1.o_proj": bad}))
+    assert problem and problem.startswith("layers.1.o_proj: lora_b")
+
+
+# 18: 365 bytes freeze the whole API -----------------------------------------------------------------------
+
+def _pax_bomb(digits: int) -> bytes:
+    """A .tar.gz whose first member is a PAX header of ``digits`` digits: Python 3.11.7's tarfile parses it in
+    time quadratic in its length (200,000 digits: 84 s with the interpreter held)."""
+    payload = b"0" * digits
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(payload)
+    body = info.tobuf(format=tarfile.USTAR_FORMAT) + payload + bytes(-len(payload) % 512) + bytes(1024)
+    return gzip.compress(body, 9)
+
+
+def test_a_365_byte_pax_bomb_is_a_400_without_tarfile_and_the_api_stays_up(replica, tmp_path, monkeypatch):
+    bomb = _pax_bomb(200_000)
+    assert len(bomb) < 400
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: pytest.fail("tarfile must not read what tenants send"))
+    client = replica()
+    started = time.process_time()
+    error = _refused(client.post("/adapters", content=bomb, headers=_auth("alpha")))
+    assert "PAX or long-name header over 65536 bytes" in error["message"]
+    assert time.process_time() - started < 30  # a bound, not a timing: 84 s of CPU before
+    assert client.get("/healthz").status_code == 200 and _stored(tmp_path) == []
+
+
+_names = st.text(st.characters(codec="utf-8", exclude_characters="\0/"), min_size=1, max_size=120)
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(_names, min_size=1, max_size=4, unique=True), nested=st.booleans(),
+       fmt=st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
+       sizes=st.lists(st.integers(0, 3000), min_size=5, max_size=5))
+def test_archives_tar_writes_unpack_as_tar_reads_them(tmp_path_factory, names, nested, fmt, sizes):
+    """Property: the reader that replaced tarfile's gives the adapter files tarfile would, for archives in each
+    format tarfile writes (long and non-ASCII names: PAX records and GNU long names), beside other files."""
+    members = {**{f"extra-{name}": bytes([len(name) % 251]) * size for name, size in zip(names, sizes, strict=False)},
+               "manifest.yaml": b"m" * sizes[-1], "adapter_model.safetensors": b"w" * sizes[0]}
+    buffer = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=buffer, mode="w:gz", format=fmt) as written:
+            if nested:
+                folder = tarfile.TarInfo("adapter-" + names[0][:80])
+                folder.type = tarfile.DIRTYPE
+                written.addfile(folder)
+            for name, data in members.items():
+                info = tarfile.TarInfo(("adapter-" + names[0][:80] + "/" if nested else "") + name)
+                info.size = len(data)
+                written.addfile(info, io.BytesIO(data))
+    except ValueError:  # a name this format cannot hold (too long for USTAR, not ASCII): tar's own refusal
+        return
+    target = tmp_path_factory.mktemp("unpacked")
+    archive.unpack(buffer.getvalue(), target, max_bytes=1 << 24)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == {
+        "manifest.yaml": members["manifest.yaml"], "adapter_model.safetensors": members["adapter_model.safetensors"]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000), flips=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)),
+                                                     max_size=8))
+def test_any_bytes_unpack_or_are_refused_never_anything_else(tmp_path_factory, data, flips):
+    """Property: random bytes, and real archives with bytes changed anywhere in their tar stream, are unpacked or
+    refused with ArchiveRefused: never another error, never a write outside the folder."""
+    tar_stream = bytearray(gzip.decompress(_tar({"manifest.yaml": b"name: x\n", "README": data})))
+    for at, value in flips:
+        tar_stream[at % len(tar_stream)] = value
+    for body in (data, gzip.compress(bytes(tar_stream))):
+        target: Path = tmp_path_factory.mktemp("unpacked")
+        try:
+            archive.unpack(body, target, max_bytes=1 << 20)
+        except archive.ArchiveRefused:
+            pass
+        assert {p.name for p in target.iterdir()} <= archive.ADAPTER_FILES
