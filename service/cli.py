@@ -249,7 +249,7 @@ def _eval(args: argparse.Namespace) -> int:
                                 tenant=args.tenant, adapter=args.adapter, examples=count),
                       args.test.name, args.limit, test_file=args.test) for count in args.examples or [None]]
         out = args.out or Path(f"eval-{args.dsl}.md")
-        command = shlex.join(["nl2dsl", "eval", *sys.argv[2:]])
+        command = _reproducible("eval")
     else:
         limit = args.limit or {"matrix": 40, "adapters": 200, "smoke": 5}[args.suite]
         cases = SUITES[args.suite](limit)
@@ -309,7 +309,7 @@ def _onboard(args: argparse.Namespace) -> int:
         url=args.url, api_key=args.api_key or Settings().api_key, tenant=args.tenant, start=args.start,
         description=args.description, budget_s=budget, margin=args.margin, alpha=args.alpha, examples=args.examples,
         heldout_max=args.heldout, steps=args.steps, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        command=shlex.join(["nl2dsl", "onboard", *sys.argv[2:]]), status_file=args.status,
+        command=_reproducible("onboard"), status_file=args.status,
         heldout_file=args.heldout_file,
     )
     try:
@@ -320,6 +320,21 @@ def _onboard(args: argparse.Namespace) -> int:
             print(f"  {item}", file=sys.stderr)
         return 2
     return 0 if report.published else 1
+
+
+def _reproducible(subcommand: str) -> str:
+    """This run's command line as reports print it ("Produced by"), with any ``--api-key`` value replaced by
+    ``$NL2DSL_API_KEY``: a report is published into the store, where the DSL's other readers find it."""
+    words, hidden = [], False
+    for word in sys.argv[2:]:
+        if hidden:
+            word, hidden = "$NL2DSL_API_KEY", False
+        elif word == "--api-key":
+            hidden = True
+        elif word.startswith("--api-key="):
+            word = "--api-key=$NL2DSL_API_KEY"
+        words.append(word)
+    return shlex.join(["nl2dsl", subcommand, *words]).replace("'$NL2DSL_API_KEY'", '"$NL2DSL_API_KEY"')
 
 
 def _grammar_check(args: argparse.Namespace) -> int:

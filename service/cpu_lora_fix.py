@@ -273,8 +273,8 @@ class _Plan:
     order: slice | torch.Tensor | None
     segments: list[tuple[int, int, int]]  # (position in ``adapters``, start, stop) in ``order``
     # When no segment is much longer than the rest, ``order`` padded to (adapters, length): the rows to read
-    # (padding repeats the segment's first row; None: ``order`` itself, every segment of that length), the positions that are not
-    # padding (None: all) and the rows they go to, and length.
+    # (padding repeats the segment's first row; None: ``order`` itself, every segment of that length), the
+    # positions that are not padding (None: all) and the rows they go to, and length.
     padded: tuple[torch.Tensor | None, torch.Tensor | None, slice | torch.Tensor, int] | None
     many: _Many | None  # the batch as the per-token products read it, when it has more than _FUSED_ADAPTERS
 

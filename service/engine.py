@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -27,7 +28,8 @@ from service.cpu_features import native_bfloat16
 from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout, GrammarInvalid
 from service.gateway_metrics import engine_name, prometheus_logger
 
-__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "cpu_threads_bind", "open_engine"]
+__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "cache_salt", "cpu_threads_bind",
+           "open_engine"]
 
 #: Up to this many cores, every core computes the model: vLLM's own rule ("auto") keeps one core per worker for
 #: its scheduler, which on the 2-core default left the model one core (docs/BENCHMARKS.md, "CPU threads").
@@ -64,6 +66,8 @@ class Delta:
     finish_reason: str | None = None
     #: Seconds the request waited in the engine's queue before it was scheduled (last delta only).
     queue_s: float | None = None
+    #: Prompt tokens read from the prefix cache of the request's own tenant (last delta only).
+    cached_tokens: int = 0
 
 
 class Engine:
@@ -89,14 +93,18 @@ class Engine:
         prompt_token_ids: list[int],
         *,
         request_id: str,
+        tenant: str | None = None,
         adapter: AdapterRef | None = None,
         params: GenerationParams = GenerationParams(),
         deadline: float | None = None,
     ) -> AsyncIterator[Delta]:
         """Stream the completion of ``prompt_token_ids``; closing the iterator aborts the request.
 
+        ``tenant``: whose prefix cache the request reads and fills (:func:`cache_salt`); None is the shared one.
         ``deadline`` (``time.monotonic()`` seconds): past it the request is aborted and GenerationTimeout raised.
         ``request_id`` must be unique among requests in flight: vLLM aborts every request that shares one.
+        A request whose logits turn non-finite is aborted: AdapterUnavailable names its adapter (the caller
+        quarantines that version, so no request meets its cached blocks again), EngineUnavailable without one.
         """
         from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
@@ -110,15 +118,17 @@ class Engine:
             await self.load(adapter)
         tokens, finished = 0, False
         try:
-            stream = self._llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_token_ids), sampling, request_id, lora_request=lora
-            )
+            prompt = TokensPrompt(prompt_token_ids=prompt_token_ids, cache_salt=cache_salt(tenant))
+            stream = self._llm.generate(prompt, sampling, request_id, lora_request=lora)
             async for out in _until(stream, deadline):
                 completion = out.outputs[0]
                 tokens += len(completion.token_ids)
+                if not _finite(completion.logprobs):
+                    raise _non_finite(adapter)
                 if out.finished:
                     finished = True
-                    yield Delta(completion.text, tokens, completion.finish_reason or "stop", _queue_s(out))
+                    yield Delta(completion.text, tokens, completion.finish_reason or "stop", _queue_s(out),
+                                out.num_cached_tokens or 0)
                 elif completion.text or completion.token_ids:
                     yield Delta(completion.text, tokens)
         except EngineDeadError as exc:
@@ -379,6 +389,27 @@ def _dtype(configured: str, *, compiled: bool) -> str:
     return "bfloat16" if compiled and native_bfloat16() else "float32"
 
 
+def cache_salt(tenant: str | None) -> str:
+    """The prefix-cache salt of ``tenant``'s requests: cached blocks are shared within a tenant, never across.
+
+    vLLM keys a prompt's first block with its salt (and every later block chains on it). Shared, a replayed
+    guess of another tenant's private context came back in 0.09 s when right and 0.93 s when wrong
+    (docs/SECURITY.md, 17)."""
+    return f"tenant:{tenant}" if tenant is not None else "shared"
+
+
+def _finite(logprobs) -> bool:
+    """Whether every sampled token's raw log-probability is finite (NaN or inf logits make it NaN)."""
+    return all(math.isfinite(entry.logprob) for position in logprobs or () for entry in (position or {}).values())
+
+
+def _non_finite(adapter: AdapterRef | None) -> Exception:
+    if adapter is None:
+        return EngineUnavailable("the model computed non-finite numbers for this request; it was aborted")
+    return AdapterUnavailable(f"adapter {adapter.name!r} made the model compute non-finite numbers; the request "
+                              "was aborted and the adapter is no longer served here", detail={"adapter": adapter.name})
+
+
 def _sampling_params(params: GenerationParams):
     from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
@@ -389,6 +420,7 @@ def _sampling_params(params: GenerationParams):
         seed=params.seed,
         structured_outputs=structured,
         output_kind=RequestOutputKind.DELTA,
+        logprobs=0,  # the sampled token's raw log-probability: NaN when the logits are not finite (``_finite``)
     )
 
 

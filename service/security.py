@@ -183,8 +183,12 @@ def _read(path: Path) -> dict[str, Caller]:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The API key a request presents: ``Authorization: Bearer <key>`` (any case) or ``X-API-Key``."""
+    """The API key a request presents: ``Authorization: Bearer <key>`` (any case) or ``X-API-Key``; both, when
+    they disagree, are a 401 (one used to win silently, so a proxy's key and a client's were confused)."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return headers.get("x-api-key") or None
+    bearer = value.strip() if scheme.lower() == "bearer" else ""
+    header = headers.get("x-api-key") or ""
+    if bearer and header and bearer != header:
+        raise Unauthorized("two different API keys: send one, as 'Authorization: Bearer <key>' or 'X-API-Key'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return bearer or header or None

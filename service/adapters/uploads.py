@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from service.adapters.archive import ArchiveRefused, unpack
-from service.adapters.registry import Adapter, AdapterRegistry
+from service.adapters.registry import BASE, Adapter, AdapterRegistry
 from service.adapters.residency import AdapterResidency
 from service.adapters.validation import AdapterInvalid, read_manifest
 from service.config import Settings
@@ -86,6 +86,9 @@ class AdapterPublisher:
         if not is_name(name):
             raise BadRequest("an adapter's name: letters, digits, _ . - (at most 64), starting with a letter or digit",
                              detail={"field": "name"})
+        if name.lower() == BASE:  # "base" selects no adapter: one named so could never be reached
+            raise BadRequest(f"{name!r} is reserved (it selects the base model, no adapter); choose another name",
+                             detail={"field": "name", "name": name})
         if owner is None and name in self.registry.shipped_names():
             raise Forbidden(f"{name!r} is a shipped adapter; choose another name", detail={"name": name})
         fields = manifest.model_dump(exclude_none=True)

@@ -80,8 +80,14 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     first_heldout = sorted((work / "heldout.jsonl").read_text().splitlines())
     pairs.write_text("".join(json.dumps(r) + "\n" for r in _pairs(64, seed=1)))
     command[command.index("--steps") + 1] = "1"
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    # The key on the command line this time: no report, status, log or stored object may carry it (issue 42).
+    command += ["--api-key", "alpha-key"]
+    again = subprocess.run(command, env={k: v for k, v in env.items() if k != "NL2DSL_API_KEY"},
+                           capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "alpha-key" not in again.stdout + again.stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and b"alpha-key" in p.read_bytes()] == []
+    assert '--api-key "$NL2DSL_API_KEY"' in (work / "report" / "ONBOARDING.md").read_text()
     report = json.loads((work / "report" / "ONBOARDING.json").read_text())
     assert report["training"]["init_from"] == str(work / "published") and "continuing from" in again.stderr
     assert sorted((work / "heldout.jsonl").read_text().splitlines()) == first_heldout

@@ -27,9 +27,9 @@ def _fake_engine(pieces: list[str], finish_reason: str = "stop", delay: float = 
     engine.ready = True
     engine.calls = []
 
-    async def generate(prompt_token_ids, *, request_id, adapter=None, params=None, deadline=None):
+    async def generate(prompt_token_ids, *, request_id, tenant=None, adapter=None, params=None, deadline=None):
         engine.calls.append({"prompt_token_ids": prompt_token_ids, "adapter": adapter, "params": params,
-                             "request_id": request_id})
+                             "request_id": request_id, "tenant": tenant})
         for i, piece in enumerate(pieces):
             await asyncio.sleep(delay)
             last = i == len(pieces) - 1

@@ -6,12 +6,15 @@ cache's timing) are in tests/integration/test_shared_engine.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import io
 import tarfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import AsyncMock, MagicMock
 
 import numpy as np
 import pytest
@@ -23,6 +26,8 @@ from hypothesis import strategies as st
 from service import lora_guard
 from service.adapters import archive
 from service.adapters.validation import MAX_WEIGHT
+from service.engine import AdapterRef, Engine
+from service.errors import AdapterUnavailable, EngineUnavailable
 from tests.unit.test_hostile_uploads import _auth, _files, _folder, _refused, _stored, _tar
 
 _POISONS = [float("nan"), float("inf"), float("-inf"), 3e38, -2 * MAX_WEIGHT]
@@ -133,8 +138,97 @@ def test_any_bytes_unpack_or_are_refused_never_anything_else(tmp_path_factory, d
         tar_stream[at % len(tar_stream)] = value
     for body in (data, gzip.compress(bytes(tar_stream))):
         target: Path = tmp_path_factory.mktemp("unpacked")
-        try:
+        with contextlib.suppress(archive.ArchiveRefused):
             archive.unpack(body, target, max_bytes=1 << 20)
-        except archive.ArchiveRefused:
-            pass
         assert {p.name for p in target.iterdir()} <= archive.ADAPTER_FILES
+
+
+# 23: smaller doors --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, reason", [
+    ("rank: " + "9" * 5000, "more than 40 digits"), ("rank: !!float x", "not what its type says"),
+    ("trained: !!timestamp 2024-02-30", "not what its type says"), ("trained: 2024-02-30", "not what its type says"),
+    ("rank: !!python/object:os.system x", "not valid YAML")])
+def test_a_manifest_scalar_that_is_not_what_its_type_says_is_a_400(replica, tmp_path, text, reason):
+    folder = _folder(tmp_path)
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(manifest.read_text() + text + "\n")
+    error = _refused(replica().post("/adapters", content=_tar(_files(folder)), headers=_auth("alpha")))
+    assert reason in error["message"] and _stored(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["base", "BASE"])
+def test_an_adapter_named_base_is_refused_since_no_request_could_reach_it(replica, tmp_path, name):
+    error = _refused(replica().post("/adapters", content=_tar(_files(_folder(tmp_path, name=name))),
+                                    headers=_auth("alpha")))
+    assert "reserved" in error["message"] and _stored(tmp_path) == []
+
+
+def test_two_key_headers_that_disagree_are_a_401_and_two_that_agree_are_one_key(replica):
+    client = replica()
+    both = client.get("/adapters", headers={**_auth("alpha"), "X-API-Key": "beta"})
+    assert both.status_code == 401 and "two different API keys" in both.json()["error"]["message"]
+    assert client.get("/adapters", headers={**_auth("alpha"), "X-API-Key": "alpha"}).status_code == 200
+
+
+@pytest.mark.parametrize("argv", [["--api-key", "s3cret-key"], ["--api-key=s3cret-key"]])
+def test_a_reports_command_line_never_carries_the_api_key(monkeypatch, argv):
+    from service import cli
+
+    monkeypatch.setattr("sys.argv", ["nl2dsl", "onboard", "--grammar", "g.lark", *argv, "--steps", "2"])
+    command = cli._reproducible("onboard")
+    assert "s3cret-key" not in command and "$NL2DSL_API_KEY" in command and command.endswith("--steps 2")
+
+
+# 16, 17: what the engine is handed -------------------------------------------------------------------------
+
+def _engine_with(outputs: list) -> tuple[Engine, MagicMock]:
+    llm = MagicMock()
+    llm.errored = False
+    llm.abort, llm.add_lora = AsyncMock(), AsyncMock()
+
+    async def generate(prompt, sampling, request_id, lora_request=None):
+        llm.prompt, llm.sampling = prompt, sampling
+        for out in outputs:
+            yield out
+
+    llm.generate = generate
+    return Engine(llm, model="m"), llm
+
+
+def _out(logprob: float, *, finished: bool = False) -> SimpleNamespace:
+    completion = SimpleNamespace(text="x", token_ids=[5], finish_reason="stop" if finished else None,
+                                 logprobs=[{5: SimpleNamespace(logprob=logprob)}])
+    return SimpleNamespace(outputs=[completion], finished=finished, metrics=None, num_cached_tokens=48)
+
+
+async def _run(engine: Engine, **kwargs) -> list:
+    return [delta async for delta in engine.generate([1, 2, 3], request_id="r", **kwargs)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("adapter", [AdapterRef("flow:evil", 7, "/x"), None], ids=["adapter", "base model"])
+def test_a_request_whose_logits_turn_non_finite_is_aborted_with_a_clear_error(bad, adapter):
+    engine, llm = _engine_with([_out(-0.5), _out(bad), _out(-0.1, finished=True)])
+    with pytest.raises(AdapterUnavailable if adapter else EngineUnavailable) as stopped:
+        asyncio.run(_run(engine, adapter=adapter))
+    assert "non-finite" in stopped.value.message
+    llm.abort.assert_awaited_once_with("r")
+    assert llm.sampling.logprobs == 0  # the sampled token's raw log-probability is what is checked
+
+
+def test_each_tenant_reads_and_fills_a_prefix_cache_of_its_own():
+    engine, llm = _engine_with([_out(-0.5, finished=True)])
+    salts = []
+    for tenant in ("alpha-corp", "beta-corp", None, "alpha-corp"):
+        deltas = asyncio.run(_run(engine, tenant=tenant))
+        salts.append(llm.prompt["cache_salt"])
+    assert salts[0] == salts[3] and len({*salts}) == 3 and deltas[-1].cached_tokens == 48
+
+
+def test_the_request_path_hands_the_engine_the_tenant_its_key_resolved(replica):
+    client = replica()
+    for key, tenant in (("alpha", "alpha-corp"), ("beta", "beta-corp")):
+        r = client.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales"}, headers=_auth(key))
+        assert r.status_code == 200, r.text
+        assert client.engine.calls[-1]["tenant"] == tenant

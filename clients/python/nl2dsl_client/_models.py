@@ -26,6 +26,8 @@ class ParseError(_Model):
 class Usage(_Model):
     prompt_tokens: int
     completion_tokens: int
+    #: Prompt tokens read from the tenant's own prefix cache.
+    cached_tokens: int = 0
 
 
 class Timings(_Model):

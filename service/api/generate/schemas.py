@@ -49,6 +49,8 @@ class GenerateRequest(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = Field(default=0, description="Prompt tokens read from the prefix cache, which is the "
+                               "tenant's own: no tenant's requests read or fill another's")
 
 
 class Timings(BaseModel):

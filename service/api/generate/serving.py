@@ -167,6 +167,7 @@ class GenerateServing:
             async for delta in self.engine.ready().generate(
                 job.prompt_token_ids,
                 request_id=job.request_id,
+                tenant=job.tenant,
                 adapter=job.adapter.ref(dsl) if job.adapter else None,
                 params=job.params,
                 deadline=time.monotonic() + job.timeout_s,
@@ -191,16 +192,17 @@ class GenerateServing:
                 finish_reason=last.finish_reason if last else "abort",
                 error=ParseErrorModel(**vars(parsed.error)) if parsed.error else None,
                 usage=Usage(prompt_tokens=len(job.prompt_token_ids),
-                            completion_tokens=last.completion_tokens if last else 0),
+                            completion_tokens=last.completion_tokens if last else 0,
+                            cached_tokens=last.cached_tokens if last else 0),
                 timings=Timings(fetch=job.fetch_s, queue=last.queue_s if last else None, ttft=ttft,
                                 total=time.perf_counter() - started),
             )
             status = "ok" if parsed.valid else "invalid"
             _observe(response, dsl_label=job.grammar.metric_label, adapter_label=adapter_label)
             yield response
-        except AdapterUnavailable as exc:  # the engine refused the adapter: never hand it this version again
-            if job.adapter is not None:
-                self.adapters.quarantine(job.adapter, "the engine could not load it on this replica")
+        except AdapterUnavailable as exc:  # the engine refused the adapter, or it made non-finite numbers: never
+            if job.adapter is not None:  # hand this version to the engine again
+                self.adapters.quarantine(job.adapter, exc.message)
             status = exc.type
             raise
         except NL2DSLError as exc:

@@ -139,10 +139,15 @@ class ChatCompletionRequest(OpenAIRequest):
         return next(m for m in reversed(self.messages) if m.role == "user").text
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class Nl2dslExtra(BaseModel):
@@ -220,4 +225,5 @@ class ModelList(BaseModel):
 
 def usage_of(result: GenerateResponse) -> Usage:
     prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=result.usage.cached_tokens))

@@ -1,0 +1,51 @@
+"""Tenants share the real engine, not its state (issue 42; docs/SECURITY.md, 16-17).
+
+The prefix cache was one for every tenant: a replayed guess of another tenant's private context was served
+from the cache (time to first token 0.09 s when the guess was right, 0.93 s when wrong). Each tenant's requests
+now carry its own cache salt. The oracle is read here from what vLLM reports, the prompt tokens served from the
+cache (``usage.cached_tokens``), rather than from timings, which the shared machine makes noisy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import safetensors.numpy
+
+from service.adapters import pack_adapter
+from tests.helpers import make_random_adapter
+
+#: A tenant's private context, about 1.3 kB as in the attack: a schema nobody else should learn.
+SECRET = "; ".join(f"table acct_{i}(id int, owner text, balance_{i} numeric, iban_{i} text)" for i in range(20))
+ASK = {"dsl": "flow", "text": "post form answers to #sales", "max_tokens": 1, "examples": 0, "constrained": False}
+
+
+def _cached(client, context: str) -> tuple[int, int]:
+    r = client.post("/generate", json={**ASK, "context": context})
+    assert r.status_code == 200, r.text
+    return r.json()["usage"]["cached_tokens"], r.json()["usage"]["prompt_tokens"]
+
+
+def test_a_guess_of_another_tenants_context_is_served_as_a_wrong_guess_is(server):
+    with server.client("alpha-key") as alpha, server.client("beta-key") as beta:
+        _cached(alpha, SECRET)
+        again, prompt = _cached(alpha, SECRET)
+        assert again >= prompt - 32, "the tenant's own repeated prompt must come from its cache"
+        _cached(beta, "X" + SECRET[1:])  # beta's own blocks up to where the context starts
+        wrong, _ = _cached(beta, "Y" + SECRET[1:])
+        right, _ = _cached(beta, SECRET)
+    assert right == wrong < prompt - 200, (right, wrong, prompt)  # before: right = the whole prompt
+
+
+def test_an_adapter_with_nan_weights_is_refused_by_the_real_service_and_others_are_served(server, tmp_path):
+    folder = make_random_adapter(server.model_dir, tmp_path / "nan", seed=12, dsl="flow")
+    weights = folder / "adapter_model.safetensors"
+    tensors = safetensors.numpy.load(weights.read_bytes())
+    key = sorted(tensors)[0]
+    tensors[key] = np.full_like(tensors[key], np.nan)
+    weights.write_bytes(safetensors.numpy.save(tensors))
+    with server.client("corrupt-key") as attacker, server.client("beta-key") as other:
+        before = other.post("/generate", json={**ASK, "max_tokens": 12})
+        refused = attacker.post("/adapters", content=pack_adapter(folder))
+        assert refused.status_code == 400 and "NaN" in refused.json()["error"]["message"], refused.text
+        after = other.post("/generate", json={**ASK, "max_tokens": 12})
+    assert after.json()["code"] == before.json()["code"]
