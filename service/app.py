@@ -33,6 +33,7 @@ from service.api.json_body import FormAsJSONMiddleware
 from service.api.openai import router as openai
 from service.api.request_metrics import GenerateMetricsMiddleware
 from service.api.same_origin import SameOriginMiddleware
+from service.api.upload_body import UploadBodies
 from service.config import Settings
 from service.engine import IMPORT_LOCK, Engine, EngineSlot, GenerationParams, open_engine
 from service.errors import NL2DSLError
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                              per_minute=settings.publishes_per_minute)
             pool = UploadPool(workers=settings.upload_workers)
             stack.callback(pool.close)
+            app.state.upload_bodies = UploadBodies(
+                per_owner=settings.upload_bodies_per_tenant, max_bytes=settings.upload_bytes_in_flight,
+                timeout_s=settings.upload_body_timeout_s, spool_dir=settings.cache_dir / "upload-bodies")
             app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
                                                    gate=gate, pool=pool)
             serving.grammars.loader = app.state.dsl_publisher.materialize  # uploads compiled on first use
@@ -175,7 +179,8 @@ def build_serving(settings: Settings, slot: EngineSlot | None = None) -> Generat
         retriever=Retriever(grammars, settings.data_dir),
         tokenizer=_tokenizer(model),
         safety=SafetyChecker(tenants.policy, enabled=settings.safety),
-        admission=Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency),
+        admission=Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency,
+                            engine_slots=settings.engine_slots),
         engine=slot or EngineSlot(model),
     )
     return serving

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # 429 + Retry-After; per tenant at once; seconds before a generation is aborted with 504.
     max_queue: int = 64
     tenant_max_concurrency: int = 16
+    # Generations in the engine at once, shared fairly: with n tenants' requests admitted, one tenant has at most
+    # engine_slots // n in the engine while others wait (service/limits.py, FairShare); 0 turns the share off.
+    engine_slots: int = 16
     request_timeout_s: float = 120.0
     # SIGTERM: seconds in-flight requests get to finish before the process exits.
     drain_timeout_s: float = 60.0
@@ -118,6 +121,11 @@ class Settings(BaseSettings):
     publishes_per_minute: int = 30
     # Threads that unpack and check uploads (service/upload_pool.py), apart from the request path's.
     upload_workers: int = 2
+    # Upload bodies (service/api/upload_body.py): arriving at once per tenant, bytes in flight per replica
+    # (declared lengths, or max_adapter_bytes for a body that declares none), seconds a body may take to arrive.
+    upload_bodies_per_tenant: int = 5
+    upload_bytes_in_flight: int = 512 * 2**20
+    upload_body_timeout_s: float = 120.0
     # POST /dsls/{name}/examples: lines read per request, and rejected lines before the request is refused.
     max_example_lines: int = 2000
     max_rejected_lines: int = 100

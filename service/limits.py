@@ -1,4 +1,4 @@
-"""Admission: a bounded queue for generate requests, and a cap per tenant.
+"""Admission: a bounded queue for generate requests, a cap per tenant, and fair shares of the engine.
 
 The engine schedules and batches by itself; what the service bounds is how many generate requests are
 outstanding (running or waiting in the engine) — ``max_queue`` — and how many one tenant has at once —
@@ -12,16 +12,18 @@ idempotent); the generate router hands a streamed response the duty to release i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from itertools import count
 
-from service.errors import RateLimited
+from service.errors import GenerationTimeout, RateLimited
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["Admission", "FairShare", "Ticket"]
 
 
 @dataclass
@@ -45,9 +47,11 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, *, max_queue: int, per_tenant: int) -> None:
+    def __init__(self, *, max_queue: int, per_tenant: int, engine_slots: int = 0) -> None:
         self.max_queue = max_queue
         self.per_tenant = per_tenant
+        #: The engine's slots, shared fairly between the tenants with requests admitted here.
+        self.fair_share = FairShare(slots=engine_slots)
         self._tickets: dict[int, Ticket] = {}
         self._by_tenant: Counter[str] = Counter()
         self._numbers = count()
@@ -75,6 +79,7 @@ class Admission:
         ticket = Ticket(self, next(self._numbers), key)
         self._tickets[ticket.number] = ticket
         self._by_tenant[key] += 1
+        self.fair_share.admitted(key)
         return ticket
 
     def _release(self, ticket: Ticket) -> None:
@@ -83,7 +88,100 @@ class Admission:
         self._by_tenant[ticket.tenant] -= 1
         if self._by_tenant[ticket.tenant] <= 0:
             del self._by_tenant[ticket.tenant]
+        self.fair_share.done(ticket.tenant)
         self._typical_s = 0.9 * self._typical_s + 0.1 * (time.monotonic() - ticket.started)
 
     def _retry_after(self) -> str:
         return str(min(60, max(1, math.ceil(self._typical_s))))
+
+
+class FairShare:
+    """Fair shares of the engine between tenants: at most ``slots // active tenants`` (at least 1) generations of
+    one tenant are in the engine while other tenants have requests admitted; a tenant alone may have ``slots``.
+
+    A tenant below its share enters at once, even past ``slots`` (by at most one request per other tenant);
+    one at or above it waits, and each generation that ends lets in the waiting tenant with the fewest in the
+    engine. So a tenant that holds its whole concurrency shrinks to its share as its generations end, while
+    another tenant's request runs beside them at once rather than behind them: one tenant holding 16 requests
+    made another's ``/generate`` take 24.3 s, against 1-7 s around it (docs/SECURITY.md, 21). vLLM's batch
+    grows with every sequence in it, so its size is what each tenant's latency depends on. ``slots`` 0: off.
+    """
+
+    def __init__(self, *, slots: int) -> None:
+        self.slots = slots
+        self._running: Counter[str] = Counter()
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._admitted: Counter[str] = Counter()  # tenants with requests admitted (running, waiting or before)
+
+    def admitted(self, tenant: str | None) -> None:
+        """A request of ``tenant`` was admitted: the tenant counts as active until :meth:`done`."""
+        self._admitted[tenant or "-"] += 1
+
+    def done(self, tenant: str | None) -> None:
+        """That request ended, however it ended."""
+        key = tenant or "-"
+        self._admitted[key] -= 1
+        if self._admitted[key] <= 0:
+            del self._admitted[key]
+        self._wake()
+
+    def share(self) -> int:
+        """Generations one tenant may have in the engine now."""
+        return max(1, self.slots // max(1, len(self._admitted)))
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tenant: str | None, *, deadline: float | None = None) -> AsyncIterator[None]:
+        """Held while a generation of ``tenant`` is in the engine; waits for a slot while over its share, until
+        ``deadline`` (``time.monotonic()`` seconds; GenerationTimeout past it)."""
+        key = tenant or "-"
+        if self.slots and self._running[key] >= self.share():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, []).append(waiter)
+            try:
+                async with asyncio.timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                    await waiter
+            except TimeoutError:
+                self._cancelled(key, waiter)
+                raise GenerationTimeout("the request waited for its share of the engine past its timeout") from None
+            except BaseException:
+                self._cancelled(key, waiter)
+                raise
+        else:
+            self._enter(key)
+        try:
+            yield
+        finally:
+            self._leave(key)
+
+    def _enter(self, key: str) -> None:
+        self._running[key] += 1
+
+    def _cancelled(self, key: str, waiter: asyncio.Future[None]) -> None:
+        """A waiting request went away: out of the line, and its turn passed on if it had been given one."""
+        if waiter.done() and not waiter.cancelled():
+            self._leave(key)
+        with contextlib.suppress(ValueError):
+            self._waiting.get(key, []).remove(waiter)
+            if not self._waiting[key]:
+                del self._waiting[key]
+
+    def _leave(self, key: str) -> None:
+        self._running[key] -= 1
+        if self._running[key] <= 0:
+            del self._running[key]
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let in waiting requests of tenants below their share, the tenant with the fewest in the engine first."""
+        share = self.share()
+        while True:
+            ready = [key for key, waiters in self._waiting.items() if waiters and self._running[key] < share]
+            if not ready:
+                break
+            key = min(ready, key=lambda k: self._running[k])
+            waiter = self._waiting[key].pop(0)
+            if not self._waiting[key]:
+                del self._waiting[key]
+            if not waiter.done():
+                self._enter(key)  # on the waiter's behalf: it goes on when it next runs
+                waiter.set_result(None)

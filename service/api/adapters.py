@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel
 
 from service.adapters import Adapter
-from service.api.deps import AdapterPublisherDep, AdaptersDep, CallerDep
+from service.api.deps import AdapterPublisherDep, AdaptersDep, CallerDep, SettingsDep, UploadBodiesDep
 from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
 from service.names import NAME_PATTERN
 
@@ -59,15 +59,16 @@ async def list_adapters(adapters: AdaptersDep, caller: CallerDep) -> list[Adapte
 
 
 @router.post("/adapters", status_code=201, response_model=AdapterInfo,
-             responses=error_responses(400, 401, 403, 413, 429, 503),
+             responses=error_responses(400, 401, 403, 408, 413, 429, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
                  "schema": {"type": "string", "format": "binary"}}}}})
 async def publish_adapter(request: Request, publisher: AdapterPublisherDep, caller: CallerDep,
-                          name: str | None = None) -> AdapterInfo:
+                          bodies: UploadBodiesDep, settings: SettingsDep, name: str | None = None) -> AdapterInfo:
     """Publish a LoRA adapter: the PEFT folder (manifest.yaml, adapter_config.json, adapter_model.safetensors)
     as a .tar.gz body, checked (base model, rank, files, size) and served by every replica. A tenant's
     serves that tenant only; an admin's is shared. ``name`` overrides the manifest's."""
-    return _info(await publisher.publish(owner=caller.tenant, archive=await request.body(), name=name))
+    archive = await bodies.read(request, owner=caller.tenant, limit=settings.max_adapter_bytes)
+    return _info(await publisher.publish(owner=caller.tenant, archive=archive, name=name))
 
 
 @router.get("/adapters/{name}/versions", response_model=list[VersionInfo],

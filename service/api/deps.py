@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from service.adapters import AdapterPublisher, AdapterRegistry
 from service.api.generate.serving import GenerateServing
+from service.api.upload_body import UploadBodies
 from service.config import Settings
 from service.engine import EngineSlot
 from service.errors import Unauthorized
@@ -22,7 +23,7 @@ from service.onboarding.jobs import OnboardingJobs
 from service.security import Caller
 
 __all__ = ["AdapterPublisherDep", "AdaptersDep", "CallerDep", "DSLPublisherDep", "EngineSlotDep", "GrammarsDep",
-           "OnboardingJobsDep", "ServingDep", "SettingsDep"]
+           "OnboardingJobsDep", "ServingDep", "SettingsDep", "UploadBodiesDep"]
 
 
 def get_caller(request: Request) -> Caller:
@@ -49,3 +50,4 @@ ServingDep = Annotated[GenerateServing, Depends(_state("serving"))]
 DSLPublisherDep = Annotated[DSLPublisher, Depends(_state("dsl_publisher"))]
 AdapterPublisherDep = Annotated[AdapterPublisher, Depends(_state("adapter_publisher"))]
 OnboardingJobsDep = Annotated[OnboardingJobs, Depends(_state("onboarding_jobs"))]
+UploadBodiesDep = Annotated[UploadBodies, Depends(_state("upload_bodies"))]

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import CallerDep, DSLPublisherDep, GrammarsDep
+from service.api.deps import CallerDep, DSLPublisherDep, GrammarsDep, SettingsDep, UploadBodiesDep
 from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
 from service.grammars import DecodingLimits, Example, Grammar
 from service.names import DSL_NAME_PATTERN
@@ -155,15 +155,15 @@ class ExamplesAdded(BaseModel):
 
 
 @router.post("/dsls/{name}/examples", response_model=ExamplesAdded,
-             responses=error_responses(400, 401, 404, 413, 422, 429, 503),
+             responses=error_responses(400, 401, 404, 408, 413, 422, 429, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {
                  "schema": {"type": "string"}, "example": '{"text": "set the port to 80", "code": "port=80"}'}}}})
 async def add_examples(name: DSLName, request: Request, grammars: GrammarsDep, publisher: DSLPublisherDep,
-                       caller: CallerDep) -> ExamplesAdded:
+                       caller: CallerDep, bodies: UploadBodiesDep, settings: SettingsDep) -> ExamplesAdded:
     """Add examples to one of the caller's DSLs: JSONL, one ``{"text", "code", "context"?}`` a line, each
     parsed with the grammar; those that do not are reported by line. Retrieval uses the rest at once."""
-    grammar, added, rejected, count = await publisher.add_examples(owner=caller.tenant, name=name,
-                                                                   jsonl=await request.body())
+    jsonl = await bodies.read(request, owner=caller.tenant, limit=settings.max_adapter_bytes)
+    grammar, added, rejected, count = await publisher.add_examples(owner=caller.tenant, name=name, jsonl=jsonl)
     return ExamplesAdded(dsl=_info(grammar, caller, grammars), added=added, rejected=rejected, rejected_count=count)
 
 

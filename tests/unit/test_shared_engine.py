@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import io
 import tarfile
 import time
@@ -232,3 +233,65 @@ def test_the_request_path_hands_the_engine_the_tenant_its_key_resolved(replica):
         r = client.post("/generate", json={"dsl": "flow", "text": "post form answers to #sales"}, headers=_auth(key))
         assert r.status_code == 200, r.text
         assert client.engine.calls[-1]["tenant"] == tenant
+
+
+# 22: stalled uploads hold memory -------------------------------------------------------------------------
+
+async def _post(app, path: str, key: str, chunks: list[bytes], *, length: int, stall: bool) -> dict:
+    """POST ``chunks`` to the ASGI ``app`` declaring ``length`` bytes; ``stall``: then send nothing more."""
+    sent, answer = iter(chunks), {}
+
+    async def receive() -> dict:
+        chunk = next(sent, None)
+        if chunk is None:
+            if stall:
+                await asyncio.sleep(3600)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-length", str(length).encode()),
+                         (b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+             "scheme": "http", "http_version": "1.1", "root_path": ""}
+    await app(scope, receive, send)
+    return {"status": answer.get("status"), **json.loads(answer.get("body") or b"{}")}
+
+
+def test_a_stalled_upload_is_a_408_at_its_time_bound_and_holds_nothing_after(replica, tmp_path):
+    client = replica(upload_body_timeout_s=0.5)
+    answer = asyncio.run(_post(client.app, "/adapters", "alpha", [b"x" * 65536] * 4, length=59 << 20, stall=True))
+    assert answer["status"] == 408 and answer["error"]["type"] == "body_timeout"
+    bodies = client.app.state.upload_bodies
+    assert bodies.in_flight == 0 and not list((tmp_path / "cache" / "upload-bodies").iterdir())
+    assert _stored(tmp_path) == []
+
+
+def test_stalled_uploads_are_bounded_per_tenant_and_in_bytes_before_a_byte_is_read(replica, tmp_path):
+    client = replica(upload_body_timeout_s=30, upload_bodies_per_tenant=2, upload_bytes_in_flight=150 << 20)
+    bodies = client.app.state.upload_bodies
+    archive = _tar(_files(_folder(tmp_path)))
+
+    async def scenario() -> list[dict]:
+        stalled = [asyncio.create_task(_post(client.app, "/adapters", "alpha", [b"x" * 1024], length=59 << 20,
+                                             stall=True)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        assert bodies.in_flight == 2 * (59 << 20)
+        third = await _post(client.app, "/adapters", "alpha", [b"x"], length=1000, stall=True)  # per tenant
+        too_many_bytes = await _post(client.app, "/adapters", "beta", [b"x"], length=59 << 20, stall=True)
+        small = await _post(client.app, "/adapters", "beta", [archive], length=len(archive), stall=False)
+        for task in stalled:
+            task.cancel()
+        await asyncio.gather(*stalled, return_exceptions=True)
+        return [third, too_many_bytes, small]
+
+    third, too_many_bytes, small = asyncio.run(scenario())
+    assert third["status"] == 429 and third["error"]["detail"]["limit"] == "uploads_receiving"
+    assert too_many_bytes["status"] == 429 and too_many_bytes["error"]["detail"]["limit"] == "upload_bytes_in_flight"
+    assert small["status"] == 201, small
+    assert bodies.in_flight == 0

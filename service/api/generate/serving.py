@@ -1,13 +1,14 @@
 """The request path of ``POST /generate``, one step per call, top to bottom.
 
-    start:  limits     field ranges (422), then admission: a queue slot and the tenant's share (429 costs nothing)
+    start:  limits     field ranges (422), then admission: a queue slot and the tenant's cap (429 costs nothing)
             safety     the request text and its context
             grammars   the caller's DSL (its key may be limited to some)
             adapters   which LoRA, by the one access rule
             retrieval  k similar examples of this DSL, the tenant's first          (worker thread)
             prompts    chat template -> token ids, within the model's length       (worker thread)
             grammars   the request's own grammar, if it sends one                  (sandbox)
-    run:    engine     stream deltas until the deadline; the engine request id is made here, unique
+    run:    limits     the tenant's fair share of the engine (waits while over it and others wait)
+            engine     stream deltas until the deadline; the engine request id is made here, unique
             grammars   parse the code, bounded in time                            (thread or sandbox)
             safety     the tenant's policy on the code
             metrics    histograms, counters and one log line
@@ -163,22 +164,24 @@ class GenerateServing:
         status = "error"
         metrics.IN_FLIGHT.inc()
         metrics.QUEUED.inc()
+        deadline = time.monotonic() + job.timeout_s
         try:
-            async for delta in self.engine.ready().generate(
-                job.prompt_token_ids,
-                request_id=job.request_id,
-                tenant=job.tenant,
-                adapter=job.adapter.ref(dsl) if job.adapter else None,
-                params=job.params,
-                deadline=time.monotonic() + job.timeout_s,
-            ):
-                if ttft is None and delta.completion_tokens:
-                    ttft = time.perf_counter() - started
-                    metrics.QUEUED.dec()
-                if delta.text:
-                    parts.append(delta.text)
-                    yield delta.text
-                last = delta
+            async with self.admission.fair_share.slot(job.tenant, deadline=deadline):  # its share of the engine
+                async for delta in self.engine.ready().generate(
+                    job.prompt_token_ids,
+                    request_id=job.request_id,
+                    tenant=job.tenant,
+                    adapter=job.adapter.ref(dsl) if job.adapter else None,
+                    params=job.params,
+                    deadline=deadline,
+                ):
+                    if ttft is None and delta.completion_tokens:
+                        ttft = time.perf_counter() - started
+                        metrics.QUEUED.dec()
+                    if delta.text:
+                        parts.append(delta.text)
+                        yield delta.text
+                    last = delta
             code = "".join(parts)
             parsed = await self._parse(job, code)
             status = "blocked"
