@@ -5,18 +5,27 @@ code does not parse with the grammar as written, is rejected with its line numbe
 duplicates (same text, code and context after trimming) are dropped; a text that appears with two different
 codes keeps its first. The rest is shuffled with a fixed seed and split: the held-out part is never trained
 on and is what every configuration is scored on. A team with a test set of its own passes it instead of a split.
+
+Each parse has the bound ``/validate``'s have (``parse_timeout_s``, here in CPU seconds): a code past it is
+rejected, never waited for. An ambiguous grammar compiles fast, and its child once parsed every pair without a
+bound (66 CPU-seconds while another tenant's requests took 8-29 s instead of 1: docs/SECURITY.md, 20).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.config import Settings
 from service.errors import RequestInvalid
-from service.grammars import Example, Grammar
+from service.grammars import Example, Grammar, ParseError, ParseResult
 
 __all__ = ["Dataset", "Reject", "build_dataset", "load_pairs"]
 
@@ -67,13 +76,15 @@ def load_pairs(path: Path) -> tuple[list[tuple[int, Example]], list[Reject]]:
 
 
 def build_dataset(grammar: Grammar, path: Path, *, heldout: float = 0.2, max_heldout: int = 200,
-                  min_heldout: int = 5, min_pairs: int = 20, seed: int = 0, test_path: Path | None = None) -> Dataset:
+                  min_heldout: int = 5, min_pairs: int = 20, seed: int = 0, test_path: Path | None = None,
+                  parse_timeout_s: float | None = None) -> Dataset:
     """Check every pair against ``grammar``, drop duplicates, split; RequestInvalid if too few pairs remain.
 
     ``test_path``: the team's own held-out file instead of a split (at most ``max_heldout`` of its pairs, drawn
     with the seed); a training pair with the same request as one of them is left out of training.
     """
-    kept, rejects, duplicates, conflicting = _checked(grammar, path)
+    timeout_s = Settings().parse_timeout_s if parse_timeout_s is None else parse_timeout_s
+    kept, rejects, duplicates, conflicting = _checked(grammar, path, timeout_s)
     if len(kept) < min_pairs:
         raise RequestInvalid(
             f"{len(kept)} usable pairs in {path} (at least {min_pairs} are needed); {len(rejects)} rejected",
@@ -97,7 +108,7 @@ def build_dataset(grammar: Grammar, path: Path, *, heldout: float = 0.2, max_hel
                    conflicting=conflicting)
 
 
-def _checked(grammar: Grammar, path: Path) -> tuple[list[Example], list[Reject], int, int]:
+def _checked(grammar: Grammar, path: Path, timeout_s: float) -> tuple[list[Example], list[Reject], int, int]:
     """The file's pairs that parse, once each: (kept, rejects, duplicates, conflicting)."""
     pairs, rejects = load_pairs(path)
     seen: set[tuple[str, str, str | None]] = set()
@@ -105,7 +116,7 @@ def _checked(grammar: Grammar, path: Path) -> tuple[list[Example], list[Reject],
     kept: list[Example] = []
     duplicates = conflicting = 0
     for number, example in pairs:
-        result = grammar.parse(example.code)
+        result = _parse(grammar, example.code, timeout_s)
         if not result.valid:
             error = result.error
             rejects.append(Reject(number, f"the code does not parse: {error.message}", error.line, error.column))
@@ -122,3 +133,38 @@ def _checked(grammar: Grammar, path: Path) -> tuple[list[Example], list[Reject],
         kept.append(example)
     rejects.sort(key=lambda r: r.line)
     return kept, rejects, duplicates, conflicting
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _parse(grammar: Grammar, code: str, timeout_s: float) -> ParseResult:
+    """``grammar.parse(code)``, stopped after ``timeout_s`` CPU seconds (invalid, saying so)."""
+    try:
+        with _cpu_bound(timeout_s):
+            return grammar.parse(code)
+    except _TooLong:
+        return ParseResult(valid=False, error=ParseError(f"it could not be parsed within {timeout_s:g} s of CPU "
+                                                         "(the bound /validate has)"))
+
+
+@contextlib.contextmanager
+def _cpu_bound(seconds: float) -> Iterator[None]:
+    """Raise _TooLong in the block after ``seconds`` of this process's CPU time (a profiling timer: lark is
+    Python, so the signal lands between its steps). Signals reach the main thread only: elsewhere (a test's
+    worker thread) the block runs unbounded, as onboarding runs the check in its main thread."""
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+        yield
+        return
+
+    def stop(signum, frame) -> None:  # noqa: ANN001 - signal's signature
+        raise _TooLong
+
+    previous = signal.signal(signal.SIGPROF, stop)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)

@@ -15,7 +15,11 @@ limits and quotas as the caller's own requests. The grammar has passed the same 
   ``retention_s`` after it ended; then the supervisor removes it. What a tenant's runs keep on disk (run
   folders and work folders) counts against ``max_tenant_bytes``: a run that would pass it is refused (429).
 
-One run at a time per replica (409 while one is running), checked and started under one lock. What a tenant
+One run at a time per replica, and one run per tenant, running or queued: a tenant's second run is a 409, and
+another tenant's run waits in a queue (``queued``, at most ``max_queued``) rather than being refused while
+one tenant's run holds the replica for up to 1.5 x its budget (docs/SECURITY.md, 20). The queue lives in this
+replica's memory (the caller's key with it, never written down): a restart fails the runs it held. Checked,
+queued and started under one lock. What a tenant
 reads of a run (status, error, log lines) names files, never server paths, and a failure is one line of cause,
 never a traceback. Runs live on the replica that started them; production runs the chart's Job instead
 (templates/onboarding-job.yaml).
@@ -61,6 +65,7 @@ class RunLimits:
     nice: int = 10
     max_tenant_bytes: int = 1 << 30
     retention_s: float = 86_400.0
+    max_queued: int = 16
 
 
 class OnboardingJobs:
@@ -75,6 +80,8 @@ class OnboardingJobs:
         self.limits = limits
         self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen] = {}
+        self._tenants: dict[str, str | None] = {}  # the tenant of each run running or queued
+        self._queue: list[tuple[str, list[str], float, str | None]] = []  # (id, command, budget_s, key), in order
         #: When each running child is stopped, whatever it is doing (its budget, and time to evaluate and report).
         self._deadlines: dict[str, float] = {}
         self._supervisor: threading.Thread | None = None
@@ -84,10 +91,13 @@ class OnboardingJobs:
               api_key: str | None) -> dict[str, Any]:
         """Write the team's files and start the run; its status at once (``state`` "running")."""
         tenant = options.tenant
-        with self._lock:  # the one-run rule: checked and taken together
-            if any(process.poll() is None for process in self._running.values()):
-                raise OnboardingBusy("an onboarding run is in progress on this replica: try again when it ends",
-                                     headers={"Retry-After": "60"})
+        with self._lock:  # the one-run rules: checked and taken together
+            if tenant in self._tenants.values():
+                raise OnboardingBusy("your onboarding run is in progress or queued on this replica: try again when "
+                                     "it ends", headers={"Retry-After": "60"})
+            if len(self._queue) >= self.limits.max_queued:
+                raise OnboardingBusy(f"{len(self._queue)} onboarding runs are queued on this replica: try again "
+                                     "later", headers={"Retry-After": "60"})
             used = self.tenant_bytes(tenant)
             if used + len(grammar.encode()) + len(pairs.encode()) > self.limits.max_tenant_bytes:
                 raise QuotaExceeded(f"your onboarding runs keep {used} bytes on this replica; at most "
@@ -101,15 +111,23 @@ class OnboardingJobs:
             (folder / "options.json").write_text(options.model_dump_json())
             (folder / "job.json").write_text(json.dumps({"id": job_id, "name": name, "tenant": tenant,
                                                          "created": time.time()}))
-            work = self._work(tenant, name)
-            with (folder / "log.txt").open("wb") as log:
-                self._running[job_id] = subprocess.Popen(
-                    self.confined(self.command(name, folder, work), budget_s=options.budget_s), stdout=log,
-                    stderr=subprocess.STDOUT, env=self.environment(api_key), stdin=subprocess.DEVNULL,
-                    cwd=PROJECT_ROOT, start_new_session=True)
-            self._deadlines[job_id] = time.monotonic() + 1.5 * options.budget_s + 300
+            self._tenants[job_id] = tenant
+            self._queue.append((job_id, self.command(name, folder, self._work(tenant, name)), options.budget_s,
+                                api_key))
+            self._start_queued()
             self._supervise()
         return self.status(job_id, tenant=tenant, admin=False)
+
+    def _start_queued(self) -> None:
+        """Start the first queued run if no run is running (under the lock)."""
+        if self._queue and not any(process.poll() is None for process in self._running.values()):
+            job_id, command, budget_s, api_key = self._queue.pop(0)
+            with (self.root / "runs" / job_id / "log.txt").open("wb") as log:
+                self._running[job_id] = subprocess.Popen(
+                    self.confined(command, budget_s=budget_s), stdout=log, stderr=subprocess.STDOUT,
+                    env=self.environment(api_key), stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
+                    start_new_session=True)
+            self._deadlines[job_id] = time.monotonic() + 1.5 * budget_s + 300
 
     def command(self, name: str, folder: Path, work: Path) -> list[str]:
         """The child's command line: ``nl2dsl onboard`` on the run's files, against this replica; every path
@@ -145,6 +163,10 @@ class OnboardingJobs:
             status = json.loads(status_path.read_text())
         except (OSError, ValueError):
             status = {"state": "running", "stage": None, "progress": None, "report": None, "error": None}
+        queued = [queued_id for queued_id, *_ in self._queue]
+        if job_id in queued:
+            return {**job, "state": "queued", "stage": None, "progress": None, "report": None, "error": None,
+                    "queue_position": queued.index(job_id) + 1, "log": []}
         process = self._running.get(job_id)
         ended = process is None or process.poll() is not None
         log = (folder / "log.txt").read_text(errors="replace") if (folder / "log.txt").exists() else ""
@@ -170,6 +192,14 @@ class OnboardingJobs:
     def cancel(self, job_id: str, *, tenant: str | None, admin: bool) -> None:
         """Stop a run (its process group: the child and what it started); killed if still there 30 s later."""
         self._job(job_id, tenant=tenant, admin=admin)
+        with self._lock:
+            if any(queued_id == job_id for queued_id, *_ in self._queue):
+                self._queue = [entry for entry in self._queue if entry[0] != job_id]
+                self._tenants.pop(job_id, None)
+                (self.root / "runs" / job_id / "status.json").write_text(json.dumps(
+                    {"state": "failed", "stage": None, "progress": None, "report": None,
+                     "error": "cancelled before it started"}))
+                return
         self._stop(job_id)
 
     def tenant_bytes(self, tenant: str | None) -> int:
@@ -194,10 +224,12 @@ class OnboardingJobs:
                 if process.poll() is not None:  # reaped: no zombie
                     self._running.pop(job_id, None)
                     self._deadlines.pop(job_id, None)
+                    self._tenants.pop(job_id, None)
                 elif now > self._deadlines.get(job_id, float("inf")):
                     self._deadlines.pop(job_id, None)
                     self._stop(job_id)
-            running = set(self._running)
+            self._start_queued()
+            running = set(self._running) | {queued_id for queued_id, *_ in self._queue}
         runs = self.root / "runs"
         for folder in runs.iterdir() if runs.is_dir() else ():
             if folder.name in running:
@@ -210,6 +242,7 @@ class OnboardingJobs:
 
     def close(self) -> None:
         self._closed.set()
+        self._queue.clear()
         for job_id in list(self._running):
             self._stop(job_id)
 

@@ -29,6 +29,7 @@ args = sys.argv[2:]
 status = args[args.index("--status") + 1]
 json.dump({"argv": args, "key": os.environ.get("NL2DSL_API_KEY"), "env": sorted(os.environ),
            "nice": os.getpriority(os.PRIO_PROCESS, 0), "cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
+           "policy": os.sched_getscheduler(0),
            "memory": resource.getrlimit(resource.RLIMIT_AS)[0]}, open(status + ".seen", "w"))
 if os.environ.get("CHILD_CRASHES") == "1":
     raise RuntimeError("cannot read " + status)
@@ -92,17 +93,28 @@ def test_a_run_is_the_callers_own_and_one_runs_at_a_time(client, tmp_path, monke
         assert refused.status_code == 404 and refused.json()["error"]["type"] == "not_found"
     assert client.get(f"/onboarding/{job['id']}/report.md", headers=_as("beta-key")).status_code == 404
     assert client.get(f"/onboarding/{job['id']}", headers=_as("admin-key")).status_code == 200
-    # One run at a time on a replica: the next caller is told to come back.
-    busy = client.post("/onboarding", json={**BODY, "name": "other"}, headers=_as("beta-key"))
+    # One run per tenant: its second is refused; another tenant's waits in the queue rather than being refused.
+    busy = client.post("/onboarding", json={**BODY, "name": "other"}, headers=_as("alpha-key"))
     assert busy.status_code == 409 and busy.json()["error"]["type"] == "onboarding_busy"
     assert busy.headers["retry-after"] == "60"
-    # Stopping it: the run ended without a verdict, so it failed, and the next one may start.
+    monkeypatch.setenv("CHILD_SLEEP", "0")
+    queued = client.post("/onboarding", json={**BODY, "name": "other"}, headers=_as("beta-key"))
+    assert queued.status_code == 202 and queued.json()["state"] == "queued" and queued.json()["queue_position"] == 1
+    # Stopping the first: it ended without a verdict, so it failed, and the queued one starts by itself.
     assert client.delete(f"/onboarding/{job['id']}", headers=_as("alpha-key")).status_code == 204
     assert _wait_for(client, job["id"], "alpha-key", "failed")["error"]
-    monkeypatch.setenv("CHILD_SLEEP", "0")
-    again = client.post("/onboarding", json={**BODY, "name": "other"}, headers=_as("beta-key"))
-    assert again.status_code == 202
-    assert _wait_for(client, again.json()["id"], "beta-key", "published")["report"] == {"verdict": "ok"}
+    assert _wait_for(client, queued.json()["id"], "beta-key", "published")["report"] == {"verdict": "ok"}
+
+
+def test_a_queued_run_can_be_cancelled_before_it_starts(client):
+    first = client.post("/onboarding", json=BODY, headers=_as("alpha-key")).json()
+    queued = client.post("/onboarding", json=BODY, headers=_as("beta-key")).json()
+    assert queued["state"] == "queued"
+    assert client.delete(f"/onboarding/{queued['id']}", headers=_as("beta-key")).status_code == 204
+    status = client.get(f"/onboarding/{queued['id']}", headers=_as("beta-key")).json()
+    assert status["state"] == "failed" and status["error"] == "cancelled before it started"
+    assert client.post("/onboarding", json=BODY, headers=_as("beta-key")).json()["state"] == "queued"
+    client.delete(f"/onboarding/{first['id']}", headers=_as("alpha-key"))
 
 
 def test_a_run_that_dies_without_a_verdict_is_failed_not_running_forever(client, monkeypatch):
@@ -145,6 +157,7 @@ def test_the_child_runs_confined_with_a_minimal_environment(client, tmp_path):
     job = client.post("/onboarding", json=BODY, headers=_as("alpha-key")).json()
     seen = _seen(tmp_path, job["id"])
     assert seen["nice"] >= 10 and seen["memory"] == 4096 * 2**20
+    assert seen["policy"] == os.SCHED_IDLE  # CPU time only when serving does not want it
     assert 0 < seen["cpu"] <= (1.5 * 600 + 300) * os.cpu_count()
     assert "AWS_SECRET_ACCESS_KEY" not in seen["env"] and not [k for k in seen["env"] if k.startswith("NL2DSL_")
                                                                  and k not in ("NL2DSL_API_KEY", "NL2DSL_CACHE_DIR")]

@@ -295,3 +295,23 @@ def test_stalled_uploads_are_bounded_per_tenant_and_in_bytes_before_a_byte_is_re
     assert too_many_bytes["status"] == 429 and too_many_bytes["error"]["detail"]["limit"] == "upload_bytes_in_flight"
     assert small["status"] == 201, small
     assert bodies.in_flight == 0
+
+
+# 20: an onboarding run's dataset check parses without a bound --------------------------------------------
+
+def test_the_dataset_check_bounds_each_parse_as_validate_does(tmp_path):
+    """An ambiguous grammar compiles at once and Earley-parses 'a' * n in about n^3.7: each pair's parse now
+    stops at the bound /validate has (CPU seconds) and the pair is rejected, saying why."""
+    from service.grammars import compile_grammar
+    from service.onboarding.dataset import build_dataset
+
+    grammar = compile_grammar("amb", 'start: e\ne: "a" | e e\n', origin="upload")
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"text": f"{n} a", "code": "a" * n} for n in range(1, 21)] + [{"text": "slow", "code": "a" * 400}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    started = time.process_time()
+    dataset = build_dataset(grammar, pairs, min_pairs=5, parse_timeout_s=0.5)
+    assert time.process_time() - started < 30  # unbounded, the 400-character parse alone runs for hours
+    assert [r.line for r in dataset.rejects] == [21]
+    assert "could not be parsed within 0.5 s" in dataset.rejects[0].message
+    assert len(dataset.train) + len(dataset.heldout) == 20
