@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import io
+import json
 import tarfile
 import time
 from pathlib import Path
