@@ -10,7 +10,10 @@ The engine cannot be given that name alone: vLLM tells adapters apart by name (`
 compares ``lora_name``), and two tenants may each own a ``flow:mine``, or one adapter have two versions in one
 batch. So the engine's name is the client's name plus ``#`` and the registry's unique id
 (:func:`engine_name`), and the stat logger here drops the suffix before vLLM's Prometheus logger writes the
-labels. Tied to vLLM 0.32's ``PrometheusStatLogger.record`` and ``SchedulerStats``; tests/unit/test_gateway_metrics.py
+labels. The gauge keeps one series, the batch now (vLLM adds a series for every combination of names it
+ever saw, an unbounded label set), and a label lists at most ``_MAX_NAMES`` names (the batch holds at most
+``max_loras`` adapters; more waiting ones add nothing the picker needs): docs/SECURITY.md, 23. These
+metrics are served on the metrics port, for the cluster's Prometheus and picker, never to tenants. Tied to vLLM 0.32's ``PrometheusStatLogger.record`` and ``SchedulerStats``; tests/unit/test_gateway_metrics.py
 fails if either changes shape.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 __all__ = ["client_name", "engine_name", "prometheus_logger"]
 
 _SEPARATOR = "#"
+_MAX_NAMES = 16
 
 
 def engine_name(client: str, lora_id: int) -> str:
@@ -32,10 +36,11 @@ def client_name(engine: str) -> str:
 
 
 def _by_client_name(counts: dict[str, int]) -> dict[str, int]:
+    """The engine's counts by client name, the ``_MAX_NAMES`` names with the most requests (then by name)."""
     merged: dict[str, int] = {}
     for name, count in counts.items():
         merged[client_name(name)] = merged.get(client_name(name), 0) + count
-    return merged
+    return dict(sorted(merged.items(), key=lambda item: (-item[1], item[0]))[:_MAX_NAMES])
 
 
 def prometheus_logger():
@@ -51,6 +56,8 @@ def prometheus_logger():
                     scheduler_stats,
                     running_lora_adapters=_by_client_name(scheduler_stats.running_lora_adapters),
                     waiting_lora_adapters=_by_client_name(scheduler_stats.waiting_lora_adapters))
+                if self.gauge_lora_info is not None:  # one series: the batch now, not every batch seen
+                    self.gauge_lora_info.clear()
             super().record(scheduler_stats, iteration_stats, *args, **kwargs)
 
     return ClientNamedPrometheusStatLogger

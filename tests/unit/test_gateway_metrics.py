@@ -25,6 +25,12 @@ def test_two_tenants_adapters_of_one_client_name_are_one_label():
     assert _by_client_name(counts) == {"flow:mine": 3, "sql:x": 1}
 
 
+def test_a_label_lists_a_bounded_number_of_names_the_busiest_first():
+    counts = {engine_name(f"flow:a{i}", i): 1 + (i == 40) for i in range(100)}
+    names = list(_by_client_name(counts))
+    assert len(names) == 16 and names[0] == "flow:a40"
+
+
 def test_vllm_still_has_the_shape_the_renaming_relies_on():
     """Tied to vLLM 0.32: if this fails, vLLM changed how it records LoRA stats; service.gateway_metrics must
     follow (or the picker's affinity silently sees the engine's names)."""
@@ -37,3 +43,4 @@ def test_vllm_still_has_the_shape_the_renaming_relies_on():
                                                                                     "iteration_stats"]
     source = inspect.getsource(PrometheusStatLogger)
     assert "scheduler_stats.running_lora_adapters" in source and "vllm:lora_requests_info" in source
+    assert "self.gauge_lora_info.labels(" in source  # the gauge the logger clears before each record
