@@ -359,7 +359,7 @@ def _padded(order: torch.Tensor, segments: list[tuple[int, int, int]], counts: l
 def _many(indices: torch.Tensor, runs: list[tuple[int, int, int]]) -> _Many:
     """The ``runs`` of ``indices`` for the per-token products. Only tokens with an adapter are read: a token
     without one takes no LoRA arithmetic at all (a slot read for it and masked by zero let another tenant's
-    NaN or inf weights through, since NaN times 0 is NaN: docs/SECURITY.md)."""
+    NaN or inf weights through, since NaN times 0 is NaN: docs/SECURITY.md, 14)."""
     with_adapter = [run for run in runs if run[0] >= 0]
     narrow_runs = [run for run in with_adapter if run[2] - run[1] < _WIDE]
     narrow: list[tuple[int, int]] = []

@@ -394,7 +394,7 @@ def cache_salt(tenant: str | None) -> str:
 
     vLLM keys a prompt's first block with its salt (and every later block chains on it). Shared, a replayed
     guess of another tenant's private context came back in 0.09 s when right and 0.93 s when wrong
-    (docs/SECURITY.md, 17)."""
+    (docs/SECURITY.md, 15)."""
     return f"tenant:{tenant}" if tenant is not None else "shared"
 
 

@@ -103,7 +103,7 @@ class FairShare:
     one at or above it waits, and each generation that ends lets in the waiting tenant with the fewest in the
     engine. So a tenant that holds its whole concurrency shrinks to its share as its generations end, while
     another tenant's request runs beside them at once rather than behind them: one tenant holding 16 requests
-    made another's ``/generate`` take 24.3 s, against 1-7 s around it (docs/SECURITY.md, 21). vLLM's batch
+    made another's ``/generate`` take 24.3 s, against 1-7 s around it (docs/SECURITY.md, 18). vLLM's batch
     grows with every sequence in it, so its size is what each tenant's latency depends on. ``slots`` 0: off.
     """
 

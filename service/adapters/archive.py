@@ -2,7 +2,7 @@
 
 The tar format is read here, block by block, not by ``tarfile``: Python 3.11.7's ``tarfile`` parses PAX
 headers with a quadratic regex (a published CVE, fixed in 3.11.10), and 200,000 digits in a 365-byte
-``.tar.gz`` held the interpreter, and so every tenant's requests, for 84 s (docs/SECURITY.md). Every step
+``.tar.gz`` held the interpreter, and so every tenant's requests, for 84 s (docs/SECURITY.md, 16). Every step
 below is linear in what it reads, and what it reads is bounded:
 
 - the decompressed stream itself is metered (every byte, headers and PAX records included): at most

@@ -47,7 +47,7 @@ _MAX_TENSORS = 2_000
 #: The largest weight magnitude served. PEFT starts lora_A within 1/sqrt(in_features) (0.04 on the embedded
 #: model) and lora_B at 0; the four shipped adapters end training under 0.09. 1024 is over 10,000 times that,
 #: and keeps one layer's product (rank x in_features terms) far from overflow; 3e38 or inf made another tenant's
-#: output NaN when the op masked by multiplying with 0 (docs/SECURITY.md, 16). The engine checks again
+#: output NaN when the op masked by multiplying with 0 (docs/SECURITY.md, 14). The engine checks again
 #: (service.lora_guard).
 MAX_WEIGHT = 1024.0
 _VALUES_PER_READ = 1 << 20

@@ -1,7 +1,7 @@
 """The body of an upload route (an adapter archive, JSONL examples), read within bounds before any of it is kept.
 
 Bodies used to be read whole into memory, before any per-tenant limit and with no bound on time: 24 uploads of
-59 MB that stopped sending raised the server from 981 to 2,332 MB, still held 20 s later (docs/SECURITY.md, 22).
+59 MB that stopped sending raised the server from 981 to 2,332 MB, still held 20 s later (docs/SECURITY.md, 19).
 Here, before a byte is read, the tenant's uploads in progress are counted (429 past ``per_owner`` bodies) and
 the replica's bytes in flight are reserved (429 past ``max_bytes``: the declared length, or the route's limit
 when none is declared); the body then goes to a file on disk as it arrives, and must arrive within

@@ -3,7 +3,7 @@
 The onboarding child runs on a serving replica. Before it becomes ``nl2dsl onboard`` (``exec``: the same
 process, so the parent's kill and reap reach it) it lowers its priority below serving: Linux's ``SCHED_IDLE``
 policy, which runs it only on CPU time nothing else wants (at nice 10 alone, a run's dataset check took 66
-CPU-seconds in ~80 s while another tenant's ``/generate`` went from 0.9 s to 8-29 s: docs/SECURITY.md, 20),
+CPU-seconds in ~80 s while another tenant's ``/generate`` went from 0.9 s to 8-29 s: docs/SECURITY.md, 17),
 and ``nice`` where that policy does not exist; it caps its
 CPU time (``RLIMIT_CPU``: the kernel sends SIGXCPU, then kills it) and its address space (``RLIMIT_AS``: an
 allocation past it fails inside the child, never the OOM killer choosing the server or the engine). Limits

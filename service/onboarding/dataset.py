@@ -8,7 +8,7 @@ on and is what every configuration is scored on. A team with a test set of its o
 
 Each parse has the bound ``/validate``'s have (``parse_timeout_s``, here in CPU seconds): a code past it is
 rejected, never waited for. An ambiguous grammar compiles fast, and its child once parsed every pair without a
-bound (66 CPU-seconds while another tenant's requests took 8-29 s instead of 1: docs/SECURITY.md, 20).
+bound (66 CPU-seconds while another tenant's requests took 8-29 s instead of 1: docs/SECURITY.md, 17).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def build_dataset(grammar: Grammar, path: Path, *, heldout: float = 0.2, max_hel
         n_heldout = max(min_heldout, min(max_heldout, round(heldout * len(kept))))
         return Dataset(train=kept[n_heldout:], heldout=kept[:n_heldout], rejects=rejects, duplicates=duplicates,
                        conflicting=conflicting)
-    test, test_rejects, _, _ = _checked(grammar, test_path)
+    test, test_rejects, _, _ = _checked(grammar, test_path, timeout_s)
     if len(test) < min_heldout:
         raise RequestInvalid(f"{len(test)} usable pairs in the held-out file {test_path} (at least {min_heldout})",
                              detail=[{"line": r.line, "message": r.message} for r in test_rejects[:20]])

@@ -17,7 +17,7 @@ limits and quotas as the caller's own requests. The grammar has passed the same 
 
 One run at a time per replica, and one run per tenant, running or queued: a tenant's second run is a 409, and
 another tenant's run waits in a queue (``queued``, at most ``max_queued``) rather than being refused while
-one tenant's run holds the replica for up to 1.5 x its budget (docs/SECURITY.md, 20). The queue lives in this
+one tenant's run holds the replica for up to 1.5 x its budget (docs/SECURITY.md, 17). The queue lives in this
 replica's memory (the caller's key with it, never written down): a restart fails the runs it held. Checked,
 queued and started under one lock. What a tenant
 reads of a run (status, error, log lines) names files, never server paths, and a failure is one line of cause,

@@ -1,4 +1,4 @@
-"""Tenants share the real engine, not its state (issue 42; docs/SECURITY.md, 16-17).
+"""Tenants share the real engine, not its state (issue 42; docs/SECURITY.md, 14-15).
 
 The prefix cache was one for every tenant: a replayed guess of another tenant's private context was served
 from the cache (time to first token 0.09 s when the guess was right, 0.93 s when wrong). Each tenant's requests

@@ -1,4 +1,4 @@
-"""Fair shares of the engine between tenants (service/limits.py, FairShare; issue 42, docs/SECURITY.md 21).
+"""Fair shares of the engine between tenants (service/limits.py, FairShare; issue 42, docs/SECURITY.md 18).
 
 One tenant holding its 16 allowed requests made another tenant's /generate take 24.3 s (1-7 s around it): all
 17 ran in one batch, and a batch's step grows with every sequence in it. These drive the share directly.

@@ -1,4 +1,4 @@
-"""Tenants share an engine, not its state (issue 42; docs/SECURITY.md, 16-23): the attacks that need no engine.
+"""Tenants share an engine, not its state (issue 42; docs/SECURITY.md, 14-21): the attacks that need no engine.
 
 Each test is named for what it stops; the attacks that need the real engine (a poisoned adapter, the prefix
 cache's timing) are in tests/integration/test_shared_engine.py.
@@ -34,7 +34,7 @@ from tests.unit.test_hostile_uploads import _auth, _files, _folder, _refused, _s
 _POISONS = [float("nan"), float("inf"), float("-inf"), 3e38, -2 * MAX_WEIGHT]
 
 
-# 16: one tenant's adapter poisons everyone's output -------------------------------------------------------
+# 14: one tenant's adapter poisons everyone's output -------------------------------------------------------
 
 @pytest.mark.parametrize("poison", _POISONS, ids=["nan", "inf", "-inf", "3e38", "past the bound"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
@@ -73,7 +73,7 @@ def test_the_engine_guard_refuses_an_adapter_whose_weights_are_non_finite_or_hug
     assert problem and problem.startswith("layers.1.o_proj: lora_b")
 
 
-# 18: 365 bytes freeze the whole API -----------------------------------------------------------------------
+# 16: 365 bytes freeze the whole API -----------------------------------------------------------------------
 
 def _pax_bomb(digits: int) -> bytes:
     """A .tar.gz whose first member is a PAX header of ``digits`` digits: Python 3.11.7's tarfile parses it in
@@ -144,7 +144,7 @@ def test_any_bytes_unpack_or_are_refused_never_anything_else(tmp_path_factory, d
         assert {p.name for p in target.iterdir()} <= archive.ADAPTER_FILES
 
 
-# 23: smaller doors --------------------------------------------------------------------------------------
+# 20, 21: smaller doors, and a key written down ---------------------------------------------------------
 
 @pytest.mark.parametrize("text, reason", [
     ("rank: " + "9" * 5000, "more than 40 digits"), ("rank: !!float x", "not what its type says"),
@@ -181,7 +181,7 @@ def test_a_reports_command_line_never_carries_the_api_key(monkeypatch, argv):
     assert "s3cret-key" not in command and "$NL2DSL_API_KEY" in command and command.endswith("--steps 2")
 
 
-# 16, 17: what the engine is handed -------------------------------------------------------------------------
+# 14, 15: what the engine is handed -------------------------------------------------------------------------
 
 def _engine_with(outputs: list) -> tuple[Engine, MagicMock]:
     llm = MagicMock()
@@ -235,7 +235,7 @@ def test_the_request_path_hands_the_engine_the_tenant_its_key_resolved(replica):
         assert client.engine.calls[-1]["tenant"] == tenant
 
 
-# 22: stalled uploads hold memory -------------------------------------------------------------------------
+# 19: stalled uploads hold memory -------------------------------------------------------------------------
 
 async def _post(app, path: str, key: str, chunks: list[bytes], *, length: int, stall: bool) -> dict:
     """POST ``chunks`` to the ASGI ``app`` declaring ``length`` bytes; ``stall``: then send nothing more."""
@@ -297,7 +297,7 @@ def test_stalled_uploads_are_bounded_per_tenant_and_in_bytes_before_a_byte_is_re
     assert bodies.in_flight == 0
 
 
-# 20: an onboarding run's dataset check parses without a bound --------------------------------------------
+# 17: an onboarding run's dataset check parses without a bound --------------------------------------------
 
 def test_the_dataset_check_bounds_each_parse_as_validate_does(tmp_path):
     """An ambiguous grammar compiles at once and Earley-parses 'a' * n in about n^3.7: each pair's parse now
