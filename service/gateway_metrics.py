@@ -13,8 +13,9 @@ batch. So the engine's name is the client's name plus ``#`` and the registry's u
 labels. The gauge keeps one series, the batch now (vLLM adds a series for every combination of names it
 ever saw, an unbounded label set), and a label lists at most ``_MAX_NAMES`` names (the batch holds at most
 ``max_loras`` adapters; more waiting ones add nothing the picker needs): docs/SECURITY.md, 20. These
-metrics are served on the metrics port, for the cluster's Prometheus and picker, never to tenants. Tied to vLLM 0.32's ``PrometheusStatLogger.record`` and ``SchedulerStats``; tests/unit/test_gateway_metrics.py
-fails if either changes shape.
+metrics are served on the metrics port, for the cluster's Prometheus and picker, never to tenants. Tied to
+vLLM 0.32's ``PrometheusStatLogger.record`` and ``SchedulerStats``; tests/unit/test_gateway_metrics.py fails
+if either changes shape.
 """
 
 from __future__ import annotations
