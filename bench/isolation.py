@@ -17,6 +17,7 @@ Writes docs/bench/isolation.json (the data) and docs/ISOLATION.md (tables made f
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import tempfile
 import threading
@@ -36,7 +37,7 @@ DOC = ROOT / "docs" / "ISOLATION.md"
 ASK = {"dsl": "flow", "text": "post form answers to #sales", "examples": 0, "constrained": False}
 PROBE = {**ASK, "tenant": "probe", "max_tokens": 32, "constrained": True}
 #: The hog's generations: long, unconstrained, greedy.
-HOG = {**ASK, "tenant": "hog", "text": "describe every connector you know", "max_tokens": 200}
+HOG = {**ASK, "tenant": "hog", "adapter": "base", "text": "describe every connector you know", "max_tokens": 200}
 ROUNDS = 4
 PROBES = 6
 AMBIGUOUS = 'start: e\ne: "a" | e e\n'
@@ -132,40 +133,43 @@ def _onboarding(client: httpx.Client) -> dict:
 
 
 def _stalled_uploads(url: str) -> dict:
+    """24 connections each declare a 59 MB adapter upload, send 50 MB of it (unless answered at once) and stall."""
     port = int(url.rsplit(":", 1)[1])
     server = next(c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
                   and c.status == psutil.CONN_LISTEN)
-    rss = lambda: psutil.Process(server).memory_info().rss  # noqa: E731
-    before, statuses, stop = rss(), [], threading.Event()
-
-    def stalled() -> None:
-        chunk = b"\0" * (1 << 20)
-
-        def body():
-            for _ in range(50):  # 50 of the 59 MB it declares, then nothing
-                yield chunk
-            stop.wait(60)
-
+    rss = lambda: psutil.Process(server).memory_info().rss >> 20  # noqa: E731
+    before, answers, sockets = rss(), [], []
+    head = (f"POST /adapters HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {59 << 20}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    chunk = b"\0" * (1 << 20)
+    for _ in range(24):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sockets.append(connection)
+        connection.sendall(head)
+        connection.settimeout(0.5)
         try:
-            with httpx.Client(base_url=url, timeout=120) as own:
-                statuses.append(own.post("/adapters", content=body(),
-                                         headers={"Content-Length": str(59 << 20)}).status_code)
-        except httpx.HTTPError as exc:
-            statuses.append(type(exc).__name__)
-
-    threads = [threading.Thread(target=stalled) for _ in range(24)]
-    for thread in threads:
-        thread.start()
-    time.sleep(20)
+            answer = connection.recv(200)  # a refusal comes before any of the body is read
+        except TimeoutError:
+            answer = b""
+        if answer:
+            answers.append(answer.split(b" ", 2)[1].decode())
+            continue
+        connection.settimeout(30)
+        try:
+            for _ in range(50):
+                connection.sendall(chunk)
+            answers.append("stalled")
+        except OSError as exc:
+            answers.append(type(exc).__name__)
+    time.sleep(10)
     during = rss()
-    refused = sum(1 for s in statuses if s == 429)
-    stop.set()
-    for thread in threads:
-        thread.join(180)
+    for connection in sockets:
+        connection.close()
+    time.sleep(5)
     after = rss()
-    progress(f"  stalled uploads: RSS {before >> 20} -> {during >> 20} -> {after >> 20} MiB, {refused} refused at once")
-    return {"rss_before_mib": before >> 20, "rss_during_mib": during >> 20, "rss_after_mib": after >> 20,
-            "refused_at_once": refused, "statuses": [str(s) for s in statuses]}
+    progress(f"  stalled uploads: RSS {before} -> {during} -> {after} MiB; answers {answers}")
+    return {"rss_before_mib": before, "rss_during_mib": during, "rss_after_mib": after,
+            "refused_at_once": answers.count("429"), "stalled": answers.count("stalled"), "answers": answers}
 
 
 def main() -> None:
@@ -229,9 +233,10 @@ def render(r: dict) -> str:
         f"| another tenant's `/generate` during an onboarding run's dataset check (ambiguous grammar) | median s "
         f"(ratio to alone) | {_median(onboarding['during_dataset_check_s']):.2f} "
         f"({_median(onboarding['during_dataset_check_s']) / _median(onboarding['alone_s']):.2f}) |",
-        f"| 24 uploads declaring 59 MB that stop after 50 MB | server RSS before, during, after (MiB) | "
+        f"| 24 uploads declaring 59 MB that stop after 50 MB (one tenant) | server RSS before, during, after (MiB) | "
         f"{uploads['rss_before_mib']}, {uploads['rss_during_mib']}, {uploads['rss_after_mib']} |",
-        f"| ... | refused at once (429) | {uploads['refused_at_once']} of 24 |",
+        f"| ... | received and held on disk until they stalled; refused at once (429) | {uploads['stalled']}; "
+        f"{uploads['refused_at_once']} |",
         "",
     ]
     return "\n".join(lines)

@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 cache_dir=settings.cache_dir, model=settings.model,
                 limits=RunLimits(memory_mb=settings.onboarding_memory_mb, nice=settings.onboarding_nice,
                                  max_tenant_bytes=settings.onboarding_max_tenant_bytes,
-                                 retention_s=settings.onboarding_retention_s))
+                                 retention_s=settings.onboarding_retention_s),
+                others_busy=lambda tenant: serving.admission.others_outstanding(tenant) > 0)
             stack.callback(app.state.onboarding_jobs.close)
             if settings.metrics_port is not None:
                 stack.callback(_serve_metrics(settings.host, settings.metrics_port))

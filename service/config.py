@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     upload_bodies_per_tenant: int = 5
     upload_bytes_in_flight: int = 512 * 2**20
     upload_body_timeout_s: float = 120.0
+    # Seconds an uploaded archive may take to unpack, in a child process of its own (killed past them).
+    upload_unpack_timeout_s: float = 30.0
     # POST /dsls/{name}/examples: lines read per request, and rejected lines before the request is refused.
     max_example_lines: int = 2000
     max_rejected_lines: int = 100

@@ -61,6 +61,10 @@ class Admission:
     def outstanding(self) -> int:
         return len(self._tickets)
 
+    def others_outstanding(self, tenant: str | None) -> int:
+        """Generate requests admitted now of tenants other than ``tenant`` (safe to read from another thread)."""
+        return len(self._tickets) - self._by_tenant.get(tenant or "-", 0)
+
     def admit(self, tenant: str | None) -> Ticket:
         """A ticket for one request, or RateLimited (429) when the queue or the tenant's share is full."""
         key = tenant or "-"

@@ -13,16 +13,21 @@ below is linear in what it reads, and what it reads is bounded:
 - regular files and folders only (no links, devices, FIFOs or sparse files), at the top or one folder down;
 - only the adapter's files are written (``manifest.yaml``, ``adapter_config.json``,
   ``adapter_model.safetensors``), by name into the target folder: no path from the archive is used.
+
+What a tenant uploads is unpacked by :func:`unpack_confined`: in a child process (forked from a server of
+processes that has imported only this module), killed past a time bound, so that no parse, ours or the
+libraries' under it, can hold the serving process and its interpreter.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import multiprocessing
 import zlib
 from pathlib import Path, PurePosixPath
 
-__all__ = ["ADAPTER_FILES", "ArchiveRefused", "unpack"]
+__all__ = ["ADAPTER_FILES", "ArchiveRefused", "unpack", "unpack_confined"]
 
 ADAPTER_FILES = frozenset({"manifest.yaml", "adapter_config.json", "adapter_model.safetensors"})
 
@@ -70,6 +75,38 @@ def unpack(data: bytes, folder: Path, *, max_members: int = 16, max_bytes: int, 
         raise
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise ArchiveRefused(f"it is not a .tar.gz ({type(exc).__name__})") from None
+
+
+def unpack_confined(data: bytes, folder: Path, *, max_bytes: int, timeout_s: float) -> None:
+    """:func:`unpack` in a child process; ArchiveRefused if it fails, or takes longer than ``timeout_s``."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # each child is a fork of a process that imported only this
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_unpack_child, args=(data, str(folder), max_bytes, sending), daemon=True,
+                            name="nl2dsl-unpack")
+    child.start()
+    sending.close()
+    try:
+        if not receiving.poll(timeout_s):
+            raise ArchiveRefused(f"it took longer than {timeout_s:g} s to unpack")
+        error = receiving.recv()
+    except EOFError:
+        error = "it could not be unpacked (the unpacking process ended)"
+    finally:
+        receiving.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+    if error is not None:
+        raise ArchiveRefused(error)
+
+
+def _unpack_child(data: bytes, folder: str, max_bytes: int, sending) -> None:  # noqa: ANN001 - a Connection
+    try:
+        unpack(data, Path(folder), max_bytes=max_bytes)
+        sending.send(None)
+    except ArchiveRefused as exc:
+        sending.send(str(exc))
 
 
 def _unpack(stream: io.BufferedReader, folder: Path, *, max_members: int, limit: int) -> None:

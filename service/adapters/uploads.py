@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from service.adapters.archive import ArchiveRefused, unpack
+from service.adapters.archive import ArchiveRefused, unpack_confined
 from service.adapters.registry import BASE, Adapter, AdapterRegistry
 from service.adapters.residency import AdapterResidency
 from service.adapters.validation import AdapterInvalid, read_manifest
@@ -75,7 +75,8 @@ class AdapterPublisher:
     def _prepare(self, archive: bytes, folder: Path, owner: str | None, name: str | None) -> tuple[Adapter, bytes]:
         """On an upload thread: unpack, name, check against the base, and pack what will be stored."""
         try:
-            unpack(archive, folder, max_bytes=self.settings.max_adapter_bytes)
+            unpack_confined(archive, folder, max_bytes=self.settings.max_adapter_bytes,
+                            timeout_s=self.settings.upload_unpack_timeout_s)
             manifest = read_manifest((folder / "manifest.yaml").read_bytes())
         except FileNotFoundError:
             raise BadRequest("the archive has no manifest.yaml") from None

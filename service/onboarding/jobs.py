@@ -11,6 +11,11 @@ limits and quotas as the caller's own requests. The grammar has passed the same 
   limit, and a minimal environment (no store credentials, no settings of the server's);
 - is watched by a supervisor thread that stops it at its deadline (1.5 x budget + 300 s) whether or not
   anyone asks for its status, and reaps it when it ends (no zombies);
+- is paused (``SIGSTOP`` to its process group) while other tenants' generations are in flight, and resumed
+  when none are (``others_busy``, looked at every 50 ms). Lower priority was not enough: the engine's threads
+  meet at a barrier many times a step, and a child that allocates memory, even under ``SCHED_IDLE``, made
+  another tenant's ``/generate`` 15x slower (docs/SECURITY.md, 17); a pure CPU loop under ``SCHED_IDLE``
+  cost 1.26x. Its own requests to the API do not pause it;
 - leaves its folder (the team's files, the log, the status JSON of :mod:`service.onboarding.status`) for
   ``retention_s`` after it ended; then the supervisor removes it. What a tenant's runs keep on disk (run
   folders and work folders) counts against ``max_tenant_bytes``: a run that would pass it is refused (429).
@@ -27,6 +32,7 @@ never a traceback. Runs live on the replica that started them; production runs t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,8 @@ __all__ = ["OnboardingJobs", "RunLimits"]
 
 #: How often the supervisor looks at the running child and the finished runs.
 _SUPERVISE_S = 1.0
+#: How often it looks whether other tenants' generations are in flight, to pause or resume the child.
+_PAUSE_CHECK_S = 0.05
 #: Seconds between SIGTERM and SIGKILL when a run is stopped.
 _KILL_AFTER_S = 30.0
 #: What the child may keep of the server's environment (nothing else: no credentials, no NL2DSL_* settings).
@@ -72,7 +81,7 @@ class OnboardingJobs:
     """The runs under ``root``; ``url`` is this replica's own API, which the child calls."""
 
     def __init__(self, root: Path, *, url: str, cache_dir: Path, model: str | None = None,
-                 limits: RunLimits = RunLimits()) -> None:
+                 limits: RunLimits = RunLimits(), others_busy: Callable[[str | None], bool] | None = None) -> None:
         self.root = Path(root)
         self.url = url
         self.cache_dir = Path(cache_dir)
@@ -85,6 +94,9 @@ class OnboardingJobs:
         #: When each running child is stopped, whatever it is doing (its budget, and time to evaluate and report).
         self._deadlines: dict[str, float] = {}
         self._supervisor: threading.Thread | None = None
+        #: Whether generations of tenants other than the given one are in flight (None: never pause).
+        self.others_busy = others_busy
+        self._paused: set[str] = set()
         self._closed = threading.Event()
 
     def start(self, name: str, grammar: str, pairs: str, options: OnboardOptions, *,
@@ -175,6 +187,8 @@ class OnboardingJobs:
             # The child ended without saying how (killed, out of CPU time, or this replica restarted under it).
             status["state"] = "failed"
             status["error"] = status.get("error") or _cause(lines) or "the run stopped before it finished"
+        if not ended:
+            status["paused"] = job_id in self._paused  # while other tenants' generations are in flight
         scrub = self._scrubber(folder, job)
         if status.get("error"):
             status["error"] = scrub(str(status["error"]).strip().splitlines()[-1])
@@ -253,16 +267,39 @@ class OnboardingJobs:
             self._supervisor.start()
 
     def _supervisor_loop(self) -> None:
-        while not self._closed.wait(_SUPERVISE_S):
+        last = 0.0
+        while not self._closed.wait(_PAUSE_CHECK_S):
+            self.pause_or_resume()
+            if time.monotonic() - last < _SUPERVISE_S:
+                continue
+            last = time.monotonic()
             try:
                 self.supervise_once()
             except OSError:  # a folder removed under it: the next round sees the new state
                 continue
 
+    def pause_or_resume(self) -> None:
+        """Pause the running child while other tenants' generations are in flight; resume it when none are."""
+        if self.others_busy is None:
+            return
+        with self._lock:
+            for job_id, process in self._running.items():
+                if process.poll() is not None:
+                    continue
+                busy = self.others_busy(self._tenants.get(job_id))
+                if busy and job_id not in self._paused:
+                    _signal(process, signal.SIGSTOP)
+                    self._paused.add(job_id)
+                elif not busy and job_id in self._paused:
+                    _signal(process, signal.SIGCONT)
+                    self._paused.discard(job_id)
+
     def _stop(self, job_id: str) -> None:
         process = self._running.get(job_id)
         if process is not None and process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
+            _signal(process, signal.SIGCONT)  # a paused child would hold the SIGTERM until resumed
+            self._paused.discard(job_id)
             timer = threading.Timer(_KILL_AFTER_S, _kill_if_running, args=(process,))
             timer.daemon = True
             timer.start()
@@ -302,6 +339,12 @@ def _cause(lines: list[str]) -> str | None:
         if not _TRACEBACK_LINE.match(line):
             return line
     return None
+
+
+def _signal(process: subprocess.Popen, signum: int) -> None:
+    """``signum`` to the child's process group (it may have ended meanwhile)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
 
 
 def _kill_if_running(process: subprocess.Popen) -> None:

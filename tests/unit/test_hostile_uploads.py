@@ -219,7 +219,7 @@ def test_uploads_run_on_their_own_pool_and_one_tenant_cannot_take_all_of_it(repl
     import service.adapters.uploads as uploads
 
     release, started = threading.Event(), threading.Semaphore(0)
-    real_unpack, threads = uploads.unpack, set()
+    real_unpack, threads = uploads.unpack_confined, set()
 
     def slow_unpack(data, folder, **kwargs):
         threads.add(threading.current_thread().name)
@@ -229,7 +229,7 @@ def test_uploads_run_on_their_own_pool_and_one_tenant_cannot_take_all_of_it(repl
             raise uploads.ArchiveRefused("held")
         return real_unpack(data, folder, **kwargs)
 
-    monkeypatch.setattr(uploads, "unpack", slow_unpack)
+    monkeypatch.setattr(uploads, "unpack_confined", slow_unpack)
     client = replica()
     with ThreadPoolExecutor(8) as pool:
         held = [pool.submit(client.post, "/adapters", content=b"held", headers=_auth("alpha")) for _ in range(5)]

@@ -20,6 +20,7 @@ import yaml
 
 from service.onboarding.jobs import OnboardingJobs
 from service.security import hash_key
+from tests.helpers import eventually
 
 KEYS = {"alpha-key": {"tenant": "alpha"}, "beta-key": {"tenant": "beta"}, "admin-key": {"admin": True}}
 CHILD = """
@@ -234,3 +235,27 @@ def test_a_crashed_run_says_one_line_of_cause_and_no_server_path(client, monkeyp
     assert status["error"] == "RuntimeError: cannot read status.json"
     shown = json.dumps(status)
     assert str(tmp_path) not in shown and "Traceback" not in shown and 'File "' not in shown
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_child_is_paused_while_other_tenants_generate_and_resumed_after(client, tmp_path):
+    """Lower priority was not enough (docs/SECURITY.md, 17): the child stops while other tenants' generations
+    are in flight, and goes on when none are; a paused run can still be stopped."""
+    jobs = client.app.state.onboarding_jobs
+    busy = {"now": False}
+    jobs.others_busy = lambda tenant: busy["now"] and tenant != "beta"
+    job = client.post("/onboarding", json=BODY, headers=_as("alpha-key")).json()
+    _seen(tmp_path, job["id"])
+    pid = jobs._running[job["id"]].pid
+    busy["now"] = True
+    eventually(lambda: _state(pid) == "T", "the child paused")
+    assert client.get(f"/onboarding/{job['id']}", headers=_as("alpha-key")).json()["paused"] is True
+    busy["now"] = False
+    eventually(lambda: _state(pid) in "RS", "the child resumed")
+    busy["now"] = True
+    eventually(lambda: _state(pid) == "T", "the child paused again")
+    assert client.delete(f"/onboarding/{job['id']}", headers=_as("alpha-key")).status_code == 204
+    assert _wait_for(client, job["id"], "alpha-key", "failed")["error"]

@@ -97,6 +97,15 @@ def test_a_365_byte_pax_bomb_is_a_400_without_tarfile_and_the_api_stays_up(repli
     assert client.get("/healthz").status_code == 200 and _stored(tmp_path) == []
 
 
+def test_an_archive_is_unpacked_in_a_child_that_is_stopped_at_its_time_bound(replica, tmp_path):
+    """Whatever a parse under the archive does, it runs in a process of its own, killed past
+    NL2DSL_UPLOAD_UNPACK_TIMEOUT_S (here too short for any archive): a 400, nothing stored, the API up."""
+    client = replica(upload_unpack_timeout_s=0.000001)
+    error = _refused(client.post("/adapters", content=_tar(_files(_folder(tmp_path))), headers=_auth("alpha")))
+    assert "took longer than 1e-06 s to unpack" in error["message"]
+    assert client.get("/healthz").status_code == 200 and _stored(tmp_path) == []
+
+
 _names = st.text(st.characters(codec="utf-8", exclude_characters="\0/"), min_size=1, max_size=120)
 
 
