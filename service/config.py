@@ -78,9 +78,10 @@ class Settings(BaseSettings):
     # 429 + Retry-After; per tenant at once; seconds before a generation is aborted with 504.
     max_queue: int = 64
     tenant_max_concurrency: int = 16
-    # Generations in the engine at once, shared fairly: with n tenants' requests admitted, one tenant has at most
-    # engine_slots // n in the engine while others wait (service/limits.py, FairShare); 0 turns the share off.
-    engine_slots: int = 16
+    # Generations in the engine while more than one tenant is active (a request within 30 s), shared fairly: with
+    # n such tenants each has at most engine_slots // n in the engine (service/limits.py, FairShare); a tenant
+    # alone has its tenant_max_concurrency; 0 turns the share off.
+    engine_slots: int = 8
     request_timeout_s: float = 120.0
     # SIGTERM: seconds in-flight requests get to finish before the process exits.
     drain_timeout_s: float = 60.0

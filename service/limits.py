@@ -100,25 +100,30 @@ class Admission:
 
 
 class FairShare:
-    """Fair shares of the engine between tenants: at most ``slots // active tenants`` (at least 1) generations of
-    one tenant are in the engine while other tenants have requests admitted; a tenant alone may have ``slots``.
+    """Fair shares of the engine between tenants: while more than one tenant is active (a request admitted now or
+    within the last ``window_s``), each has at most ``slots // active tenants`` (at least 1) generations in the
+    engine; a tenant alone is held only by its concurrency cap.
 
     A tenant below its share enters at once, even past ``slots`` (by at most one request per other tenant);
     one at or above it waits, and each generation that ends lets in the waiting tenant with the fewest in the
     engine. So a tenant that holds its whole concurrency shrinks to its share as its generations end, while
     another tenant's request runs beside them at once rather than behind them: one tenant holding 16 requests
     made another's ``/generate`` take 24.3 s, against 1-7 s around it (docs/SECURITY.md, 18). vLLM's batch
-    grows with every sequence in it, so its size is what each tenant's latency depends on. ``slots`` 0: off.
+    grows with every sequence in it, so its size is what each tenant's latency depends on. A tenant stays active
+    for ``window_s`` after its last request: counted only while it had one, the share was given back in every
+    gap between its requests and the other tenant filled the batch again. ``slots`` 0: off.
     """
 
-    def __init__(self, *, slots: int) -> None:
+    def __init__(self, *, slots: int, window_s: float = 30.0) -> None:
         self.slots = slots
+        self.window_s = window_s
         self._running: Counter[str] = Counter()
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
         self._admitted: Counter[str] = Counter()  # tenants with requests admitted (running, waiting or before)
+        self._seen: dict[str, float] = {}  # when each tenant's last request ended
 
     def admitted(self, tenant: str | None) -> None:
-        """A request of ``tenant`` was admitted: the tenant counts as active until :meth:`done`."""
+        """A request of ``tenant`` was admitted: the tenant counts as active until ``window_s`` after :meth:`done`."""
         self._admitted[tenant or "-"] += 1
 
     def done(self, tenant: str | None) -> None:
@@ -127,11 +132,20 @@ class FairShare:
         self._admitted[key] -= 1
         if self._admitted[key] <= 0:
             del self._admitted[key]
+        self._seen[key] = time.monotonic()
         self._wake()
 
-    def share(self) -> int:
-        """Generations one tenant may have in the engine now."""
-        return max(1, self.slots // max(1, len(self._admitted)))
+    def active(self) -> int:
+        """Tenants with a request admitted now or within ``window_s``."""
+        horizon = time.monotonic() - self.window_s
+        for key in [k for k, when in self._seen.items() if when < horizon]:
+            del self._seen[key]
+        return len(self._admitted.keys() | self._seen.keys())
+
+    def share(self) -> float:
+        """Generations one tenant may have in the engine now (infinite for a tenant alone)."""
+        active = self.active()
+        return math.inf if active <= 1 else max(1, self.slots // active)
 
     @contextlib.asynccontextmanager
     async def slot(self, tenant: str | None, *, deadline: float | None = None) -> AsyncIterator[None]:

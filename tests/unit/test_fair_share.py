@@ -45,7 +45,7 @@ def test_a_tenant_alone_has_every_slot_and_another_gets_in_at_once_while_it_hold
         other_release.set()
         await other
         await asyncio.sleep(0.01)
-        assert entered.count("hog") == 16  # the other tenant left; the waiting ones still wait for a slot of 16
+        assert entered.count("hog") == 16  # the other tenant is still active (its window): they still wait
         hog_release.set()
         await asyncio.gather(*hog, *more)
         assert entered.count("hog") == 18
@@ -56,9 +56,10 @@ def test_a_tenant_alone_has_every_slot_and_another_gets_in_at_once_while_it_hold
 def test_a_request_waiting_for_its_share_times_out_with_a_504_and_leaves_no_trace():
     async def scenario() -> None:
         admission = Admission(max_queue=64, per_tenant=16, engine_slots=2)
+        admission.admit("other").release()  # another tenant active: the hog's share is 2 // 2
         release = asyncio.Event()
         entered: list[str] = []
-        holders = [asyncio.create_task(_hold(admission, "hog", entered, release)) for _ in range(2)]
+        holder = asyncio.create_task(_hold(admission, "hog", entered, release))
         await asyncio.sleep(0.01)
         ticket = admission.admit("hog")
         with pytest.raises(GenerationTimeout):
@@ -66,8 +67,30 @@ def test_a_request_waiting_for_its_share_times_out_with_a_504_and_leaves_no_trac
                 pytest.fail("entered past its share")
         ticket.release()
         release.set()
-        await asyncio.gather(*holders)
-        assert not admission.fair_share._running and not admission.fair_share._waiting
+        await holder
+        assert entered == ["hog"] and not admission.fair_share._running and not admission.fair_share._waiting
+
+    asyncio.run(scenario())
+
+
+def test_a_tenant_stays_active_between_its_requests_and_its_share_is_given_back_after_its_window():
+    """Counted only while it had a request in, a tenant sending one request after another gave its share back in
+    every gap, and the other tenant filled the engine again before its next request."""
+    async def scenario() -> None:
+        admission = Admission(max_queue=64, per_tenant=16, engine_slots=4)
+        admission.fair_share.window_s = 0.3
+        entered: list[str] = []
+        release = asyncio.Event()
+        admission.admit("probe").release()  # a request just ended: still active
+        hog = [asyncio.create_task(_hold(admission, "hog", entered, release)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        assert entered.count("hog") == 2  # 4 // 2 while the probe is active
+        await asyncio.sleep(0.4)
+        admission.admit("hog").release()  # any request ending lets the waiting in once the window has passed
+        await asyncio.sleep(0.01)
+        assert entered.count("hog") == 4 and admission.fair_share.share() == float("inf")
+        release.set()
+        await asyncio.gather(*hog)
 
     asyncio.run(scenario())
 
