@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             stack.callback(pool.close)
             app.state.upload_bodies = UploadBodies(
                 per_owner=settings.upload_bodies_per_tenant, max_bytes=settings.upload_bytes_in_flight,
-                timeout_s=settings.upload_body_timeout_s, spool_dir=settings.cache_dir / "upload-bodies")
+                spool_dir=settings.cache_dir / "upload-bodies")
             app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
                                                    gate=gate, pool=pool)
             serving.grammars.loader = app.state.dsl_publisher.materialize  # uploads compiled on first use
@@ -131,7 +131,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        larger={("POST", "/adapters"): settings.max_adapter_bytes,
                                ("POST", "/dsls/[^/]+/examples"): settings.max_adapter_bytes,
-                               ("POST", "/onboarding"): settings.max_adapter_bytes})
+                               ("POST", "/onboarding"): settings.max_adapter_bytes},
+                       timeout_s=settings.upload_body_timeout_s)
     app.add_middleware(AuthMiddleware, keys=keys)
     app.add_middleware(SameOriginMiddleware)
     app.add_middleware(GenerateMetricsMiddleware)

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     # Threads that unpack and check uploads (service/upload_pool.py), apart from the request path's.
     upload_workers: int = 2
     # Upload bodies (service/api/upload_body.py): arriving at once per tenant, bytes in flight per replica
-    # (declared lengths, or max_adapter_bytes for a body that declares none), seconds a body may take to arrive.
+    # (declared lengths, or max_adapter_bytes for a body that declares none); seconds any body may take to arrive
+    # (service/api/body_limit.py).
     upload_bodies_per_tenant: int = 5
     upload_bytes_in_flight: int = 512 * 2**20
     upload_body_timeout_s: float = 120.0

@@ -14,7 +14,6 @@
     │   ├── AdapterUnavailable (409) the adapter exists but cannot be used (other base model, broken files,
     │   │                            quarantined after the engine refused it)
     │   └── OnboardingBusy (409)     an onboarding run is already going on this replica
-    ├── BodyTimeout (408)            an upload's body did not arrive within its time bound
     ├── PayloadTooLarge (413)        the body is larger than the service reads
     ├── RequestInvalid (422)         a field is out of range (also used for pydantic's validation errors)
     ├── RateLimited (429)            the queue or the tenant's concurrency is full (with Retry-After)
@@ -35,7 +34,6 @@ from typing import Any
 __all__ = [
     "AdapterUnavailable",
     "BadRequest",
-    "BodyTimeout",
     "Conflict",
     "EngineUnavailable",
     "Forbidden",
@@ -122,11 +120,6 @@ class AdapterUnavailable(Conflict):
 
 class OnboardingBusy(Conflict):
     type = "onboarding_busy"
-
-
-class BodyTimeout(NL2DSLError):
-    status_code = 408
-    type = "body_timeout"
 
 
 class PayloadTooLarge(NL2DSLError):

@@ -17,7 +17,7 @@ __all__ = ["error_response", "install_error_handlers"]
 log = logging.getLogger("nl2dsl.errors")
 
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden",
-               413: "payload_too_large"}
+               408: "body_timeout", 413: "payload_too_large"}
 
 
 def error_response(exc: NL2DSLError) -> JSONResponse:

@@ -61,7 +61,7 @@ _MEANINGS = {
     403: "The key may not do this (act as another tenant, use this DSL, administer), or a request from another "
          "web origin.",
     404: "Unknown DSL or adapter (another tenant's are unknown too).",
-    408: "An upload's body did not arrive within its time bound.",
+    408: "The request body did not arrive within its time bound.",
     409: "The adapter exists but cannot be served.",
     413: "The body is larger than the service reads.",
     422: "A field is missing or out of range.",

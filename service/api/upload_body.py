@@ -4,8 +4,9 @@ Bodies used to be read whole into memory, before any per-tenant limit and with n
 59 MB that stopped sending raised the server from 981 to 2,332 MB, still held 20 s later (docs/SECURITY.md, 19).
 Here, before a byte is read, the tenant's uploads in progress are counted (429 past ``per_owner`` bodies) and
 the replica's bytes in flight are reserved (429 past ``max_bytes``: the declared length, or the route's limit
-when none is declared); the body then goes to a file on disk as it arrives, and must arrive within
-``timeout_s`` (408 past it). Only a body that arrived whole is read back, on an upload thread.
+when none is declared); the body then goes to a file on disk as it arrives. It must arrive within its time
+bound, as every body (:mod:`service.api.body_limit`: 408 past it). Only a body that arrived whole is read
+back, on an upload thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from service.errors import BodyTimeout, RateLimited
+from service.errors import RateLimited
 
 __all__ = ["UploadBodies"]
 
@@ -27,10 +28,9 @@ __all__ = ["UploadBodies"]
 class UploadBodies:
     """Reads upload bodies: at most ``per_owner`` at once per tenant, ``max_bytes`` in flight per replica."""
 
-    def __init__(self, *, per_owner: int, max_bytes: int, timeout_s: float, spool_dir: Path) -> None:
+    def __init__(self, *, per_owner: int, max_bytes: int, spool_dir: Path) -> None:
         self.per_owner = per_owner
         self.max_bytes = max_bytes
-        self.timeout_s = timeout_s
         self.spool_dir = spool_dir
         self._receiving: Counter[str] = Counter()
         self._in_flight = 0
@@ -47,13 +47,8 @@ class UploadBodies:
         async with self._reserve(owner or "", reserved):
             await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.spool_dir, prefix="upload-") as spool:
-                try:
-                    async with asyncio.timeout(self.timeout_s):
-                        async for chunk in request.stream():
-                            spool.write(chunk)  # to the page cache: microseconds for a network-sized chunk
-                except TimeoutError:
-                    raise BodyTimeout(f"the body did not arrive within {self.timeout_s:g} s",
-                                      detail={"timeout_s": self.timeout_s}) from None
+                async for chunk in request.stream():
+                    spool.write(chunk)  # to the page cache: microseconds for a network-sized chunk
                 spool.seek(0)
                 return await asyncio.to_thread(spool.read)
 

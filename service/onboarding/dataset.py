@@ -135,8 +135,8 @@ def _checked(grammar: Grammar, path: Path, timeout_s: float) -> tuple[list[Examp
     return kept, rejects, duplicates, conflicting
 
 
-class _TooLong(Exception):
-    pass
+class _TooLong(BaseException):
+    """Past the parse's bound: a BaseException, so that no ``except Exception`` in the parser swallows it."""
 
 
 def _parse(grammar: Grammar, code: str, timeout_s: float) -> ParseResult:
@@ -162,7 +162,7 @@ def _cpu_bound(seconds: float) -> Iterator[None]:
         raise _TooLong
 
     previous = signal.signal(signal.SIGPROF, stop)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)  # and again every 50 ms until the block ends
     try:
         yield
     finally:

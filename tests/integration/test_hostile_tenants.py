@@ -54,15 +54,17 @@ def test_an_adapter_the_engine_refuses_is_quarantined_and_never_takes_another_te
         published = alpha.post("/adapters", content=pack_adapter(folder))
         assert published.status_code == 201
         try:
-            _swap_and_use(server, alpha, admin, version=published.json()["version"])
+            _swap_and_use(server, alpha, admin, version=published.json()["version"], swap=_widen_first_lora_a)
         finally:  # alpha-corp's own flow adapter would otherwise be its default in later tests
             assert alpha.delete("/adapters/swapped").status_code == 204
 
 
-def _swap_and_use(server, alpha: httpx.Client, admin: httpx.Client, *, version: int) -> None:
-    """Swap the served copy's weights for ones that do not fit, then use it and everyone else."""
+def _swap_and_use(server, alpha: httpx.Client, admin: httpx.Client, *, version: int, swap, name: str = "swapped",
+                  reason: str = "could not load") -> None:
+    """Change the served copy's weights with ``swap`` (ones that do not fit, or poisoned), then use it and
+    everyone else."""
     # The copy this replica serves: its cache folder is named by the version's key in the store.
-    key = f"adapters/alpha-corp/swapped/{version:08d}.tar.gz"
+    key = f"adapters/alpha-corp/{name}/{version:08d}.tar.gz"
     cache = Path.home() / ".cache" / "nl2dsl" / "published-adapters"
     served = cache / hashlib.sha256(key.encode()).hexdigest()[:32]
     assert (served / "adapter_model.safetensors").exists()
@@ -70,13 +72,13 @@ def _swap_and_use(server, alpha: httpx.Client, admin: httpx.Client, *, version: 
     for adapter, dsl in (("beta", "flow"), ("tiny-trained", "sql")):
         used = admin.post("/generate", json={**FLOW, "dsl": dsl, "adapter": adapter, "text": "count orders"})
         assert used.status_code == 200, used.text
-    _widen_first_lora_a(served / "adapter_model.safetensors")
+    swap(served / "adapter_model.safetensors")
 
-    refused = alpha.post("/generate", json={**FLOW, "adapter": "swapped"})
+    refused = alpha.post("/generate", json={**FLOW, "adapter": name})
     assert refused.status_code == 409, refused.text
-    listed = next(a for a in alpha.get("/adapters").json() if a["name"] == "swapped")
-    assert listed["available"] is False and "could not load" in listed["error"]
-    assert alpha.post("/generate", json={**FLOW, "adapter": "swapped"}).status_code == 409  # not retried
+    listed = next(a for a in alpha.get("/adapters").json() if a["name"] == name)
+    assert listed["available"] is False and reason in listed["error"]
+    assert alpha.post("/generate", json={**FLOW, "adapter": name}).status_code == 409  # not retried
     # Every other tenant, and alpha without that adapter, are served by the same engine.
     for client, body in ((admin, {**FLOW, "adapter": "beta"}), (alpha, {**FLOW, "adapter": "alpha"}),
                          (alpha, {**FLOW, "adapter": "base"})):

@@ -13,6 +13,7 @@ import safetensors.numpy
 
 from service.adapters import pack_adapter
 from tests.helpers import make_random_adapter
+from tests.integration.test_hostile_tenants import ALPHA, _swap_and_use
 
 #: A tenant's private context, about 1.3 kB as in the attack: a schema nobody else should learn.
 SECRET = "; ".join(f"table acct_{i}(id int, owner text, balance_{i} numeric, iban_{i} text)" for i in range(20))
@@ -50,3 +51,26 @@ def test_an_adapter_with_nan_weights_is_refused_by_the_real_service_and_others_a
         assert refused.status_code == 400 and "NaN" in refused.json()["error"]["message"], refused.text
         after = other.post("/generate", json={**ASK, "max_tokens": 12})
     assert after.json()["code"] == before.json()["code"]
+
+
+def _poison(weights) -> None:
+    """One value of layer 0's o_proj lora_B made NaN (the header is unchanged)."""
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(str(weights))
+    tensors["base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight"][0, 0] = float("nan")
+    safetensors.torch.save_file(tensors, str(weights))
+
+
+def test_nan_weights_that_reach_the_engine_anyway_are_refused_there_and_others_are_served(server, tmp_path):
+    """Behind the publish check, the engine's own: the served copy's weights turn NaN on disk after they were
+    checked; the engine's guard refuses them before any slot (409, quarantined) and every other tenant is
+    served by the same engine."""
+    folder = make_random_adapter(server.model_dir, tmp_path / "poisoned", seed=13, dsl="flow", name="poisoned")
+    with server.client(ALPHA) as alpha, server.client() as admin:
+        published = alpha.post("/adapters", content=pack_adapter(folder))
+        assert published.status_code == 201, published.text
+        try:
+            _swap_and_use(server, alpha, admin, version=published.json()["version"], swap=_poison, name="poisoned")
+        finally:
+            assert alpha.delete("/adapters/poisoned").status_code == 204

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -101,7 +102,8 @@ def test_an_archive_is_unpacked_in_a_child_that_is_stopped_at_its_time_bound(rep
     """Whatever a parse under the archive does, it runs in a process of its own, killed past
     NL2DSL_UPLOAD_UNPACK_TIMEOUT_S (here too short for any archive): a 400, nothing stored, the API up."""
     client = replica(upload_unpack_timeout_s=0.000001)
-    error = _refused(client.post("/adapters", content=_tar(_files(_folder(tmp_path))), headers=_auth("alpha")))
+    archive = _tar({**_files(_folder(tmp_path)), "README": os.urandom(16 << 20)})  # tens of ms to read past
+    error = _refused(client.post("/adapters", content=archive, headers=_auth("alpha")))
     assert "took longer than 1e-06 s to unpack" in error["message"]
     assert client.get("/healthz").status_code == 200 and _stored(tmp_path) == []
 
@@ -279,6 +281,14 @@ def test_a_stalled_upload_is_a_408_at_its_time_bound_and_holds_nothing_after(rep
     bodies = client.app.state.upload_bodies
     assert bodies.in_flight == 0 and not list((tmp_path / "cache" / "upload-bodies").iterdir())
     assert _stored(tmp_path) == []
+
+
+@pytest.mark.parametrize("path", ["/onboarding", "/dsls"])
+def test_a_stalled_json_body_is_a_408_too(replica, path):
+    client = replica(upload_body_timeout_s=0.5)
+    answer = asyncio.run(_post(client.app, path, "alpha", [b'{"name": "x", "grammar": "'], length=900_000,
+                               stall=True))
+    assert answer["status"] == 408 and answer["error"]["type"] == "body_timeout"
 
 
 def test_stalled_uploads_are_bounded_per_tenant_and_in_bytes_before_a_byte_is_read(replica, tmp_path):
