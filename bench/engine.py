@@ -12,6 +12,7 @@ plugin off) for adapter vs base.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import statistics
 import time
@@ -53,6 +54,15 @@ async def main_async() -> None:
         }, REPEATS)
         comparisons.append(Comparison("features", "grammar-constrained decoding", medians["constrained"],
                                       medians["unconstrained"], "tokens/s", ("constrained", "unconstrained"),
+                                      goal=">= 0.95"))
+
+        progress("the sampled token's log-probability (service.engine's non-finite check) vs none")
+        medians = await interleaved({
+            "logprobs": _tokens_per_s(llm, [dataclasses.replace(workload.job(p), logprobs=0) for p in batch], 8),
+            "none": _tokens_per_s(llm, [workload.job(p) for p in batch], 8),
+        }, REPEATS)
+        comparisons.append(Comparison("features", "the sampled token's log-probability (non-finite check)",
+                                      medians["logprobs"], medians["none"], "tokens/s", ("logprobs 0", "none"),
                                       goal=">= 0.95"))
 
         progress("grammar compile: a grammar the engine has not seen vs one it has (time to first token)")

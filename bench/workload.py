@@ -59,6 +59,8 @@ class Job:
     grammar: str | None = None
     lora: object | None = None  # vllm LoRARequest
     ignore_eos: bool = False
+    #: vLLM's ``logprobs`` (0: the sampled token's, as service.engine asks for its non-finite check).
+    logprobs: int | None = None
 
 
 def job(prepared: Prepared, *, constrained: bool = True, lora="same", max_tokens: int | None = None,
@@ -111,7 +113,7 @@ async def run_raw(llm, jobs: list[Job], *, concurrency: int) -> RunStats:
         sampling = SamplingParams(
             max_tokens=j.max_tokens, temperature=0.0, ignore_eos=j.ignore_eos,
             structured_outputs=StructuredOutputsParams(grammar=j.grammar) if j.grammar else None,
-            output_kind=RequestOutputKind.DELTA,
+            output_kind=RequestOutputKind.DELTA, logprobs=j.logprobs,
         )
         async with gate:
             started = time.perf_counter()

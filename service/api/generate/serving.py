@@ -205,7 +205,8 @@ class GenerateServing:
             yield response
         except AdapterUnavailable as exc:  # the engine refused the adapter, or it made non-finite numbers: never
             if job.adapter is not None:  # hand this version to the engine again
-                self.adapters.quarantine(job.adapter, exc.message)
+                reason = exc.detail.get("reason") if isinstance(exc.detail, dict) else None
+                self.adapters.quarantine(job.adapter, reason or "the engine could not load it on this replica")
             status = exc.type
             raise
         except NL2DSLError as exc:
