@@ -408,7 +408,8 @@ def _non_finite(adapter: AdapterRef | None) -> Exception:
         return EngineUnavailable("the model computed non-finite numbers for this request; it was aborted")
     return AdapterUnavailable(f"adapter {adapter.name!r} made the model compute non-finite numbers; the request "
                               "was aborted and the adapter is no longer served here",
-                              detail={"adapter": adapter.name, "reason": "it made the model compute non-finite numbers"})
+                              detail={"adapter": adapter.name,
+                                      "reason": "it made the model compute non-finite numbers"})
 
 
 def _sampling_params(params: GenerationParams):
