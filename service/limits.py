@@ -50,10 +50,10 @@ class Admission:
     def __init__(self, *, max_queue: int, per_tenant: int, engine_slots: int = 0) -> None:
         self.max_queue = max_queue
         self.per_tenant = per_tenant
-        #: The engine's slots, shared fairly between the tenants with requests admitted here.
-        self.fair_share = FairShare(slots=engine_slots)
         self._tickets: dict[int, Ticket] = {}
         self._by_tenant: Counter[str] = Counter()
+        #: The engine's slots, shared fairly between the tenants with requests admitted here.
+        self.fair_share = FairShare(slots=engine_slots, admitted=self._by_tenant)
         self._numbers = count()
         self._typical_s = 5.0  # moving average of request durations, for Retry-After
 
@@ -83,7 +83,6 @@ class Admission:
         ticket = Ticket(self, next(self._numbers), key)
         self._tickets[ticket.number] = ticket
         self._by_tenant[key] += 1
-        self.fair_share.admitted(key)
         return ticket
 
     def _release(self, ticket: Ticket) -> None:
@@ -114,25 +113,17 @@ class FairShare:
     gap between its requests and the other tenant filled the batch again. ``slots`` 0: off.
     """
 
-    def __init__(self, *, slots: int, window_s: float = 30.0) -> None:
+    def __init__(self, *, slots: int, admitted: Counter[str], window_s: float = 30.0) -> None:
         self.slots = slots
         self.window_s = window_s
+        self._admitted = admitted  # requests admitted by tenant (running, waiting or before): the Admission's
         self._running: Counter[str] = Counter()
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
-        self._admitted: Counter[str] = Counter()  # tenants with requests admitted (running, waiting or before)
         self._seen: dict[str, float] = {}  # when each tenant's last request ended
 
-    def admitted(self, tenant: str | None) -> None:
-        """A request of ``tenant`` was admitted: the tenant counts as active until ``window_s`` after :meth:`done`."""
-        self._admitted[tenant or "-"] += 1
-
     def done(self, tenant: str | None) -> None:
-        """That request ended, however it ended."""
-        key = tenant or "-"
-        self._admitted[key] -= 1
-        if self._admitted[key] <= 0:
-            del self._admitted[key]
-        self._seen[key] = time.monotonic()
+        """A request of ``tenant`` ended, however it ended: the tenant stays active for ``window_s``."""
+        self._seen[tenant or "-"] = time.monotonic()
         self._wake()
 
     def active(self) -> int:

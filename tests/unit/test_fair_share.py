@@ -132,6 +132,6 @@ def test_no_tenant_enters_past_its_share_and_every_request_ends(requests, slots)
         assert not pending
         for task in done:
             assert task.cancelled() or task.exception() is None
-        assert not share._running and not share._waiting and not share._admitted
+        assert not share._running and not share._waiting and not admission._by_tenant
 
     asyncio.run(scenario())
