@@ -239,6 +239,7 @@ class OnboardingJobs:
                     self._running.pop(job_id, None)
                     self._deadlines.pop(job_id, None)
                     self._tenants.pop(job_id, None)
+                    self._paused.discard(job_id)
                 elif now > self._deadlines.get(job_id, float("inf")):
                     self._deadlines.pop(job_id, None)
                     self._stop(job_id)
@@ -297,7 +298,7 @@ class OnboardingJobs:
     def _stop(self, job_id: str) -> None:
         process = self._running.get(job_id)
         if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            _signal(process, signal.SIGTERM)
             _signal(process, signal.SIGCONT)  # a paused child would hold the SIGTERM until resumed
             self._paused.discard(job_id)
             timer = threading.Timer(_KILL_AFTER_S, _kill_if_running, args=(process,))
@@ -349,5 +350,5 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
 
 def _kill_if_running(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+        _signal(process, signal.SIGKILL)
         process.wait()
