@@ -135,6 +135,8 @@ grammar-check: install
 
 lint: install
 	$(BIN)/ruff check service tests bench loadtest deploy
+	@# the import contracts (pyproject.toml [tool.importlinter]): vLLM only under service/engine/, and the layers
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info

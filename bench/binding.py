@@ -16,7 +16,8 @@ import statistics
 from bench import workload
 from bench.results import Comparison, progress, save
 from service.config import Settings
-from service.engine import cpu_threads_bind, open_engine
+from service.engine import open_engine
+from service.engine.cpu import cpu_threads_bind
 
 COMMAND = "python -m bench.binding"
 ROUNDS = 3

@@ -41,7 +41,8 @@ from bench import workload
 from bench.engine import _tokens_per_s
 from bench.results import ROOT, Comparison, interleaved, progress, save
 from service.config import Settings
-from service.engine import cpu_threads_bind, open_engine
+from service.engine import open_engine
+from service.engine.cpu import cpu_threads_bind
 from service.model import find_gguf
 
 COMMAND = "python -m bench.cpu_peer"
@@ -300,7 +301,7 @@ def _step_rows(medians: dict[str, float], concurrency: int, peers: dict, cores: 
     rows.append(Comparison(
         "compiled LoRA path (time per output token)", f"concurrency {concurrency}", medians["float32"],
         medians["float32, eager"], "ms", ("compiled", "eager"), higher_is_better=False,
-        note="the same engine with LoRA on, compiled (service/cpu_lora_fix.py) vs eager (vLLM's choice), float32"))
+        note="the same engine with LoRA on, compiled (service/engine/plugins/) vs eager (vLLM's choice), float32"))
     rows.append(Comparison(
         "bfloat16 vs float32 (time per output token)", f"concurrency {concurrency}", medians["bfloat16"],
         medians["float32"], "ms", ("bfloat16", "float32"), higher_is_better=False,

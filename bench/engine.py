@@ -149,7 +149,7 @@ async def main_async() -> None:
         del os.environ["VLLM_PLUGINS"]
     comparisons.append(Comparison("features", "LoRA adapter vs base model, vLLM's own CPU LoRA ops",
                                   medians["adapter"], medians["base"], "tokens/s", ("flow-general", "base model"),
-                                  note="before service/cpu_lora_fix.py replaced them"))
+                                  note="before service/engine/plugins/ replaced them"))
     save("engine", COMMAND, comparisons, facts)
 
 

@@ -1,4 +1,5 @@
-"""vLLM's CPU LoRA ops against ours (service/cpu_lora_fix.py), on the embedded model's and Mistral-7B's shapes.
+"""vLLM's CPU LoRA ops against ours (service/engine/plugins/lora_products.py), on the embedded model's and
+Mistral-7B's shapes.
 
 ``python -m bench.lora_ops``. Each case is one LoRA layer's shrink (x @ A^T) and expand (@ B^T) over a batch's
 tokens, as the engine calls them; both implementations get the same tensors, take turns, and must agree.
@@ -50,13 +51,13 @@ def _timed(ops, *args):
 def main() -> None:
     import vllm.lora.ops.torch_ops.lora_ops as vllm_ops
 
-    from service import cpu_lora_fix
+    from service.engine.plugins import lora_products
 
     if getattr(vllm_ops, "_nl2dsl_patched", False):
         raise SystemExit("vLLM's LoRA ops are already patched in this process; run this module on its own")
     torch.set_num_threads(1)  # what the engine's worker uses on this machine (docs/PLATFORM.md)
     theirs = {"bgmv_shrink": vllm_ops.bgmv_shrink, "bgmv_expand": vllm_ops.bgmv_expand}
-    ours = {"bgmv_shrink": cpu_lora_fix._bgmv_shrink, "bgmv_expand": cpu_lora_fix._bgmv_expand}
+    ours = {"bgmv_shrink": lora_products.bgmv_shrink, "bgmv_expand": lora_products.bgmv_expand}
     comparisons = []
     for name, hidden, intermediate, tokens, slots in CASES:
         progress(name)

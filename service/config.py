@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     model: str | None = None
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nl2dsl")
     # "auto": the checkpoint's own dtype on a GPU; on the CPU bfloat16 where the CPU has it natively and the model
-    # is compiled (cpu_compile), float32 elsewhere (service.engine._dtype; docs/BENCHMARKS.md, "bfloat16 on the CPU").
+    # is compiled (cpu_compile), float32 elsewhere (service.engine.cpu.dtype; docs/BENCHMARKS.md, "bfloat16 on the
+    # CPU").
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int = 2048
     seed: int = 0
@@ -32,10 +33,10 @@ class Settings(BaseSettings):
     cpu_kvcache_gib: int = 1
     # vLLM CPU backend: the cores that compute the model (vLLM's VLLM_CPU_OMP_THREADS_BIND: "auto", "nobind", a
     # list such as "0-6"; "all": every core this process may use). None: the rule of docs/BENCHMARKS.md ("CPU
-    # threads"), service.engine.cpu_threads_bind.
+    # threads"), service.engine.cpu.cpu_threads_bind.
     cpu_threads_bind: str | None = None
     # vLLM CPU backend: compile the model (torch.compile, one trace) with LoRA on, which vLLM 0.32 would turn off;
-    # service/cpu_lora_fix.py makes the LoRA layers compilable. About 1.2x faster a token; the first start on
+    # service/engine/plugins/ makes the LoRA layers compilable. About 1.2x faster a token; the first start on
     # a machine compiles for about 2 minutes (2 cores), later ones load the compiled model from ~/.cache/vllm
     # (docs/BENCHMARKS.md, "The compiled LoRA path"). False: eager, as vLLM would run it.
     cpu_compile: bool = True

@@ -25,10 +25,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service import safe_yaml
+from service.engine.plugins.guard import MAX_WEIGHT, values_out_of_range
 from service.names import NAME_PATTERN
 
-__all__ = ["MAX_WEIGHT", "AdapterConfig", "AdapterInvalid", "BaseShapes", "Manifest", "TensorInfo", "check_folder",
-           "read_manifest", "weights_out_of_range"]
+__all__ = ["AdapterConfig", "AdapterInvalid", "BaseShapes", "Manifest", "TensorInfo", "check_folder",
+           "read_manifest"]
 
 #: The projections of a Llama/Mistral decoder layer vLLM applies LoRA to, and which base dimensions they map.
 PROJECTIONS: dict[str, tuple[str, str]] = {
@@ -44,12 +45,6 @@ _MAX_CONFIG_BYTES = 65_536
 _MAX_HEADER_BYTES = 1_048_576
 #: Seven projections x 2 matrices x 128 layers: more than any base this service runs.
 _MAX_TENSORS = 2_000
-#: The largest weight magnitude served. PEFT starts lora_A within 1/sqrt(in_features) (0.04 on the embedded
-#: model) and lora_B at 0; the four shipped adapters end training under 0.09. 1024 is over 10,000 times that,
-#: and keeps one layer's product (rank x in_features terms) far from overflow; 3e38 or inf made another tenant's
-#: output NaN when the op masked by multiplying with 0 (docs/SECURITY.md, 14). The engine checks again
-#: (service.lora_guard).
-MAX_WEIGHT = 1024.0
 _VALUES_PER_READ = 1 << 20
 
 
@@ -238,14 +233,9 @@ def _check_values(path: Path, tensors: dict[str, TensorInfo], *, data_start: int
             item = _ITEM_BYTES[info.dtype]
             for offset in range(start, stop, _VALUES_PER_READ * item):
                 values = _as_float32(f.read(min(stop - offset, _VALUES_PER_READ * item)), info.dtype)
-                if weights_out_of_range(values):
+                if values_out_of_range(values):
                     raise AdapterInvalid(f"{path.name}: tensor {key} holds NaN, infinite values or values beyond "
                                          f"+/-{MAX_WEIGHT:g}, far past what training makes")
-
-
-def weights_out_of_range(values: np.ndarray) -> bool:
-    """True when ``values`` hold a NaN, an infinity or a magnitude past :data:`MAX_WEIGHT`."""
-    return bool(values.size) and not (np.isfinite(values).all() and float(np.abs(values).max()) <= MAX_WEIGHT)
 
 
 def _as_float32(data: bytes, dtype: str) -> np.ndarray:

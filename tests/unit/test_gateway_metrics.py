@@ -1,4 +1,4 @@
-"""The LoRA names vLLM's Prometheus logger writes are the names clients use (service.gateway_metrics)."""
+"""The LoRA names vLLM's Prometheus logger writes are the names clients use (service.engine.gateway_metrics)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import inspect
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.gateway_metrics import _by_client_name, client_name, engine_name
+from service.engine.gateway_metrics import _by_client_name, client_name, engine_name
 from service.names import DSL_NAME_PATTERN, NAME_PATTERN
 
 _NAMES = st.from_regex(NAME_PATTERN, fullmatch=True)
@@ -32,7 +32,7 @@ def test_a_label_lists_a_bounded_number_of_names_the_busiest_first():
 
 
 def test_vllm_still_has_the_shape_the_renaming_relies_on():
-    """Tied to vLLM 0.32: if this fails, vLLM changed how it records LoRA stats; service.gateway_metrics must
+    """Tied to vLLM 0.32: if this fails, vLLM changed how it records LoRA stats; service.engine.gateway_metrics must
     follow (or the picker's affinity silently sees the engine's names)."""
     from vllm.v1.metrics.loggers import PrometheusStatLogger
     from vllm.v1.metrics.stats import SchedulerStats

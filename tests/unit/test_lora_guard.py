@@ -1,4 +1,5 @@
-"""The engine's own wall (service/lora_guard.py): vLLM's LoRA manager, wrapped by the plugin, around fake layers.
+"""The engine's own wall (service/engine/plugins/guard.py): vLLM's LoRA manager, wrapped by the plugin, around
+fake layers.
 
 vLLM's ``activate_adapter`` names a slot for an adapter, then copies layer by layer; a copy that fails half-way
 once left the slot named for the new adapter with the previous adapter's weights in the later layers
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from service import lora_guard
+from service.engine.plugins import guard as lora_guard
 
 
 class _Layer:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from service.adapters import Adapter
-from service.engine import _until
+from service.engine.core import _until
 from service.errors import GenerationTimeout, RateLimited
 from service.limits import Admission
 from service.security import Caller, hash_key

@@ -25,10 +25,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import lora_guard
 from service.adapters import archive
-from service.adapters.validation import MAX_WEIGHT
 from service.engine import AdapterRef, Engine
+from service.engine.plugins import guard as lora_guard
+from service.engine.plugins.guard import MAX_WEIGHT
 from service.errors import AdapterUnavailable, EngineUnavailable
 from tests.unit.test_hostile_uploads import _auth, _files, _folder, _refused, _stored, _tar
 

@@ -9,7 +9,7 @@ import types
 
 import service.app as app_module
 from service.config import Settings
-from service.engine import IMPORT_LOCK, _start_async_llm
+from service.engine.core import IMPORT_LOCK, _start_async_llm
 
 
 def test_the_request_path_is_built_holding_the_import_lock(make_client, monkeypatch):
@@ -46,7 +46,7 @@ def test_the_engine_thread_imports_vllm_holding_the_import_lock(monkeypatch):
             held["from_engine_args"] = IMPORT_LOCK.locked()  # starting the engine itself: the lock is free again
             return "engine"
 
-    monkeypatch.setattr("service.engine.prometheus_logger", lambda: "logger")
+    monkeypatch.setattr("service.engine.core.prometheus_logger", lambda: "logger")
     monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", module("arg_utils", "AsyncEngineArgs", dict))
     monkeypatch.setitem(sys.modules, "vllm.v1.engine.async_llm", module("async_llm", "AsyncLLM", AsyncLLM))
     for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):  # what it sets is undone afterwards

@@ -1,4 +1,4 @@
-"""The engine seam: the only module that imports vLLM.
+"""The engine's core: one vLLM ``AsyncLLM``, its lifecycle, and a request's stream.
 
 ``open_engine`` starts one ``AsyncLLM`` (multi-LoRA on, structured outputs through llguidance) and always
 shuts it down; ``Engine.generate`` streams deltas for one request with an optional LoRA adapter and an
@@ -14,7 +14,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -24,16 +23,11 @@ from dataclasses import dataclass
 
 from service import metrics
 from service.config import Settings
-from service.cpu_features import native_bfloat16
+from service.engine import cpu
+from service.engine.gateway_metrics import engine_name, prometheus_logger
 from service.errors import AdapterUnavailable, BadRequest, EngineUnavailable, GenerationTimeout, GrammarInvalid
-from service.gateway_metrics import engine_name, prometheus_logger
 
-__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "cache_salt", "cpu_threads_bind",
-           "open_engine"]
-
-#: Up to this many cores, every core computes the model: vLLM's own rule ("auto") keeps one core per worker for
-#: its scheduler, which on the 2-core default left the model one core (docs/BENCHMARKS.md, "CPU threads").
-_ALL_CORES_UP_TO = 4
+__all__ = ["AdapterRef", "Delta", "Engine", "EngineSlot", "GenerationParams", "cache_salt", "open_engine"]
 
 log = logging.getLogger("nl2dsl.engine")
 
@@ -226,23 +220,23 @@ def _start_async_llm(settings: Settings, model: str):
     """vLLM's AsyncLLM for ``model`` as the service configures it (blocking: run it in a thread)."""
     # The vLLM CPU backend reads its KV-cache size and its cores from the environment: set before it starts.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
-    bind = cpu_threads_bind(settings.cpu_threads_bind)
+    bind = cpu.cpu_threads_bind(settings.cpu_threads_bind)
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     with IMPORT_LOCK:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from service.cpu_lora_fix import ONE_PROCESS
+        from service.engine.plugins.lora_patches import ONE_PROCESS
 
         stat_logger = prometheus_logger()
 
-    compiled = _compiles(settings)
-    one_process = _one_process(settings, bind)
-    with _engine_core_threads(bind if one_process else None):
+    compiled = cpu.compiles(settings)
+    one_process = cpu.one_process(settings, bind)
+    with cpu.engine_core_threads(bind if one_process else None):
         return AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=model,
             tokenizer=model,
-            dtype=_dtype(settings.dtype, compiled=compiled),
+            dtype=cpu.dtype(settings.dtype, compiled=compiled),
             seed=settings.seed,
             max_model_len=settings.max_model_len,
             enable_lora=True,
@@ -254,58 +248,8 @@ def _start_async_llm(settings: Settings, model: str):
             structured_outputs_config={"backend": "guidance"},
             generation_config="vllm",  # our sampling defaults, not the checkpoint's generation_config.json
             compilation_config={} if compiled else {"mode": 0},  # 0: eager
-            additional_config={ONE_PROCESS: True} if one_process else {},  # service/cpu_lora_fix.py
+            additional_config={ONE_PROCESS: True} if one_process else {},  # service/engine/plugins/lora_patches.py
         ), stat_loggers=[stat_logger])  # vllm:lora_requests_info with the names clients use
-
-
-def _one_process(settings: Settings, bind: str) -> bool:
-    """Whether the CPU engine computes the model in its engine-core process (``cpu_one_process``, service.config):
-    for one set of cores, not for vLLM's "auto" rule, which splits NUMA nodes between workers."""
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu() and settings.cpu_one_process and bind != "auto" and "|" not in bind
-
-
-@contextlib.contextmanager
-def _engine_core_threads(bind: str | None):
-    """Start the engine-core process, while in this block, on the cores of ``bind`` (a list such as "0-3,8") with
-    an OpenMP thread for each: it inherits the environment and the spawning thread's cores. OpenMP's own binding
-    (GOMP_CPU_AFFINITY, as vLLM binds its worker) would pin every later thread of the process, its I/O threads
-    too, to the first core; confined but free, the measured time per token is the same (docs/BENCHMARKS.md)."""
-    if not bind or bind == "nobind":
-        yield
-        return
-    cores = {core for part in bind.split(",")
-             for first, _, last in [part.partition("-")] for core in range(int(first), int(last or first) + 1)}
-    threads, spawner_cores = os.environ.get("OMP_NUM_THREADS"), os.sched_getaffinity(0)
-    os.environ["OMP_NUM_THREADS"] = str(len(cores))
-    os.sched_setaffinity(0, cores)  # this thread's, which the process it spawns inherits
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, spawner_cores)
-        if threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
-
-
-def cpu_threads_bind(setting: str | None, *, cores: set[int] | None = None) -> str:
-    """vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` for a ``setting`` (service.config): "all" is every core this process
-    may run on (``cores``: that set); None applies the measured rule (docs/BENCHMARKS.md, "CPU threads")."""
-    cores = cores if cores is not None else os.sched_getaffinity(0)
-    if setting is None:
-        setting = "all" if len(cores) <= _ALL_CORES_UP_TO else "auto"
-    if setting != "all":
-        return setting
-    ranges: list[str] = []  # "0-3,8" for cores 0, 1, 2, 3 and 8
-    for core in sorted(cores):
-        first, _, last = ranges[-1].partition("-") if ranges else ("", "", "")
-        if ranges and int(last or first) + 1 == core:
-            ranges[-1] = f"{first}-{core}"
-        else:
-            ranges.append(str(core))
-    return ",".join(ranges)
 
 
 def _kill_engine_processes() -> None:
@@ -361,32 +305,6 @@ class _LRUMirror:
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
             metrics.ADAPTER_EVICTIONS.inc()
-
-
-def _compiles(settings: Settings) -> bool:
-    """Whether the engine compiles the model: ``cpu_compile`` (service.config), and on the CPU a C++ compiler for
-    inductor's kernels (an image without one serves eager rather than failing at start)."""
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return True
-    if settings.cpu_compile and not shutil.which(os.environ.get("CXX", "g++")):
-        log.warning("no C++ compiler (g++ or $CXX) for torch.compile: the engine runs eager, slower per token")
-        return False
-    return settings.cpu_compile
-
-
-def _dtype(configured: str, *, compiled: bool) -> str:
-    """The precision the engine computes in. ``auto``: the checkpoint's on a GPU; on the CPU bfloat16 where the CPU
-    has it natively and the model is compiled (as fast or faster a token, same outputs: docs/BENCHMARKS.md,
-    "bfloat16 on the CPU"), float32 elsewhere (eager bfloat16 falls back to slow matrix products)."""
-    if configured != "auto":
-        return configured
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return "auto"
-    return "bfloat16" if compiled and native_bfloat16() else "float32"
 
 
 def cache_salt(tenant: str | None) -> str:

@@ -20,10 +20,19 @@ from __future__ import annotations
 
 import importlib.metadata
 
-__all__ = ["CHECKED_VERSIONS", "register", "weights_misfit", "weights_out_of_range"]
+import numpy as np
+
+__all__ = ["CHECKED_VERSIONS", "MAX_WEIGHT", "register", "values_out_of_range", "weights_misfit",
+           "weights_out_of_range"]
 
 #: vLLM releases whose LoRAModelManager this was checked against (both builds share the code).
 CHECKED_VERSIONS = ("0.32.0",)
+#: The largest weight magnitude served, here and by uploads (service.adapters.validation). PEFT starts lora_A
+#: within 1/sqrt(in_features) (0.04 on the embedded model) and lora_B at 0; the four shipped adapters end training
+#: under 0.09. 1024 is over 10,000 times that, and keeps one layer's product (rank x in_features terms) far from
+#: overflow; 3e38 or inf made another tenant's output NaN when the op masked by multiplying with 0
+#: (docs/SECURITY.md, 14).
+MAX_WEIGHT = 1024.0
 
 
 def register() -> None:
@@ -92,16 +101,18 @@ def weights_misfit(manager, lora) -> str | None:
 
 def weights_out_of_range(lora) -> str | None:
     """Which of ``lora``'s weights hold NaN, an infinity or a magnitude past what uploads may (None: none)."""
-    from service.adapters.validation import MAX_WEIGHT
-    from service.adapters.validation import weights_out_of_range as out_of_range
-
     for module_name, weights in lora.loras.items():
         for side in ("lora_a", "lora_b"):
             pieces = getattr(weights, side)
             for piece in pieces if isinstance(pieces, list) else [pieces]:
-                if piece is not None and out_of_range(piece.detach().float().cpu().numpy()):
+                if piece is not None and values_out_of_range(piece.detach().float().cpu().numpy()):
                     return f"{module_name}: {side} holds NaN, infinite values or values beyond +/-{MAX_WEIGHT:g}"
     return None
+
+
+def values_out_of_range(values: np.ndarray) -> bool:
+    """True when ``values`` hold a NaN, an infinity or a magnitude past :data:`MAX_WEIGHT`."""
+    return bool(values.size) and not (np.isfinite(values).all() and float(np.abs(values).max()) <= MAX_WEIGHT)
 
 
 def _empty_slot(manager, lora_id: int) -> None:
