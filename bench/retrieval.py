@@ -16,9 +16,9 @@ import statistics
 import time
 
 from service.config import PROJECT_ROOT, Settings
+from service.demo_data.datasets import load_split
 from service.evaluation.metrics import string_similarity
 from service.retrieval import ExampleIndex
-from service.training.datasets import load_split
 
 _OP = re.compile(r"\b([a-z_]+\.[a-z_]+)\(")
 

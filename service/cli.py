@@ -173,8 +173,8 @@ def _keys_hash(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     from service.config import Settings
+    from service.demo_data.datasets import build
     from service.grammars import GrammarRegistry
-    from service.training.datasets import build
 
     settings = Settings()
     out = args.out or settings.data_dir
@@ -192,9 +192,9 @@ def _blend(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from service.config import Settings
+    from service.demo_data.datasets import load_split
     from service.grammars import GrammarRegistry, examples_path
     from service.model import resolve_model
-    from service.training.datasets import load_split
     from service.training.trainer import TrainConfig, train
 
     settings = Settings()

@@ -165,8 +165,8 @@ def replica(server, tmp_path_factory) -> Server:
 
 def _train_tiny_adapter(model_dir: str, output: Path) -> None:
     """A few real training steps on a few sql examples, with the project's trainer (`nl2dsl train`)."""
+    from service.demo_data.datasets import load_split
     from service.grammars import GrammarRegistry
-    from service.training.datasets import load_split
     from service.training.trainer import TrainConfig, train
 
     settings = Settings()

@@ -10,11 +10,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from service.demo_data.datasets import load_split
 from service.evaluation.paired import paired
 from service.evaluation.runner import RunConfig, Summary, score
 from service.evaluation.sections import carry_sections
 from service.grammars import Grammar, GrammarRegistry, load_examples
-from service.training.datasets import load_split
 
 __all__ = ["SUITES", "Case", "run_suite", "write_report"]
 

@@ -1,1 +1,1 @@
-"""LoRA fine-tuning: synthetic datasets (flow, sql, tenants) and the trainer behind `nl2dsl train`."""
+"""LoRA fine-tuning: the trainer behind `nl2dsl train` (its data comes from service.demo_data or a tenant)."""

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from service.config import Settings
+from service.demo_data.datasets import SIZES, build
+from service.demo_data.flow import FlowGenerator
+from service.demo_data.sql import HELD_OUT_SHAPES, SqlGenerator
 from service.grammars import GrammarRegistry, examples_path
-from service.training.datasets import SIZES, build
-from service.training.flow_data import FlowGenerator
-from service.training.sql_data import HELD_OUT_SHAPES, SqlGenerator
 
 SETTINGS = Settings()
 GRAMMARS = GrammarRegistry(SETTINGS.grammars_dir).load()

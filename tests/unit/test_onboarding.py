@@ -205,7 +205,7 @@ def test_the_demo_pairs_parse_with_their_grammar_and_are_the_generators_output(d
 
     from service.config import PROJECT_ROOT
 
-    generate = importlib.import_module(f"service.training.{dsl}_data").generate
+    generate = importlib.import_module(f"service.demo_data.{dsl}").generate
     folder = PROJECT_ROOT / "data" / "onboarding" / dsl
     grammar = compile_grammar(dsl, (folder / f"{dsl}.lark").read_text(), origin="upload")
     shipped = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
@@ -288,10 +288,11 @@ def test_the_published_adapter_is_served_with_the_prompt_shape_its_evaluation_fo
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), count=st.integers(1, 60), skip=st.integers(0, 80))
 def test_fresh_pairs_repeat_no_request_they_were_kept_apart_from(seed, count, skip):
-    """``python -m service.training.logq_data OUT N --seed S --apart-from pairs.jsonl``: a test set for an adapter
+    """``python -m service.demo_data.logq OUT N --seed S --apart-from pairs.jsonl``: a test set for an adapter
     trained on pairs.jsonl. Here the requests to keep apart from are the seed's own first ones (the worst case):
     the new pairs skip them and any repeat, and keep the order the seed draws them in."""
-    from service.training import demo_pairs, logq_data
+    from service.demo_data import logq as logq_data
+    from service.demo_data import pairs as demo_pairs
 
     seen = [row["text"] for row in logq_data.generate(skip, seed=seed)]
     rows = demo_pairs.fresh(logq_data.generate, count, seed=seed, seen=seen)

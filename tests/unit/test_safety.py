@@ -59,7 +59,9 @@ def test_training_and_test_requests_are_not_blocked():
 def test_requests_a_generator_written_apart_draws_are_not_blocked():
     """Requests nobody tuned the rules on: the onboarding demos' generators with seeds they were not shipped with.
     "query email sender fatal errors ... only deletes last 30m" was refused as abuse ("email" ... "fat")."""
-    from service.training import cron_data, logq_data, shop_data
+    from service.demo_data import cron as cron_data
+    from service.demo_data import logq as logq_data
+    from service.demo_data import shop as shop_data
 
     texts = [row["text"] for module in (cron_data, logq_data, shop_data) for seed in (1, 12345)
              for row in module.generate(2000, seed=seed)]

@@ -13,9 +13,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from service.demo_data.flow import TENANT_ACTIONS, TENANT_TRIGGERS, FlowGenerator, held_out_pairs
+from service.demo_data.sql import SqlGenerator
 from service.grammars import Example, GrammarRegistry, examples_path, load_examples
-from service.training.flow_data import TENANT_ACTIONS, TENANT_TRIGGERS, FlowGenerator, held_out_pairs
-from service.training.sql_data import SqlGenerator
 
 __all__ = ["SIZES", "build", "load_split"]
 

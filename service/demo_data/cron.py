@@ -2,7 +2,7 @@
 
 Written apart from the flow and sql generators: its own vocabulary (times of day, weekdays, months, intervals),
 messy phrasing (synonyms, "9am" / "09:00" / "nine", missing words, typos). Deterministic for a seed.
-``python -m service.training.cron_data OUT.jsonl [N]`` writes N pairs (default 1,000).
+``python -m service.demo_data.cron OUT.jsonl [N]`` writes N pairs (default 1,000).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from functools import partial
 
-from service.training import demo_pairs
+from service.demo_data import pairs as demo_pairs
 
 __all__ = ["generate"]
 

@@ -3,7 +3,7 @@ written for issue 28, whose grammar has ``[...]`` optionals, an inlined ``?rule`
 
 Its own vocabulary (groceries, amounts in words and digits, units spelt many ways, shops, days) and messy
 phrasing (openers, "and" / "plus" / commas, adjectives that become notes, typos). Deterministic for a seed.
-``python -m service.training.shop_data OUT.jsonl [N]`` writes N pairs (default 1,000).
+``python -m service.demo_data.shop OUT.jsonl [N]`` writes N pairs (default 1,000).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from functools import partial
 
-from service.training import demo_pairs
+from service.demo_data import pairs as demo_pairs
 
 __all__ = ["generate"]
 

@@ -5,7 +5,7 @@ selector, then stages in a fixed order. Written apart from the other generators:
 environments, levels, status classes, latencies in ms or seconds, time windows), and phrasing as people type it
 in a search box or a chat (fragments in any order, "5xx" / "server errors" / "failed requests", "past hour" /
 "last 60 min", missing words, typos). Deterministic for a seed.
-``python -m service.training.logq_data OUT.jsonl [N]`` writes N pairs (default 1,000).
+``python -m service.demo_data.logq OUT.jsonl [N]`` writes N pairs (default 1,000).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from functools import partial
 
-from service.training import demo_pairs
+from service.demo_data import pairs as demo_pairs
 
 __all__ = ["generate"]
 
