@@ -13,6 +13,7 @@ import argparse
 import os
 import shlex
 import sys
+import typing
 from pathlib import Path
 
 __all__ = ["main"]
@@ -89,27 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     onboard.add_argument("--grammar", type=Path, required=True, help="the DSL's Lark grammar, as written")
     onboard.add_argument("--pairs", type=Path, required=True, help='JSONL of {"text", "code", "context"?}')
     onboard.add_argument("--name", default=None, help="the DSL's and the adapter's name (default: the grammar's)")
-    onboard.add_argument("--tenant", default=None, help="train for this tenant: the adapter serves it only")
     onboard.add_argument("--url", default=None, help="a running service (default: start one on the embedded model)")
     onboard.add_argument("--api-key", default=None, help="API key for --url (default: NL2DSL_API_KEY)")
-    onboard.add_argument("--budget", default="30m", help="wall-clock budget for the whole run: 30m, 1h, 900s")
-    onboard.add_argument("--margin", type=float, default=0.0,
-                         help="held-out exact match the adapter must add, besides a significant gain")
-    onboard.add_argument("--alpha", type=float, default=0.05,
-                         help="the gate's significance level (exact McNemar on the held-out pairs; 1: none asked)")
-    onboard.add_argument("--examples", type=int, default=3, help="retrieved examples in the 'with examples' runs")
-    onboard.add_argument("--description", default="", help="one sentence on what the DSL is for (in the prompt)")
-    onboard.add_argument("--start", default="start", help="the grammar's start rule")
-    onboard.add_argument("--steps", type=int, default=None, help="fixed training steps (default: planned)")
+    _option_flags(onboard)
     onboard.add_argument("--batch-size", type=int, default=8)
-    onboard.add_argument("--heldout", type=int, default=200, help="at most this many held-out pairs")
-    onboard.add_argument("--max-tokens", type=int, default=256, help="per generation in the evaluations")
     onboard.add_argument("--work-dir", type=Path, default=None, help="default: ./onboarding/<name>")
     onboard.add_argument("--heldout-file", type=Path, default=None,
                          help="your own held-out pairs (JSONL) instead of a split of --pairs")
     onboard.add_argument("--status", type=Path, default=None, help="keep the run's progress in this JSON file")
     onboard.add_argument("--options", type=Path, default=None,
-                         help="the run's options as JSON (service/onboarding/options.py); they override the flags")
+                         help="the run's options as JSON (service/onboarding/options.py) instead of their flags")
 
     args = parser.parse_args(argv)
     # Nothing is fetched from a model hub, ever.
@@ -285,31 +275,26 @@ def _served_grammar(url: str, dsl: str, *, api_key: str | None):
 
 
 def _onboard(args: argparse.Namespace) -> int:
-    import re
-
     from nl2dsl_client import APIError
+    from pydantic import ValidationError
 
     from service.config import Settings
     from service.errors import NL2DSLError
     from service.onboarding import OnboardConfig, onboard
+    from service.onboarding.options import OnboardOptions
 
     if args.options is not None:  # as data: what the API's run was asked for, never flags
-        from service.onboarding.options import OnboardOptions
-
         options = OnboardOptions.model_validate_json(args.options.read_bytes())
-        for field, value in options.model_dump().items():
-            setattr(args, "budget" if field == "budget_s" else field, f"{value}s" if field == "budget_s" else value)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h)?", args.budget.strip())
-    if not match:
-        raise SystemExit(f"--budget {args.budget!r}: a number of seconds, or 30m, 1h")
-    budget = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    else:
+        try:
+            options = OnboardOptions(**{name: getattr(args, name) for name in OnboardOptions.model_fields})
+        except ValidationError as exc:
+            raise SystemExit(f"nl2dsl onboard: {exc}") from None
     name = args.name or args.grammar.stem
     config = OnboardConfig(
         grammar=args.grammar, pairs=args.pairs, name=name, work_dir=args.work_dir or Path("onboarding") / name,
-        url=args.url, api_key=args.api_key or Settings().api_key, tenant=args.tenant, start=args.start,
-        description=args.description, budget_s=budget, margin=args.margin, alpha=args.alpha, examples=args.examples,
-        heldout_max=args.heldout, steps=args.steps, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        command=_reproducible("onboard"), status_file=args.status,
+        url=args.url, api_key=args.api_key or Settings().api_key, **options.model_dump(),
+        batch_size=args.batch_size, command=_reproducible("onboard"), status_file=args.status,
         heldout_file=args.heldout_file,
     )
     try:
@@ -320,6 +305,21 @@ def _onboard(args: argparse.Namespace) -> int:
             print(f"  {item}", file=sys.stderr)
         return 2
     return 0 if report.published else 1
+
+
+def _option_flags(parser: argparse.ArgumentParser) -> None:
+    """``nl2dsl onboard``'s flags for the run's options, made from the one model of them (their defaults, bounds
+    and help): ``--budget`` (``30m``, ``1h``, ``900``: seconds), ``--heldout``, ``--max-tokens``, ..."""
+    from service.onboarding.options import OnboardOptions, budget_seconds
+
+    for name, field in OnboardOptions.model_fields.items():
+        kind = next(t for t in (*typing.get_args(field.annotation), field.annotation) if t in (str, int, float))
+        if name == "budget_s":
+            parser.add_argument("--budget", dest=name, type=budget_seconds, default=field.default,
+                                help=f"{field.description} 30m, 1h, 900s (default: {field.default:g} s)")
+        else:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=field.default,
+                                help=f"{field.description} (default: {field.default})")
 
 
 def _reproducible(subcommand: str) -> str:

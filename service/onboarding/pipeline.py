@@ -45,11 +45,16 @@ from service.grammars import Grammar, compile_grammar
 from service.local_server import local_server
 from service.model import resolve_model
 from service.onboarding.dataset import Dataset, build_dataset
+from service.onboarding.options import OnboardOptions
 from service.onboarding.plan import FAST_STEP_S, PUBLISH_S, Plan
 from service.onboarding.report import Report, write_report
 from service.onboarding.status import Status
 
 __all__ = ["OnboardConfig", "onboard"]
+
+
+#: The options' defaults (service.onboarding.options), the one place they are written.
+_DEFAULT = OnboardOptions()
 
 
 @dataclass
@@ -62,30 +67,30 @@ class OnboardConfig:
     api_key: str | None = None
     #: Requests are sent for this tenant (an admin's key acting for it); the adapter serves it.
     tenant: str | None = None
-    start: str = "start"
-    description: str = ""
-    budget_s: float = 1800.0
+    start: str = _DEFAULT.start
+    description: str = _DEFAULT.description
+    budget_s: float = _DEFAULT.budget_s
     #: The adapter must beat the best baseline's held-out exact match by this much to be published.
-    margin: float = 0.0
+    margin: float = _DEFAULT.margin
     #: The gate's significance level (exact McNemar on the held-out pairs) and the share of the planned
     #: training steps (3 epochs) an adapter must have had before it is judged, at most ``judged_after_steps``.
     #: A quarter: a 30-minute logq run cut by its budget to 156 of 338 steps scored 0.77 (docs/ONBOARDING.md);
     #: 2 of 18 steps is noise. At most 100 (800 pairs seen): 3 epochs of 10,000 pairs do not fit 30 minutes of
     #: a CPU, and flow's 317 of 2,000 planned steps scored 0.97.
-    alpha: float = 0.05
+    alpha: float = _DEFAULT.alpha
     min_step_share: float = 0.25
     judged_after_steps: int = 100
-    examples: int = 3
-    heldout_max: int = 200
+    examples: int = _DEFAULT.examples
+    heldout: int = _DEFAULT.heldout
     #: The team's own held-out pairs instead of a split of ``pairs``.
     heldout_file: Path | None = None
     #: Fixed training steps instead of planning them from the data and the budget.
-    steps: int | None = None
+    steps: int | None = _DEFAULT.steps
     epochs: float = 3.0
     batch_size: int = 8
     learning_rate: float = 1e-3
     rank: int = 16
-    max_tokens: int = 256
+    max_tokens: int = _DEFAULT.max_tokens
     concurrency: int = 8
     seed: int = 0
     command: str = ""
@@ -123,7 +128,7 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
     heldout_file = config.heldout_file or (_copy(kept, config.work_dir / "heldout.previous.jsonl")
                                            if continuing else None)
     dataset = _stage(config, status, "dataset",
-                     lambda: build_dataset(grammar, config.pairs, max_heldout=config.heldout_max, seed=config.seed,
+                     lambda: build_dataset(grammar, config.pairs, max_heldout=config.heldout, seed=config.seed,
                                            test_path=heldout_file))
     _say(f"dataset: {dataset.summary()}")
     for reject in dataset.rejects[:10]:

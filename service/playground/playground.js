@@ -206,11 +206,13 @@ for (const [input, area] of [["o-grammar-file", "o-grammar"], ["o-pairs-file", "
 async function startOnboarding() {
   const body = {
     name: $("o-name").value.trim(), grammar: $("o-grammar").value, pairs: $("o-pairs").value,
-    start: $("o-start").value.trim() || "start", budget_s: Number($("o-budget").value || 30) * 60,
-    heldout: Number($("o-heldout").value || 100), margin: Number($("o-margin").value || 0),
-    alpha: Number($("o-alpha").value || 0.05),
-    max_tokens: Number($("o-max-tokens").value || 64),
   };
+  // An emptied field is left out: the service's default applies (service/onboarding/options.py).
+  if ($("o-start").value.trim()) body.start = $("o-start").value.trim();
+  if ($("o-budget").value !== "") body.budget_s = Number($("o-budget").value) * 60;
+  for (const [field, id] of [["heldout", "o-heldout"], ["margin", "o-margin"], ["alpha", "o-alpha"], ["max_tokens", "o-max-tokens"]]) {
+    if ($(id).value !== "") body[field] = Number($(id).value);
+  }
   if ($("o-steps").value !== "") body.steps = Number($("o-steps").value);
   if ($("tenant").value.trim()) body.tenant = $("tenant").value.trim();
   $("o-try").hidden = true;
