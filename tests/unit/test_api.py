@@ -168,8 +168,27 @@ def test_metrics_count_requests_by_status_including_refusals(make_client):
     assert delta("nl2dsl_request_duration_seconds_count", dsl="flow", adapter="base", status="ok") == 1
     assert delta("nl2dsl_time_per_output_token_seconds_count", dsl="flow", adapter="base") == 1
     assert metric_value(after, "nl2dsl_requests_in_flight") == 0 and metric_value(after, "nl2dsl_requests_queued") == 0
-    assert metric_value(after, "nl2dsl_grammar_compile_seconds_count", origin="shipped") >= 2  # flow and sql
     assert 'dsl="nope"' not in after  # raw input never becomes a label
+
+
+def test_each_shipped_grammar_is_compiled_once_per_process_and_counted(make_client):
+    """The compile histogram counts the shipped grammars (flow and sql) compiled at start-up, and a second app in
+    the same process compiles neither again (a bounded per-process cache: service/grammars/compile.py)."""
+    from prometheus_client import REGISTRY
+
+    from service.grammars.compile import _check_operator_grammar
+
+    def compiled() -> float:
+        return REGISTRY.get_sample_value("nl2dsl_grammar_compile_seconds_count", {"origin": "shipped"}) or 0.0
+
+    _check_operator_grammar.cache_clear()
+    before = compiled()
+    with make_client() as client:
+        assert client.get("/metrics").status_code == 200
+    assert compiled() - before == 2
+    with make_client():
+        pass
+    assert compiled() - before == 2
 
 
 def test_every_route_declares_the_errors_it_can_return(make_client):
