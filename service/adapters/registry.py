@@ -38,13 +38,13 @@ from typing import Any
 from service.adapters.validation import AdapterInvalid, BaseShapes, Manifest, check_folder, model_of, read_manifest
 from service.engine import AdapterRef
 from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
+from service.names import EVERY_TENANT, client_name
 from service.security import Caller
 
 __all__ = ["BASE", "Adapter", "AdapterRegistry", "read_adapter"]
 
 #: The adapter name that asks for the base model with no adapter.
 BASE = "base"
-_SHARED = "*"
 #: More than a manifest may hold: read_manifest refuses it with the reason.
 _MANIFEST_READ = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -56,7 +56,7 @@ class Adapter:
     path: Path
     lora_id: int
     dsl: str | None = None
-    tenants: tuple[str, ...] = (_SHARED,)
+    tenants: tuple[str, ...] = (EVERY_TENANT,)
     rank: int | None = None
     base_model: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +87,7 @@ class Adapter:
 
     @property
     def shared(self) -> bool:
-        return _SHARED in self.tenants
+        return EVERY_TENANT in self.tenants
 
     @property
     def prompt_examples(self) -> int | None:
@@ -104,7 +104,7 @@ class Adapter:
         """What the engine gets, named as clients name it in ``model``: ``<dsl>:<adapter>`` (``dsl``: the
         request's DSL, for an adapter made for any), which the gateway's LoRA affinity matches on."""
         dsl = self.dsl or dsl
-        return AdapterRef(name=f"{dsl}:{self.name}" if dsl else self.name, lora_id=self.lora_id, path=str(self.path))
+        return AdapterRef(name=client_name(dsl, self.name), lora_id=self.lora_id, path=str(self.path))
 
     def usable_by(self, caller: Caller, *, tenant: str | None = None) -> bool:
         """The one access rule: shared adapters serve everyone, a tenant's its own tenants, admins everything.
@@ -147,7 +147,7 @@ class AdapterRegistry:
         The line is checked as a manifest would be, and a tenant's adapter serves that tenant only, whatever
         the line says; the files are checked in full when they are fetched (service.adapters.residency)."""
         adapter = Adapter(name=name, path=folder, lora_id=0, owner=owner, version=version,
-                          tenants=(owner,) if owner is not None else (_SHARED,))
+                          tenants=(owner,) if owner is not None else (EVERY_TENANT,))
         try:
             manifest = model_of(Manifest, meta.get("manifest"), "the journal's manifest")
             digest, rank = meta.get("digest"), meta.get("rank")
@@ -265,7 +265,7 @@ def read_adapter(folder: Path, *, base_fingerprint: str, base: BaseShapes, max_r
     0 until a registry gives it one (:meth:`AdapterRegistry.read`)."""
     weights = folder / "adapter_model.safetensors"
     fallback = Adapter(name=folder.name, path=folder.resolve(), lora_id=0, owner=owner, version=version,
-                       tenants=(owner,) if owner is not None else (_SHARED,), digest=_digest(weights))
+                       tenants=(owner,) if owner is not None else (EVERY_TENANT,), digest=_digest(weights))
     try:
         manifest = read_manifest(folder.joinpath("manifest.yaml").read_bytes()[:_MANIFEST_READ])
     except FileNotFoundError:

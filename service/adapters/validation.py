@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service import safe_yaml
 from service.engine.plugins.guard import MAX_WEIGHT, values_out_of_range
-from service.names import NAME_PATTERN
+from service.names import EVERY_TENANT, NAME_PATTERN
 
 __all__ = ["AdapterConfig", "AdapterInvalid", "BaseShapes", "Manifest", "TensorInfo", "check_folder",
            "read_manifest"]
@@ -76,7 +76,7 @@ class Manifest(_Strict):
 
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     dsl: str | None = Field(default=None, pattern=NAME_PATTERN)
-    tenants: list[str] = Field(default_factory=lambda: ["*"], max_length=256)
+    tenants: list[str] = Field(default_factory=lambda: [EVERY_TENANT], max_length=256)
     base_model: BaseModelRef
     rank: int | None = Field(default=None, ge=1, le=1024)
     prompt: PromptShape = Field(default_factory=PromptShape)
@@ -84,7 +84,7 @@ class Manifest(_Strict):
     @field_validator("tenants")
     @classmethod
     def _tenant_names(cls, tenants: list[str]) -> list[str]:
-        if any(t != "*" and not re.fullmatch(NAME_PATTERN, t) for t in tenants):
+        if any(t != EVERY_TENANT and not re.fullmatch(NAME_PATTERN, t) for t in tenants):
             raise ValueError("each tenant is '*' or a name")
         return tenants
 

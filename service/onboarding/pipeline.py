@@ -44,6 +44,7 @@ from service.evaluation.runner import RunConfig, Summary, score_together
 from service.grammars import Grammar, compile_grammar
 from service.local_server import local_server
 from service.model import resolve_model
+from service.names import EVERY_TENANT
 from service.onboarding.dataset import Dataset, build_dataset
 from service.onboarding.options import OnboardOptions
 from service.onboarding.plan import FAST_STEP_S, PUBLISH_S, Plan
@@ -388,7 +389,7 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
     steps = _plan_steps(config, len(dataset.train))
     eval_every = max(2, steps // 8)
     train_config = TrainConfig(
-        name=config.name, dsl=config.name, output=output, tenants=[config.tenant] if config.tenant else ["*"],
+        name=config.name, dsl=config.name, output=output, tenants=[config.tenant] if config.tenant else [EVERY_TENANT],
         steps=steps, batch_size=config.batch_size, learning_rate=config.learning_rate, rank=config.rank,
         alpha=2 * config.rank, warmup_steps=min(4, max(1, steps // 10)), eval_every=eval_every,
         eval_size=min(48, len(dataset.heldout)), seed=config.seed, budget_s=budget_s, patience=3,

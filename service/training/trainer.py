@@ -24,6 +24,7 @@ from service.config import PROJECT_ROOT
 from service.cpu_features import native_bfloat16
 from service.grammars import Example, Grammar
 from service.model import EMBEDDED_NAME, base_fingerprint
+from service.names import EVERY_TENANT
 from service.training.batching import Encoder, exact_rows
 from service.training.batching import loss as batch_loss
 from service.training.shots import RetrievedShots
@@ -40,7 +41,7 @@ class TrainConfig:
     name: str
     dsl: str
     output: Path
-    tenants: list[str] = field(default_factory=lambda: ["*"])
+    tenants: list[str] = field(default_factory=lambda: [EVERY_TENANT])
     steps: int = 60
     batch_size: int = 8
     learning_rate: float = 1e-3

@@ -24,6 +24,7 @@ from service.api.openai.schemas import (
 from service.api.openai.serving import Kind, render, sse, to_generate_request
 from service.api.schemas import error_responses
 from service.errors import NotFound
+from service.names import client_name
 
 __all__ = ["router"]
 
@@ -46,7 +47,7 @@ async def list_models(grammars: GrammarsDep, adapters: AdaptersDep, caller: Call
         cards[dsl] = ModelCard(id=dsl, owned_by=owner or "shared")
         for adapter in usable:
             if adapter.dsl in (None, dsl):
-                name = f"{dsl}:{adapter.name}"
+                name = client_name(dsl, adapter.name)
                 cards.setdefault(name, ModelCard(id=name, owned_by=_owner(adapter), parent=dsl))
     return ModelList(data=list(cards.values()))
 

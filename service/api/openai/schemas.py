@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.api.generate.schemas import GenerateResponse, Timings
 from service.api.schemas import ParseErrorModel
-from service.names import NAME_PATTERN
+from service.names import NAME_PATTERN, split_client_name
 
 __all__ = ["ChatCompletion", "ChatCompletionRequest", "ChatMessage", "Completion", "CompletionRequest", "ModelCard",
            "ModelList", "Nl2dslExtra", "OpenAIRequest", "Usage", "usage_of"]
@@ -78,8 +78,7 @@ class OpenAIRequest(BaseModel):
 
     @property
     def dsl_and_adapter(self) -> tuple[str, str | None]:
-        dsl, _, adapter = self.model.partition(":")
-        return dsl, adapter or None
+        return split_client_name(self.model)
 
 
 class CompletionRequest(OpenAIRequest):
