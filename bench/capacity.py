@@ -16,6 +16,9 @@ use and every running sequence's KV cache once (memory-bound), or does 2 x param
 bound), whichever is slower; a prompt costs 2 x parameters FLOPs per token. B requests running together finish a
 "round" of ``output`` steps plus their B prompts; that round's length is a request's latency, B / round its
 throughput. The efficiency (the share of the datasheet a real engine reaches) is fitted to the published run.
+
+Longer than ~400 lines on purpose: the model, its cited inputs and the page it writes are kept in one file so a
+reader can check the sizing by hand from top to bottom.
 """
 
 from __future__ import annotations

@@ -107,9 +107,7 @@ class Engine:
         if self._llm.errored:
             raise EngineUnavailable("the engine has stopped; the service is not ready")
         sampling = _sampling_params(params)
-        lora = _lora_request(adapter)
-        if adapter is not None:
-            await self.load(adapter)
+        lora = await self.load(adapter) if adapter is not None else None
         tokens, finished = 0, False
         try:
             prompt = TokensPrompt(prompt_token_ids=prompt_token_ids, cache_salt=cache_salt(tenant))
@@ -139,22 +137,26 @@ class Engine:
             if not finished and not self._llm.errored:
                 await self._llm.abort(request_id)
 
-    async def load(self, adapter: AdapterRef) -> None:
-        """Load an adapter the engine has not cached yet through ``add_lora`` before it meets a batch.
+    async def load(self, adapter: AdapterRef):
+        """The adapter's ``LoRARequest``, made once when the engine first loads it (``add_lora``, before it meets a
+        batch) and reused by every later request, as vLLM's own OpenAI server keeps its ``LoRARequest`` s.
 
         A LoRA that fails to load inside a scheduled batch takes the whole engine down; loaded here, the
         failure is this request's own (409) and every other tenant is still served.
         """
-        if adapter.lora_id not in self._host_loras:
+        lora = self._host_loras.get(adapter.lora_id)
+        if lora is None:
+            lora = _lora_request(adapter)
             try:
-                await self._llm.add_lora(_lora_request(adapter))
+                await self._llm.add_lora(lora)
             except Exception as exc:  # the reason names server paths: it goes to the log, not the caller
                 log.warning("adapter %s could not be loaded: %s", adapter.name, exc)
                 raise AdapterUnavailable(
                     f"adapter {adapter.name!r} could not be loaded (its files are unreadable or do not fit the "
                     "base model)", detail={"adapter": adapter.name}
                 ) from exc
-        self._host_loras.touch(adapter.lora_id)
+        self._host_loras.touch(adapter.lora_id, lora)
+        return lora
 
 
 class EngineSlot:
@@ -283,7 +285,8 @@ async def _until(stream, deadline: float | None):
 
 
 class _LRUMirror:
-    """Mirrors the engine's host LoRA cache (LRU, ``max_cpu_loras`` slots) to count loads and evictions.
+    """Mirrors the engine's host LoRA cache (LRU, ``max_cpu_loras`` slots), holding each cached adapter's
+    ``LoRARequest``, to count loads and evictions.
 
     vLLM loads a LoRARequest it has not cached from disk on first use and evicts the least recently used
     one when the cache is full; it exports no metric for either, so the same policy is followed here.
@@ -291,17 +294,21 @@ class _LRUMirror:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[int, None] = OrderedDict()
+        self._ids: OrderedDict[int, object] = OrderedDict()
 
     def __contains__(self, lora_id: int) -> bool:
         return lora_id in self._ids
 
-    def touch(self, lora_id: int) -> None:
+    def get(self, lora_id: int):
+        """The cached adapter's ``LoRARequest``; None when the engine does not hold it."""
+        return self._ids.get(lora_id)
+
+    def touch(self, lora_id: int, lora: object = None) -> None:
         if lora_id in self._ids:
             self._ids.move_to_end(lora_id)
             return
         metrics.ADAPTER_LOADS.inc()
-        self._ids[lora_id] = None
+        self._ids[lora_id] = lora
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
             metrics.ADAPTER_EVICTIONS.inc()

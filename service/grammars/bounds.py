@@ -17,6 +17,9 @@ original: output that finishes by itself parses. Rule and terminal priorities, w
 parses, are dropped (the engine has none). What the engine cannot decode with (templates, ``%declare``,
 ``%override``, lazy regex quantifiers, look-around, imports other than ``common``) is refused naming the
 construct, line and column.
+
+Longer than ~400 lines on purpose: one rewrite of lark's grammar tree, whose parts (repetitions, terminals'
+regular expressions, ignored text, recursion, imports) call each other while walking the same tree.
 """
 
 from __future__ import annotations

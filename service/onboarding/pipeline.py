@@ -19,6 +19,10 @@ Everything goes through the service's API (``--url`` with an API key, or a local
 embedded model, with the store every later ``nl2dsl serve`` reads); only training runs in this process.
 Re-running with more pairs continues from the adapter the last run published; re-running on the same pairs
 trains it further.
+
+Longer than ~400 lines on purpose: the stages above read in order, one function each, and their helpers (the kept
+baselines' key, the gate, the withdrawal on failure) are used by this run only; the stages' own pieces already
+live apart (dataset, plan, report, status, service.evaluation, service.training).
 """
 
 from __future__ import annotations

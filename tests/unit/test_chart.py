@@ -42,7 +42,7 @@ def test_the_onboarding_job_calls_the_service_but_is_not_one_of_its_endpoints():
     pod = job["spec"]["template"]
     args = pod["spec"]["containers"][0]["args"]
     assert f"--url=http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}" in args
-    assert {"--name=logq", "--tenant=acme", "--budget=30m"} <= set(args)
+    assert {"--name=logq", "--tenant=acme", "--budget=1800"} <= set(args)
     assert not _selects(service["spec"]["selector"], pod["metadata"]["labels"])
     assert _selects(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
     assert pod["spec"]["restartPolicy"] == "Never"
