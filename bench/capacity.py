@@ -8,7 +8,7 @@ No GPU is at hand, so this is a model, small enough to check by hand, built from
   published vLLM run of Mistral-7B (an RTX 4090 concurrency sweep) that calibrates the model's efficiency;
 - our workload, measured here: the prompt and output tokens of each DSL as the service builds them (with and
   without retrieved examples);
-- our measured ratios (reports/bench/*.json from ``make bench``, else the figures docs/BENCHMARKS.md recorded):
+- our measured ratios (docs/bench/results/engine.json, from ``make bench``):
   adapter vs base model, constrained vs free decoding, many distinct adapters vs one.
 
 The model of one replica (one GPU, the whole model on it): a decoding step reads the weights, the LoRA slots in
@@ -86,10 +86,6 @@ MAX_CONCURRENCY = 512
 MAX_LORAS_CHOICES = (4, 8, 16, 32, 64, 128)
 QUEUE_MARGIN = 1.5  # a request's round may take the p95 / 1.5; the rest is room for queueing ...
 LOAD = 0.7  # ... with replicas planned at 70% of their capacity (Poisson arrivals)
-
-#: Our ratios as docs/BENCHMARKS.md recorded them, used when reports/bench/ holds no fresher run.
-RECORDED_RATIOS = {"adapter": 0.80, "grammar": 0.98}
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -183,14 +179,14 @@ def measured_ratios() -> tuple[dict[str, float], str]:
     on a GPU vLLM's Punica kernels do the grouping our CPU ops do."""
     path = RESULTS_DIR / "engine.json"
     if not path.exists():
-        return RECORDED_RATIOS, "docs/BENCHMARKS.md as recorded"
+        raise SystemExit(f"no {path.relative_to(ROOT)}: run `python -m bench.engine` first (make bench)")
     result = json.loads(path.read_text())
 
     def ratio(prefix: str) -> float:
         return next(r["ratio"] for r in result["comparisons"] if r["name"].startswith(prefix))
 
     return {"adapter": ratio("LoRA adapter vs base model"), "grammar": ratio("grammar-constrained decoding")}, \
-        f"reports/bench/engine.json, `make bench` of {result['finished']}"
+        f"docs/bench/results/engine.json, `make bench` of {result['finished']}"
 
 
 def measured_workloads() -> dict[str, Workload]:

@@ -98,7 +98,7 @@ def main() -> None:
             note=f"n = {test.n}, same requests, greedy, constrained; {test.wins} won, {test.losses} lost "
                  f"(p = {test.p_value:.2f}); {same} identical outputs"))
     progress(json.dumps(facts, indent=1))
-    # Every answer, for a look at the ones that differ (JSON lines: the report reads only reports/bench/*.json).
+    # Every answer, for a look at the ones that differ (JSON lines: the report reads only docs/bench/results/*.json).
     (logs / "precision-outcomes.jsonl").write_text("".join(
         json.dumps({"precision": p, "dsl": dsl, **asdict(o)}) + "\n"
         for p, by_dsl in outcomes.items() for dsl, out in by_dsl.items() for o in out))

@@ -2,8 +2,8 @@
 
 A comparison is always measured side by side in one process and one run: the cases of a comparison take turns
 (A, B, A, B, ...) so that the machine's drift hits both alike, and the ratio of their medians is reported.
-Each benchmark writes ``reports/bench/<name>.json``; ``python -m bench.report`` turns them into
-docs/BENCHMARKS.md and its plot.
+Each benchmark writes ``docs/bench/results/<name>.json`` (the previous run's file moves to
+``docs/bench/history/``); ``python -m bench.report`` turns them into docs/BENCHMARKS.md and its plot.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "reports" / "bench"
+RESULTS_DIR = ROOT / "docs" / "bench" / "results"
+HISTORY_DIR = ROOT / "docs" / "bench" / "history"
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,14 @@ def progress(message: str) -> None:
 
 
 def save(bench: str, command: str, comparisons: list[Comparison], facts: dict | None = None) -> Path:
-    """Write one benchmark's comparisons (and plain measurements, ``facts``) for the report."""
+    """Write one benchmark's comparisons (and plain measurements, ``facts``) for the report; the results of its
+    previous run go to the history, named for when that run finished."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{bench}.json"
+    if path.exists():
+        finished = json.loads(path.read_text()).get("finished", "earlier").replace(" ", "_").replace(":", "")
+        HISTORY_DIR.mkdir(parents=True, exist_ok=True)
+        path.replace(HISTORY_DIR / f"{bench}-{finished}.json")
     path.write_text(json.dumps({
         "bench": bench,
         "command": command,
