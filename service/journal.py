@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import StoreUnavailable
-from service.store import Exists, Store, Version, unavailable_as_503, version_key
+from service.store import Exists, Kind, Store, Version, version_key
 
 __all__ = ["SNAPSHOT_EVERY", "Journal", "Snapshot"]
 
@@ -45,7 +45,7 @@ class _Line(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    kind: str = Field(pattern=r"^(dsls|adapters)$")
+    kind: Kind
     owner: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=200)
     number: int = Field(ge=1, lt=10**8)
@@ -86,7 +86,7 @@ class Journal:
         for _ in range(50):
             number = self.known + 1
             try:
-                unavailable_as_503(self.store.create, _line_key(number), body)
+                self.store.create(_line_key(number), body)
             except Exists:
                 self._catch_up()
                 continue
@@ -98,11 +98,11 @@ class Journal:
         """The lines after ``number`` (at most ``limit``), oldest first: each line's number and its version (None
         for a line that is not one this service writes)."""
         found = []
-        for obj in unavailable_as_503(self.store.list_after, _LINES, _line_key(number), limit):
+        for obj in self.store.list_after(_LINES, _line_key(number), limit):
             line_number = _number(obj.key, _LINES)
             if line_number is None or line_number <= number:
                 continue
-            found.append((line_number, _parse(unavailable_as_503(self.store.read, obj.key)) if obj.size <=
+            found.append((line_number, _parse(self.store.read(obj.key)) if obj.size <=
                           _MAX_LINE_BYTES else None))
         if found:
             self.known = max(self.known, found[-1][0])
@@ -110,11 +110,11 @@ class Journal:
 
     def latest_snapshot(self) -> Snapshot | None:
         """The newest readable snapshot, or None (a store with none yet)."""
-        keys = sorted((n, o) for o in unavailable_as_503(self.store.list, _SNAPSHOTS)
+        keys = sorted((n, o) for o in self.store.list(_SNAPSHOTS)
                       if (n := _number(o.key, _SNAPSHOTS)) is not None and o.size <= _MAX_SNAPSHOT_BYTES)
         for number, obj in reversed(keys):
             try:
-                snapshot = Snapshot.model_validate_json(unavailable_as_503(self.store.read, obj.key))
+                snapshot = Snapshot.model_validate_json(self.store.read(obj.key))
             except ValidationError:
                 continue
             if snapshot.upto == number:
@@ -126,16 +126,16 @@ class Journal:
         """The index as of line ``upto`` (another replica may have written it first: that one stays)."""
         key = _line_key(upto, _SNAPSHOTS)
         before = _line_key(upto - 1, _SNAPSHOTS)
-        if any(o.key == key for o in unavailable_as_503(self.store.list_after, _SNAPSHOTS, before, 1)):
+        if any(o.key == key for o in self.store.list_after(_SNAPSHOTS, before, 1)):
             return  # written already: not sent again by every replica
         items = [asdict(v) for v in versions if not v.deleted]
         body = json.dumps({"upto": upto, "items": items}, default=str).encode()
         with contextlib.suppress(Exists):
-            unavailable_as_503(self.store.create, key, body)
+            self.store.create(key, body)
 
     def _catch_up(self) -> None:
         """Learn the newest line (after a number was taken by another writer)."""
-        while batch := unavailable_as_503(self.store.list_after, _LINES, _line_key(self.known), 1000):
+        while batch := self.store.list_after(_LINES, _line_key(self.known), 1000):
             numbers = [n for o in batch if (n := _number(o.key, _LINES)) is not None]
             if not numbers or max(numbers) <= self.known:
                 return

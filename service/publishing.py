@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from service.errors import NotFound, QuotaExceeded
 from service.journal import Journal
-from service.store import Version, Versions
+from service.store import Kind, Version, Versions
 
 __all__ = ["OwnerGate"]
 
@@ -40,14 +40,14 @@ class OwnerGate:
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._changes: dict[str, deque[float]] = defaultdict(deque)
 
-    async def history(self, kind: str, owner: str, name: str, *, unknown: type[NotFound]) -> list[Version]:
+    async def history(self, kind: Kind, owner: str, name: str, *, unknown: type[NotFound]) -> list[Version]:
         """The versions of ``owner``'s ``name``, oldest first; ``unknown`` (404) when it has none."""
         history = await asyncio.to_thread(self.versions.history, kind, owner, name)
         if not history:
             raise unknown(f"no published {_noun(kind)} {name!r} of yours", detail={"name": name})
         return history
 
-    async def content(self, kind: str, owner: str, name: str, number: int, *, unknown: type[NotFound]) -> bytes:
+    async def content(self, kind: Kind, owner: str, name: str, number: int, *, unknown: type[NotFound]) -> bytes:
         """What version ``number`` of ``owner``'s ``name`` holds (a rollback's content); ``unknown`` (404) when
         there is no such version or it is a deletion."""
         earlier = next((v for v in await self.history(kind, owner, name, unknown=unknown)
@@ -57,7 +57,7 @@ class OwnerGate:
                           detail={"name": name, "version": number})
         return await asyncio.to_thread(self.versions.read, earlier)
 
-    async def publish(self, kind: str, owner: str, name: str, data: bytes, *, suffix: str, max_items: int,
+    async def publish(self, kind: Kind, owner: str, name: str, data: bytes, *, suffix: str, max_items: int,
                       meta: dict | None = None, before_write: Callable[[], Awaitable[None]] | None = None) -> Version:
         """Write ``data`` as the next version of ``owner``'s ``name``, within the owner's quotas (429 past them),
         and record it in the journal with ``meta`` (service.journal).
@@ -71,13 +71,13 @@ class OwnerGate:
                 await before_write()
             return await asyncio.to_thread(self._write, kind, owner, name, data, suffix, max_items, new, meta)
 
-    async def withdraw(self, kind: str, owner: str, name: str, *, suffix: str) -> Version:
+    async def withdraw(self, kind: Kind, owner: str, name: str, *, suffix: str) -> Version:
         """Write a deletion of ``owner``'s ``name`` (counted against the rate of change)."""
         async with self._locks[owner]:
             self._count_change(owner)
             return await asyncio.to_thread(self._recorded, kind, owner, name, None, suffix)
 
-    def _recorded(self, kind: str, owner: str, name: str, data: bytes | None, suffix: str,
+    def _recorded(self, kind: Kind, owner: str, name: str, data: bytes | None, suffix: str,
                   meta: dict | None = None) -> Version:
         """A version written, then recorded in the journal (what other replicas follow)."""
         version = self.versions.publish(kind, owner, name, data, suffix=suffix, meta=meta)
@@ -96,7 +96,7 @@ class OwnerGate:
                                 headers={"Retry-After": str(retry)})
         changes.append(now)
 
-    def _admit(self, kind: str, owner: str, name: str, size: int, max_items: int) -> bool:
+    def _admit(self, kind: Kind, owner: str, name: str, size: int, max_items: int) -> bool:
         """Whether ``name`` is a new item; QuotaExceeded past the count or the bytes the owner may have."""
         live = self.versions.live_names(kind, owner)
         new = name not in live
@@ -107,7 +107,7 @@ class OwnerGate:
                                 detail={"limit": "store_bytes", "max": self.max_bytes})
         return new
 
-    def _write(self, kind: str, owner: str, name: str, data: bytes, suffix: str, max_items: int,
+    def _write(self, kind: Kind, owner: str, name: str, data: bytes, suffix: str, max_items: int,
                new: bool, meta: dict | None) -> Version:
         version = self._recorded(kind, owner, name, data, suffix, meta)
         if new and len(self.versions.live_names(kind, owner)) > max_items:  # another replica's at the same time
@@ -116,10 +116,10 @@ class OwnerGate:
         return version
 
 
-def _noun(kind: str) -> str:
-    return "dsl" if kind == "dsls" else "adapter"
+def _noun(kind: Kind) -> str:
+    return "dsl" if kind == Kind.DSLS else "adapter"
 
 
-def _too_many(kind: str, max_items: int) -> QuotaExceeded:
+def _too_many(kind: Kind, max_items: int) -> QuotaExceeded:
     return QuotaExceeded(f"at most {max_items} published {_noun(kind)}s per tenant; delete one first",
-                         detail={"limit": "grammars" if kind == "dsls" else kind, "max": max_items})
+                         detail={"limit": "grammars" if kind == Kind.DSLS else str(kind), "max": max_items})

@@ -18,18 +18,27 @@ overwrite each other: the second takes the next number.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlparse
 
 from service.errors import StoreUnavailable
 
-__all__ = ["SHARED", "DirectoryStore", "Exists", "S3Store", "Store", "StoreUnavailable", "Version", "Versions",
-           "open_store", "owner_key", "tenant_of", "unavailable_as_503", "version_key"]
+__all__ = ["SHARED", "DirectoryStore", "Exists", "Kind", "S3Store", "Store", "StoreUnavailable", "Version", "Versions",
+           "open_store", "owner_key", "tenant_of", "version_key"]
+
+class Kind(StrEnum):
+    """What an item in the store is: the first segment of its keys."""
+
+    DSLS = "dsls"
+    ADAPTERS = "adapters"
+
 
 #: The owner segment of what an admin publishes for every tenant.
 SHARED = "_shared"
@@ -67,6 +76,26 @@ class Store(Protocol):
         """Write ``key`` only if it does not exist yet; :class:`Exists` otherwise."""
 
 
+def _translating(cls):
+    """``cls``'s store calls raise the store's own errors (network, permissions, disk: boto3 and the file system
+    raise many kinds) as StoreUnavailable (503), here at the seam, once for every caller; Exists passes through."""
+    for name in ("list", "list_after", "read", "create"):
+        call = getattr(cls, name)
+
+        @functools.wraps(call)
+        def translated(self, *args, _call=call, **kwargs):
+            try:
+                return _call(self, *args, **kwargs)
+            except (Exists, StoreUnavailable):
+                raise
+            except Exception as exc:
+                raise StoreUnavailable(f"the store is unavailable: {type(exc).__name__}") from exc
+
+        setattr(cls, name, translated)
+    return cls
+
+
+@_translating
 class DirectoryStore:
     """A folder: keys are relative paths. Creating writes a temporary file and links it in (atomic, exclusive)."""
 
@@ -104,6 +133,7 @@ class DirectoryStore:
             temporary.unlink(missing_ok=True)
 
 
+@_translating
 class S3Store:
     """A bucket (and key prefix) on any S3-protocol server; ``endpoint_url`` for one that is not AWS."""
 
@@ -151,9 +181,9 @@ def open_store(spec: str, *, endpoint_url: str | None = None) -> Store:
 
 @dataclass(frozen=True)
 class Version:
-    """One version of one item: ``kind`` "dsls" or "adapters", ``owner`` a tenant or :data:`SHARED`."""
+    """One version of one item: its :class:`Kind`, ``owner`` a tenant or :data:`SHARED`."""
 
-    kind: str
+    kind: Kind
     owner: str
     name: str
     number: int
@@ -167,7 +197,7 @@ class Version:
         return self.key.endswith(".deleted")
 
 
-def version_key(kind: str, owner: str, name: str, number: int, extension: str) -> str:
+def version_key(kind: Kind, owner: str, name: str, number: int, extension: str) -> str:
     """Where version ``number`` of an item lives (``extension``: json, tar.gz or deleted)."""
     return f"{kind}/{quote(owner, safe='')}/{quote(name, safe='')}/{number:08d}.{extension}"
 
@@ -178,34 +208,34 @@ class Versions:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def scan(self, kind: str) -> dict[tuple[str, str], list[Version]]:
+    def scan(self, kind: Kind) -> dict[tuple[str, str], list[Version]]:
         """Every ``(owner, name)`` of ``kind`` with its versions, oldest first."""
         items: dict[tuple[str, str], list[Version]] = {}
-        for obj in unavailable_as_503(self.store.list, f"{kind}/"):
+        for obj in self.store.list(f"{kind}/"):
             parts = obj.key.split("/")
             match = _VERSION.match(parts[-1]) if len(parts) == 4 else None
             if match:
                 owner, name = unquote(parts[1]), unquote(parts[2])
                 items.setdefault((owner, name), []).append(
-                    Version(kind, owner, name, int(match.group(1)), obj.size, obj.key))
+                    Version(Kind(kind), owner, name, int(match.group(1)), obj.size, obj.key))
         for versions in items.values():
             versions.sort(key=lambda v: v.number)
         return items
 
-    def history(self, kind: str, owner: str, name: str) -> list[Version]:
+    def history(self, kind: Kind, owner: str, name: str) -> list[Version]:
         """The versions of one item, oldest first."""
         prefix = f"{kind}/{quote(owner, safe='')}/{quote(name, safe='')}/"
         found = []
-        for obj in unavailable_as_503(self.store.list, prefix):
+        for obj in self.store.list(prefix):
             match = _VERSION.match(obj.key[len(prefix):])
             if match:
-                found.append(Version(kind, owner, name, int(match.group(1)), obj.size, obj.key))
+                found.append(Version(Kind(kind), owner, name, int(match.group(1)), obj.size, obj.key))
         return sorted(found, key=lambda v: v.number)
 
-    def live_names(self, kind: str, owner: str) -> set[str]:
+    def live_names(self, kind: Kind, owner: str) -> set[str]:
         """The items of ``kind`` that ``owner`` has whose newest version is not a deletion."""
         newest: dict[str, tuple[int, bool]] = {}
-        for obj in unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"):
+        for obj in self.store.list(f"{kind}/{quote(owner, safe='')}/"):
             parts = obj.key.split("/")
             match = _VERSION.match(parts[-1]) if len(parts) == 4 else None
             if match:
@@ -218,12 +248,12 @@ class Versions:
     def owner_bytes(self, owner: str) -> int:
         """What ``owner`` stores, every version of every item counted."""
         return sum(o.size for kind in ("dsls", "adapters")
-                   for o in unavailable_as_503(self.store.list, f"{kind}/{quote(owner, safe='')}/"))
+                   for o in self.store.list(f"{kind}/{quote(owner, safe='')}/"))
 
     def read(self, version: Version) -> bytes:
-        return unavailable_as_503(self.store.read, version.key)
+        return self.store.read(version.key)
 
-    def publish(self, kind: str, owner: str, name: str, data: bytes | None, *, suffix: str,
+    def publish(self, kind: Kind, owner: str, name: str, data: bytes | None, *, suffix: str,
                 meta: dict[str, Any] | None = None) -> Version:
         """Write ``data`` as the next version (None: a deletion); the next number again if another replica won."""
         for _ in range(20):
@@ -231,18 +261,8 @@ class Versions:
             number = history[-1].number + 1 if history else 1
             key = version_key(kind, owner, name, number, "deleted" if data is None else suffix)
             try:
-                unavailable_as_503(self.store.create, key, data or b"")
+                self.store.create(key, data or b"")
             except Exists:
                 continue
-            return Version(kind, owner, name, number, len(data or b""), key, meta=meta or {})
+            return Version(Kind(kind), owner, name, number, len(data or b""), key, meta=meta or {})
         raise StoreUnavailable(f"could not publish {kind[:-1]} {name!r}: too many concurrent versions")
-
-
-def unavailable_as_503(call, *args):
-    """The store's own errors (network, permissions, disk) as StoreUnavailable; Exists passes through."""
-    try:
-        return call(*args)
-    except (Exists, StoreUnavailable):
-        raise
-    except Exception as exc:  # boto3 and the file system raise many kinds
-        raise StoreUnavailable(f"the store is unavailable: {type(exc).__name__}") from exc

@@ -20,17 +20,17 @@ from typing import Protocol
 
 from service.errors import NL2DSLError, StoreUnavailable
 from service.journal import SNAPSHOT_EVERY, Journal
-from service.store import Version, Versions
+from service.store import Kind, Version, Versions
 
 __all__ = ["StoreFollower"]
 
 log = logging.getLogger("nl2dsl.sync")
 
-_KINDS = ("dsls", "adapters")
+_KINDS = tuple(Kind)
 
 
 class Publisher(Protocol):
-    kind: str
+    kind: Kind
     installed: dict[tuple[str, str], int]
 
     async def install(self, version: Version) -> None: ...

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -151,6 +152,21 @@ class AdapterResidency:
         await asyncio.to_thread(self.cache.add, folder)
         return adapter
 
+    async def adopt(self, version: Version, folder: Path, checked: Adapter) -> Adapter:
+        """Take ``folder``, unpacked and checked by the publish that made ``version`` (``checked``: what that check
+        found), as ``version``'s files: moved into the cache, neither unpacked nor checked again. ``folder`` must
+        be on the cache's file system (:meth:`staging`)."""
+        target = self.folder(version)
+        self._sources[target] = version
+        await asyncio.to_thread(_move, folder, target)
+        await asyncio.to_thread(self.cache.add, target)
+        return dataclasses.replace(checked, path=target.resolve(), version=version.number)
+
+    def staging(self) -> tempfile.TemporaryDirectory:
+        """A folder for an upload to unpack into, beside the cache's folders (a rename moves it in); one left by a
+        crash is swept like a half-unpacked fetch."""
+        return tempfile.TemporaryDirectory(prefix="upload.partial-", dir=self.cache.root)
+
     async def ensure(self, adapter: Adapter) -> float | None:
         """Make ``adapter``'s files present and hold them until :meth:`release`: None if they were here, else the
         seconds this request waited for the fetch. 409 if the fetched files are not what the journal recorded."""
@@ -215,6 +231,12 @@ class AdapterResidency:
             finally:
                 shutil.rmtree(partial, ignore_errors=True)
         return self.registry.read(folder, owner=tenant_of(version.owner), version=version.number)
+
+
+def _move(folder: Path, target: Path) -> None:
+    """``folder`` in ``target``'s place (one left there by an earlier attempt goes first)."""
+    shutil.rmtree(target, ignore_errors=True)
+    folder.replace(target)
 
 
 def _size(folder: Path) -> int:

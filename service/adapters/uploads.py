@@ -6,8 +6,9 @@ upload pool (:mod:`service.upload_pool`, never the request path's threads) it is
 (:mod:`service.adapters.archive`) and every file is checked against the served base model
 (:mod:`service.adapters.validation`). Then, on a replica whose engine runs, the engine loads it once as a
 trial: an adapter the engine refuses is a 400 and nothing is stored. Only then is it written to the store,
-through the owner's quotas (:mod:`service.publishing`). A tenant's adapter serves that tenant only (its
-manifest's ``tenants`` is set so) and lives in the tenant's own namespace; an admin's is shared.
+through the owner's quotas (:mod:`service.publishing`), and the folder unpacked and checked becomes the
+version's files on this replica (one pass: neither unpacked nor checked again). A tenant's adapter serves that
+tenant only (its manifest's ``tenants`` is set so) and lives in the tenant's own namespace; an admin's is shared.
 
 Every other replica learns of the version from the store's journal, with the manifest and weights digest
 recorded there, and fetches its files only when a request first needs them (:mod:`service.adapters.residency`:
@@ -22,7 +23,6 @@ import asyncio
 import io
 import logging
 import tarfile
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -36,14 +36,14 @@ from service.engine import EngineSlot
 from service.errors import AdapterUnavailable, BadRequest, Forbidden, UnknownAdapter
 from service.names import is_name
 from service.publishing import OwnerGate
-from service.store import Version, Versions, owner_key, tenant_of
+from service.store import Kind, Version, Versions, owner_key, tenant_of
 from service.upload_pool import UploadPool
 
 __all__ = ["AdapterPublisher", "pack_adapter"]
 
 log = logging.getLogger("nl2dsl.adapters")
 
-_KIND = "adapters"
+_KIND = Kind.ADAPTERS
 
 
 class AdapterPublisher:
@@ -64,16 +64,20 @@ class AdapterPublisher:
         self.installed: dict[tuple[str, str], int] = {}
 
     async def publish(self, *, owner: str | None, archive: bytes, name: str | None = None) -> Adapter:
-        """Check ``archive`` and publish it as the next version of the adapter it holds (or ``name``)."""
-        with tempfile.TemporaryDirectory(prefix="nl2dsl-adapter-") as folder:
-            adapter, data = await self.pool.run(owner, self._prepare, archive, Path(folder), owner, name)
+        """Check ``archive`` and publish it as the next version of the adapter it holds (or ``name``).
+
+        One pass: the folder unpacked and checked here becomes the version's files on this replica."""
+        with self.residency.staging() as staging:
+            folder = Path(staging) / "adapter"
+            adapter, data = await self.pool.run(owner, self._prepare, archive, folder, owner, name)
             version = await self.gate.publish(_KIND, owner_key(owner), adapter.name, data, suffix="tar.gz",
                                               max_items=self.settings.max_adapters_per_tenant, meta=adapter.meta,
                                               before_write=lambda: self._trial_load(adapter))
-        return await self._install(version, data)
+            return await self._install(version, checked=(folder, adapter))
 
     def _prepare(self, archive: bytes, folder: Path, owner: str | None, name: str | None) -> tuple[Adapter, bytes]:
         """On an upload thread: unpack, name, check against the base, and pack what will be stored."""
+        folder.mkdir(exist_ok=True)
         try:
             unpack_confined(archive, folder, max_bytes=self.settings.max_adapter_bytes,
                             timeout_s=self.settings.upload_unpack_timeout_s)
@@ -119,11 +123,12 @@ class AdapterPublisher:
     async def rollback(self, *, owner: str | None, name: str, version: int) -> Adapter:
         """Publish version ``version``'s content again as the newest, within the owner's quotas."""
         data = await self.gate.content(_KIND, owner_key(owner), name, version, unknown=UnknownAdapter)
-        with tempfile.TemporaryDirectory(prefix="nl2dsl-adapter-") as folder:  # what the journal line records
-            earlier, _ = await self.pool.run(owner, self._prepare, data, Path(folder), owner, name)
-        published = await self.gate.publish(_KIND, owner_key(owner), name, data, suffix="tar.gz",
-                                            max_items=self.settings.max_adapters_per_tenant, meta=earlier.meta)
-        adapter = await self._install(published, data)
+        with self.residency.staging() as staging:  # checked as an upload is: the store is trusted no more
+            folder = Path(staging) / "adapter"
+            earlier, _ = await self.pool.run(owner, self._prepare, data, folder, owner, name)
+            published = await self.gate.publish(_KIND, owner_key(owner), name, data, suffix="tar.gz",
+                                                max_items=self.settings.max_adapters_per_tenant, meta=earlier.meta)
+            adapter = await self._install(published, checked=(folder, earlier))
         assert adapter is not None
         return adapter
 
@@ -136,7 +141,7 @@ class AdapterPublisher:
         """Serve ``version`` on this replica (a deletion: stop serving the adapter). A version whose journal line
         describes it is registered without its files, which the first request that needs it fetches."""
         if version.deleted or not version.meta:
-            await self._install(version, None)
+            await self._install(version)
             return
         self.installed[(version.owner, version.name)] = version.number
         await self._serve(tenant_of(version.owner), version.name, self.residency.expect(version))
@@ -153,14 +158,18 @@ class AdapterPublisher:
         if replaced is not None and replaced.path != getattr(adapter, "path", None):
             await self.residency.forget(replaced)
 
-    async def _install(self, version: Version, data: bytes | None) -> Adapter | None:
+    async def _install(self, version: Version, *, checked: tuple[Path, Adapter] | None = None) -> Adapter | None:
+        """Serve ``version`` on this replica with its files here: ``checked`` (a folder this replica has just
+        unpacked and checked, and what the check found), else read from the store and checked."""
         owner = tenant_of(version.owner)
         self.installed[(version.owner, version.name)] = version.number
         if version.deleted:
             await self._serve(owner, version.name, None)
             return None
-        data = data if data is not None else await asyncio.to_thread(self.versions.read, version)
-        adapter = await self.residency.place(version, data)
+        if checked is not None:
+            adapter = await self.residency.adopt(version, *checked)
+        else:
+            adapter = await self.residency.place(version, await asyncio.to_thread(self.versions.read, version))
         await self._serve(owner, version.name, adapter)
         engine = self.engine.engine
         if adapter.error is None and engine is not None and engine.ready:

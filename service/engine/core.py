@@ -145,7 +145,11 @@ class Engine:
         failure is this request's own (409) and every other tenant is still served.
         """
         lora = self._host_loras.get(adapter.lora_id)
-        if lora is None:
+        if lora is not None and (lora.lora_path, lora.lora_name) != (adapter.path, _engine_name(adapter)):
+            # The same weights under another name or folder (an adapter made for any DSL, asked for another; an
+            # upload's files moved into the cache): vLLM has them, but names the request and reloads from this.
+            lora = _lora_request(adapter)
+        elif lora is None:
             lora = _lora_request(adapter)
             try:
                 await self._llm.add_lora(lora)
@@ -306,6 +310,7 @@ class _LRUMirror:
     def touch(self, lora_id: int, lora: object = None) -> None:
         if lora_id in self._ids:
             self._ids.move_to_end(lora_id)
+            self._ids[lora_id] = lora if lora is not None else self._ids[lora_id]
             return
         metrics.ADAPTER_LOADS.inc()
         self._ids[lora_id] = lora
@@ -356,8 +361,11 @@ def _lora_request(adapter: AdapterRef | None):
         return None
     from vllm.lora.request import LoRARequest
 
-    return LoRARequest(lora_name=engine_name(adapter.name, adapter.lora_id), lora_int_id=adapter.lora_id,
-                       lora_path=adapter.path)
+    return LoRARequest(lora_name=_engine_name(adapter), lora_int_id=adapter.lora_id, lora_path=adapter.path)
+
+
+def _engine_name(adapter: AdapterRef) -> str:
+    return engine_name(adapter.name, adapter.lora_id)
 
 
 def _queue_s(out) -> float | None:

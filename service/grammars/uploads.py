@@ -30,14 +30,14 @@ from service.grammars.grammar import Grammar, ParseResult
 from service.grammars.registry import GrammarRegistry
 from service.publishing import OwnerGate
 from service.retrieval import Retriever
-from service.store import Version, Versions, owner_key, tenant_of
+from service.store import Kind, Version, Versions, owner_key, tenant_of
 from service.upload_pool import UploadPool
 
 __all__ = ["DSLPublisher", "ExampleLine", "grammar_size_problem", "read_example_lines"]
 
 log = logging.getLogger("nl2dsl.grammars")
 
-_KIND = "dsls"
+_KIND = Kind.DSLS
 #: Rejected lines listed in an answer (the rest are counted).
 _REJECTS_LISTED = 20
 

@@ -474,3 +474,24 @@ def test_the_upload_pool_answers_429_not_a_hang_when_a_tenant_floods_it():
         return outcomes
 
     assert asyncio.run(flood()) == ["429", "beta ran"]
+
+
+def test_a_publish_unpacks_and_checks_the_archive_once_and_serves_the_checked_files(replica, tmp_path, monkeypatch):
+    """One pass (issue 43): the folder a publish unpacked and checked is what this replica serves; its weights are
+    read and checked once, not again when the version is installed."""
+    from service.adapters import archive, registry
+
+    checks, unpacks = [], []
+    check_folder, unpack_confined = registry.check_folder, archive.unpack_confined
+    monkeypatch.setattr(registry, "check_folder", lambda folder, **kw: checks.append(folder) or check_folder(
+        folder, **kw))
+    monkeypatch.setattr("service.adapters.uploads.unpack_confined",
+                        lambda *a, **kw: unpacks.append(a[1]) or unpack_confined(*a, **kw))
+    client = replica()
+    checks.clear()  # the start-up scan of the shipped folder
+    created = client.post("/adapters", content=pack_adapter(_folder(tmp_path)), headers=_auth("alpha"))
+    assert created.status_code == 201, created.text
+    assert len(checks) == 1 and len(unpacks) == 1
+    (served,) = [a for a in client.app.state.adapters.all() if a.owner == "alpha-corp"]
+    assert served.error is None and served.version == 1 and (served.path / "adapter_model.safetensors").is_file()
+    assert not checks[0].exists()  # moved into the adapter cache, not copied

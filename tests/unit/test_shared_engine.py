@@ -334,3 +334,18 @@ def test_the_dataset_check_bounds_each_parse_as_validate_does(tmp_path):
     assert [r.line for r in dataset.rejects] == [21]
     assert "could not be parsed within 0.5 s" in dataset.rejects[0].message
     assert len(dataset.train) + len(dataset.heldout) == 20
+
+
+def test_an_adapters_lora_request_is_made_once_and_follows_its_files_when_they_move():
+    """Engine.load makes the LoRARequest when the engine first loads the adapter (add_lora once) and hands the
+    same one to later requests; the same weights in another folder (an upload moved into the cache) or asked
+    under another client name get a request naming that, without loading the weights again."""
+    engine, llm = _engine_with([])
+    first = asyncio.run(engine.load(AdapterRef("flow:crm", 7, "/staging/adapter")))
+    again = asyncio.run(engine.load(AdapterRef("flow:crm", 7, "/staging/adapter")))
+    assert again is first and llm.add_lora.await_count == 1
+    moved = asyncio.run(engine.load(AdapterRef("flow:crm", 7, "/cache/ab12")))
+    assert moved.lora_path == "/cache/ab12" and moved.lora_int_id == 7 and llm.add_lora.await_count == 1
+    assert asyncio.run(engine.load(AdapterRef("flow:crm", 7, "/cache/ab12"))) is moved
+    other = asyncio.run(engine.load(AdapterRef("sql:crm", 7, "/cache/ab12")))
+    assert other.lora_name.startswith("sql:crm#") and llm.add_lora.await_count == 1
