@@ -6,7 +6,7 @@ full-sequence step (every row whole, the output layer on every position), the ou
 only, that plus the rows' common prompt prefix computed once (what ``service/training/batching.py`` does), and,
 on a CPU with native bfloat16, that with the arithmetic in bfloat16 (what the trainer does there). A step is
 forward, backward, clipping and the AdamW update with the trainer's LoRA (r=16 on all projections, float32
-weights). The results go to ``reports/bench/training.json`` (docs/BENCHMARKS.md) and to the "Training speed"
+weights). The results go to ``docs/bench/results/training.json`` (docs/BENCHMARKS.md) and to the "Training speed"
 section of docs/TRAINING.md.
 """
 

@@ -24,31 +24,32 @@ class Settings(BaseSettings):
     model: str | None = None
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nl2dsl")
     # "auto": the checkpoint's own dtype on a GPU; on the CPU bfloat16 where the CPU has it natively and the model
-    # is compiled (cpu_compile), float32 elsewhere (service.engine.cpu.dtype; docs/BENCHMARKS.md, "bfloat16 on the
-    # CPU").
+    # is compiled (cpu_compile), float32 elsewhere (service.engine.cpu.dtype; docs/bench/history/2026-12-06.md,
+    # "bfloat16 on the CPU").
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int = 2048
     seed: int = 0
     # vLLM CPU backend: KV cache size in GiB (1 GiB ~ 46k tokens for the embedded model).
     cpu_kvcache_gib: int = 1
     # vLLM CPU backend: the cores that compute the model (vLLM's VLLM_CPU_OMP_THREADS_BIND: "auto", "nobind", a
-    # list such as "0-6"; "all": every core this process may use). None: the rule of docs/BENCHMARKS.md ("CPU
-    # threads"), service.engine.cpu.cpu_threads_bind.
+    # list such as "0-6"; "all": every core this process may use). None: the rule of
+    # docs/bench/history/2026-12-06.md ("CPU threads"), service.engine.cpu.cpu_threads_bind.
     cpu_threads_bind: str | None = None
     # vLLM CPU backend: compile the model (torch.compile, one trace) with LoRA on, which vLLM 0.32 would turn off;
     # service/engine/plugins/ makes the LoRA layers compilable. About 1.2x faster a token; the first start on
     # a machine compiles for about 2 minutes (2 cores), later ones load the compiled model from ~/.cache/vllm
-    # (docs/BENCHMARKS.md, "The compiled LoRA path"). False: eager, as vLLM would run it.
+    # (docs/bench/history/2026-12-06.md, "The compiled LoRA path"). False: eager, as vLLM would run it.
     cpu_compile: bool = True
     # vLLM CPU backend: compute the model in the engine-core process rather than a worker process of its own, whose
     # queue the engine core spins on while the model computes on the same cores. 0.86x the time per token at
-    # concurrency 1 on 2 cores and one interpreter fewer to start (docs/BENCHMARKS.md, "One engine process"); not
-    # with cpu_threads_bind "auto" (vLLM's NUMA rule). False: vLLM's two processes.
+    # concurrency 1 on 2 cores and one interpreter fewer to start (docs/bench/history/2026-12-06.md, "One engine
+    # process"); not with cpu_threads_bind "auto" (vLLM's NUMA rule). False: vLLM's two processes.
     cpu_one_process: bool = True
     gpu_memory_utilization: float = 0.9
 
     # Multi-LoRA: adapters live in the batch (max_loras), in host memory (max_cpu_loras), up to this rank. A batch
-    # holds at most max_loras distinct adapters (docs/BENCHMARKS.md, "mixed adapters"); each slot costs memory.
+    # holds at most max_loras distinct adapters (docs/bench/history/2026-12-06.md, "mixed adapters"); each slot
+    # costs memory.
     max_loras: int = 16
     max_cpu_loras: int = 32
     max_lora_rank: int = 16

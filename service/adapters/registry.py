@@ -111,8 +111,12 @@ class Adapter:
 
         ``tenant``: the tenant the caller acts as (an admin naming one), else the caller's own.
         """
-        acting = tenant if tenant is not None else caller.tenant
-        return caller.admin or self.shared or (acting is not None and acting in self.tenants)
+        return caller.admin or self.serves(tenant if tenant is not None else caller.tenant)
+
+    def serves(self, tenant: str | None) -> bool:
+        """Whether this adapter is made for ``tenant``'s requests (shared, or one of its tenants): the rule
+        without an admin's rights, by which a request that names no adapter is given one."""
+        return self.shared or (tenant is not None and tenant in self.tenants)
 
 
 class AdapterRegistry:
@@ -235,8 +239,8 @@ class AdapterRegistry:
                     detail={"adapter": name, "adapter_dsl": found.dsl, "dsl": dsl},
                 )
             return _servable(found)
-        acting = Caller(caller.key_id, tenant=tenant if tenant is not None else caller.tenant)
-        candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.usable_by(acting)]
+        acting = tenant if tenant is not None else caller.tenant
+        candidates = [a for a in self.all() if a.dsl in (None, dsl) and a.serves(acting)]
         # A tenant's own adapter beats a shared one; an adapter for this DSL beats a DSL-agnostic one.
         candidates.sort(key=lambda a: (a.shared, a.dsl is None, a.name))
         for candidate in candidates:

@@ -1,6 +1,6 @@
 """The engine's CPU choices: which cores it computes on, in how many processes, compiled or eager, in what dtype.
 
-Each is a setting (service.config) with a measured default (docs/BENCHMARKS.md: "CPU threads", "One engine
+Each is a setting (service.config) with a measured default (docs/bench/history/2026-12-06.md: "CPU threads", "One engine
 process", "bfloat16 on the CPU"); :func:`service.engine.core.open_engine` asks these functions before it starts
 vLLM. On a GPU they leave vLLM's own choices alone.
 """
@@ -18,7 +18,7 @@ from service.cpu_features import native_bfloat16
 __all__ = ["compiles", "cpu_threads_bind", "dtype", "engine_core_threads", "one_process"]
 
 #: Up to this many cores, every core computes the model: vLLM's own rule ("auto") keeps one core per worker for
-#: its scheduler, which on the 2-core default left the model one core (docs/BENCHMARKS.md, "CPU threads").
+#: its scheduler, which on the 2-core default left the model one core (docs/bench/history/2026-12-06.md, "CPU threads").
 _ALL_CORES_UP_TO = 4
 
 log = logging.getLogger("nl2dsl.engine")
@@ -37,7 +37,8 @@ def engine_core_threads(bind: str | None):
     """Start the engine-core process, while in this block, on the cores of ``bind`` (a list such as "0-3,8") with
     an OpenMP thread for each: it inherits the environment and the spawning thread's cores. OpenMP's own binding
     (GOMP_CPU_AFFINITY, as vLLM binds its worker) would pin every later thread of the process, its I/O threads
-    too, to the first core; confined but free, the measured time per token is the same (docs/BENCHMARKS.md)."""
+    too, to the first core; confined but free, the measured time per token is the same
+    (docs/bench/history/2026-12-06.md)."""
     if not bind or bind == "nobind":
         yield
         return
@@ -58,7 +59,8 @@ def engine_core_threads(bind: str | None):
 
 def cpu_threads_bind(setting: str | None, *, cores: set[int] | None = None) -> str:
     """vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` for a ``setting`` (service.config): "all" is every core this process
-    may run on (``cores``: that set); None applies the measured rule (docs/BENCHMARKS.md, "CPU threads")."""
+    may run on (``cores``: that set); None applies the measured rule (docs/bench/history/2026-12-06.md, "CPU
+    threads")."""
     cores = cores if cores is not None else os.sched_getaffinity(0)
     if setting is None:
         setting = "all" if len(cores) <= _ALL_CORES_UP_TO else "auto"
@@ -89,8 +91,9 @@ def compiles(settings: Settings) -> bool:
 
 def dtype(configured: str, *, compiled: bool) -> str:
     """The precision the engine computes in. ``auto``: the checkpoint's on a GPU; on the CPU bfloat16 where the CPU
-    has it natively and the model is compiled (as fast or faster a token, same outputs: docs/BENCHMARKS.md,
-    "bfloat16 on the CPU"), float32 elsewhere (eager bfloat16 falls back to slow matrix products)."""
+    has it natively and the model is compiled (as fast or faster a token, same outputs:
+    docs/bench/history/2026-12-06.md, "bfloat16 on the CPU"), float32 elsewhere (eager bfloat16 falls back to slow
+    matrix products)."""
     if configured != "auto":
         return configured
     from vllm.platforms import current_platform

@@ -78,26 +78,30 @@ class GrammarRegistry:
 
     def get(self, name: str, *, tenant: str | None = None) -> Grammar:
         """The DSL as ``tenant`` sees it: its own upload, a shared upload, its variant, or the shipped one."""
-        for owner in (tenant, None) if tenant is not None else (None,):
+        for owner in _owners(tenant):
             if (owner, name) in self._uploads:
                 return self._uploads[(owner, name)]
+        return self._shipped(name, tenant)
+
+    async def resolve(self, name: str, *, tenant: str | None = None) -> Grammar:
+        """:meth:`get`, with a pending upload the caller would get compiled first (one look-up per owner)."""
+        for owner in _owners(tenant):
+            key = (owner, name)
+            if key not in self._uploads and key in self._pending:
+                await self.compiled(owner, name)
+            if key in self._uploads:
+                self._uploads.move_to_end(key)
+                return self._uploads[key]
+        return self._shipped(name, tenant)
+
+    def _shipped(self, name: str, tenant: str | None) -> Grammar:
+        """The shipped DSL ``name``, as ``tenant``'s variant where it has one."""
         if tenant is not None and (tenant, name) in self._variants:
             return self._variants[(tenant, name)]
         try:
             return self._grammars[name]
         except KeyError:
             raise UnknownDSL(f"unknown dsl {name!r}", detail={"available": self.names()}) from None
-
-    async def resolve(self, name: str, *, tenant: str | None = None) -> Grammar:
-        """:meth:`get`, with a pending upload the caller would get compiled first."""
-        for owner in (tenant, None) if tenant is not None else (None,):
-            if (owner, name) in self._uploads:
-                self._uploads.move_to_end((owner, name))
-                break
-            if (owner, name) in self._pending:
-                await self.compiled(owner, name)
-                break
-        return self.get(name, tenant=tenant)
 
     async def compiled(self, owner: str | None, name: str) -> None:
         """Have ``owner``'s upload ``name`` compiled if it is pending (before it is changed or deleted); again if
@@ -252,3 +256,8 @@ def _with_catalog(structure: str, catalog: Catalog | None) -> str:
     if catalog is None:
         return structure
     return structure.rstrip("\n") + "\n\n" + catalog.grammar_rules()
+
+
+def _owners(tenant: str | None) -> tuple[str | None, ...]:
+    """Whose uploads a request of ``tenant`` sees, its own first: the tenant's, then the shared ones (None)."""
+    return (tenant, None) if tenant is not None else (None,)

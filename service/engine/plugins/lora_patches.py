@@ -23,7 +23,7 @@ One process: the platform also makes every CPU engine two processes, the engine 
 grammar masks) and a worker that computes the model, and the engine core spins on their shared-memory queue
 on the cores the worker computes on. With ``additional_config={ONE_PROCESS: True}`` the model runs in the
 engine-core process (vLLM's one-process executor, as its own in-process engine does); service.engine.cpu starts
-that process on the bound cores with an OpenMP thread each (docs/BENCHMARKS.md, "One engine process").
+that process on the bound cores with an OpenMP thread each (docs/bench/history/2026-12-06.md, "One engine process").
 
 vLLM loads ``vllm.general_plugins`` entry points in every process, the engine's worker included (see
 pyproject.toml). The patch applies only to the CPU build and version it was checked on; anywhere else it

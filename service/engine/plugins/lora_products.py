@@ -91,8 +91,9 @@ def _add_prompts(y: torch.Tensor, x: torch.Tensor, prompts: list[tuple[int, int,
     adapters' weights made for this call (``build``), one batched shrink over a window of the batch's rows around
     each prompt, and an expand per prompt written into its own rows of ``y``. A shrink per
     prompt cost more in its calls than in its arithmetic, and the windows and the batched product have a few
-    sizes only (``_bucket``: oneDNN makes a kernel per shape, docs/BENCHMARKS.md). False, and nothing added, for
-    fewer than two prompts, or when the windows would more than double their rows or not fit the batch."""
+    sizes only (``_bucket``: oneDNN makes a kernel per shape, docs/bench/history/2026-12-06.md). False, and
+    nothing added, for fewer than two prompts, or when the windows would more than double their rows or not fit
+    the batch."""
     if len(prompts) < 2:
         return False
     lengths = [stop - start for _, start, stop in prompts]
