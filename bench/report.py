@@ -9,12 +9,18 @@ number on it is typed here: each comes from a results file. Results a later run 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from bench.results import HISTORY_DIR, ROOT, load_all, progress
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 PLOT = ROOT / "docs" / "BENCHMARKS.png"
+#: Pages whose figures from the benchmarks are marked ``<!--bench:BENCH/COMPARISON:FIELD-->0.97<!--/bench-->``
+#: (COMPARISON as the table's first column writes it, FIELD ratio, value or baseline) and filled from the results.
+FIGURE_PAGES = [ROOT / "README.md"]
+_FIGURE = re.compile(r"<!--bench:(?P<bench>[a-z_]+)/(?P<comparison>[^>]+?):(?P<field>ratio|value|baseline)-->"
+                     r"(?P<shown>[^<]*)<!--/bench-->")
 
 INTRO = """\
 # Benchmarks
@@ -33,7 +39,10 @@ def main() -> None:
         raise SystemExit("no results in docs/bench/results/: run the benchmarks first (make bench)")
     DOC.write_text(render(results))
     _plot([c for r in results for c in r["comparisons"]], PLOT)
-    progress(f"wrote {DOC.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
+    for page in FIGURE_PAGES:
+        page.write_text(fill_figures(page.read_text(), results))
+    progress(f"wrote {DOC.relative_to(ROOT)}, {PLOT.relative_to(ROOT)} and the marked figures of "
+             f"{', '.join(p.name for p in FIGURE_PAGES)}")
 
 
 def render(results: list[dict]) -> str:
@@ -62,13 +71,33 @@ def render(results: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def fill_figures(text: str, results: list[dict]) -> str:
+    """``text`` with each marked figure as the results say (a mark no result answers: KeyError, naming it)."""
+    by_label = {(r["bench"], _label(c)): c for r in results for c in r["comparisons"]}
+
+    def figure(mark: re.Match) -> str:
+        key = (mark["bench"], mark["comparison"])
+        if key not in by_label:
+            raise KeyError(f"no comparison {mark['comparison']!r} in the results of bench.{mark['bench']}")
+        c = by_label[key]
+        shown = f"{c['ratio']:.2f}" if mark["field"] == "ratio" else f"{c[mark['field']]:.3g}"
+        return mark[0].replace(f">{mark['shown']}<", f">{shown}<")
+
+    return _FIGURE.sub(figure, text)
+
+
+def _label(c: dict) -> str:
+    """A comparison as the tables' first column writes it."""
+    value, baseline = c["versus"]
+    return f"{c['name']}: {value} vs {baseline}"
+
+
 def _goals(results: list[dict]) -> str:
     lines = ["| goal | latest | met | run |", "|---|---|---|---|"]
     for r in results:
         for c in r["comparisons"]:
             if c["goal"]:
-                value, baseline = c["versus"]
-                lines.append(f"| {c['name']}: {value} vs {baseline}, {c['goal']} | {c['ratio']:.2f} | "
+                lines.append(f"| {_label(c)}, {c['goal']} | {c['ratio']:.2f} | "
                              f"{'yes' if _met(c) else '**no**'} | {r['bench']}, {r['finished']} |")
     return "\n".join(lines) + "\n"
 
@@ -76,9 +105,8 @@ def _goals(results: list[dict]) -> str:
 def _table(rows: list[dict]) -> str:
     lines = ["| comparison | value | baseline | ratio | note |", "|---|---|---|---|---|"]
     for c in rows:
-        value, baseline = c["versus"]
         better = "higher is better" if c["higher_is_better"] else "lower is better"
-        lines.append("| " + " | ".join([f"{c['name']}: {value} vs {baseline}", f"{c['value']:.3g} {c['unit']}",
+        lines.append("| " + " | ".join([_label(c), f"{c['value']:.3g} {c['unit']}",
                                         f"{c['baseline']:.3g} {c['unit']}", f"{c['ratio']:.2f}",
                                         "; ".join(filter(None, [better, c["note"]]))]) + " |")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ the others a little more than shown). Two profiles:
 - ``h100``: a replica's concurrency and round from bench/capacity.py (Mistral-7B, bf16, 391 prompt and 50 output
   tokens, rank 16: 84 MB an adapter); the round grows with the distinct adapters in the batch as that model's
   step reads each slot. Load and fetch times are bandwidth assumptions (stated in ``PROFILES``).
-- ``cpu``: this 2-core CPU as measured (docs/BENCHMARKS.md): a request's time at concurrency 1, 8 and 32, the
+- ``cpu``: this 2-core CPU as measured (docs/bench/results/): a request's time at concurrency 1, 8 and 32, the
   mixed-adapter ratios, the cold-adapter cost; an adapter of the shipped size (19 MB).
 
 Five routers: round robin; least queue (fewest requests waiting, fetching or running); consistent hashing of the
@@ -35,6 +35,7 @@ import bisect
 import hashlib
 import heapq
 import itertools
+import json
 import math
 import random
 from collections import OrderedDict, deque
@@ -42,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.capacity import GPUS, SLOT_BYTES, Workload, fitted_efficiency, replica, round_seconds
-from bench.results import ROOT, progress
+from bench.results import RESULTS_DIR, ROOT, progress
 
 COMMAND = "python -m bench.routing"
 DOC = ROOT / "docs" / "SCALE.md"
@@ -98,20 +99,33 @@ def _h100() -> Profile:
 
 
 def _cpu() -> Profile:
-    # docs/BENCHMARKS.md: POST /generate at concurrency 1, 8, 32: 0.249, 1.33, 2.6 requests/s (one adapter).
-    measured = [(1, 1 / 0.249), (8, 8 / 1.33), (32, 32 / 2.6)]
-    # Mixed adapters in one batch (max_loras 64): 8 distinct keep 0.83, 64 distinct 0.81 of one adapter.
-    mixed = [(1, 1.0), (8, 1 / 0.83), (64, 1 / 0.81)]
+    # This machine as bench.service and bench.engine measured it (docs/bench/results/): POST /generate's requests/s
+    # at concurrency 1, 8 and 32 (one adapter), and what 8 and 64 distinct adapters in one batch keep of one's
+    # tokens/s (every adapter in a slot: max_loras 64).
+    service, engine = _results("service"), _results("engine")
+    measured = [(n, n / next(c["value"] for c in service if c["name"].startswith(f"concurrency {n} ")))
+                for n in (1, 8, 32)]
+    mixed = [(1, 1.0), *((k, 1 / next(c["ratio"] for c in engine
+                                      if c["name"] == f"{k} distinct adapters in 64 requests, max_loras 64"))
+                         for k in (8, 64))]
     return Profile(
         "cpu", replicas=8, lanes=8, max_loras=16, host_slots=32, disk_slots=50,
         service_s=lambda running, adapters: _interpolate(measured, running) * _interpolate(mixed, adapters),
         slot_load_s=0.0, host_load_s=0.026, fetch_s=0.05 + 19 / 250 + 19 / 500, adapter_mb=19, notes=(
             "a request's time at concurrency 1, 8 and 32 and the mixed-adapter ratios as measured here "
-            "(docs/BENCHMARKS.md)",
+            "(docs/bench/results/service.json, engine.json)",
             "host load: a never-seen adapter's first token, 0.026 s later than a loaded one's (measured); on the "
             "CPU the batch slots are host memory, so a slot load costs nothing more",
             "fetch of 19 MB: as the h100 profile's assumptions; the engine's defaults max_loras 16, "
             "max_cpu_loras 32; disk cache 50 adapters (1 GB)"))
+
+
+def _results(bench: str) -> list[dict]:
+    """The comparisons of bench.<bench>'s latest run (docs/bench/results/<bench>.json)."""
+    path = RESULTS_DIR / f"{bench}.json"
+    if not path.exists():
+        raise SystemExit(f"no {path}: run `python -m bench.{bench}` first (make bench)")
+    return json.loads(path.read_text())["comparisons"]
 
 
 def _interpolate(points: list[tuple[int, float]], x: int) -> float:

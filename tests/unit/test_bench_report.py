@@ -55,3 +55,22 @@ def test_the_report_code_types_no_figures():
 def test_the_committed_page_is_what_the_committed_results_make():
     assert list(RESULTS_DIR.glob("*.json")), "docs/bench/results/ is empty: run make bench"
     assert (report.DOC.read_text()) == report.render(load_all())
+
+
+def test_a_marked_figure_is_filled_from_the_results_and_an_unknown_one_is_named():
+    results = [_result("engine", [_comparison("grammar", 97.0, 100.0, ">= 0.95")])]
+    text = "kept <!--bench:engine/grammar: a vs b:ratio-->0.50<!--/bench--> of it"
+    assert report.fill_figures(text, results) == "kept <!--bench:engine/grammar: a vs b:ratio-->0.97<!--/bench--> of it"
+    try:
+        report.fill_figures("<!--bench:engine/nope: a vs b:value-->1<!--/bench-->", results)
+    except KeyError as exc:
+        assert "nope" in str(exc)
+    else:
+        raise AssertionError("an unknown figure was left as it was")
+
+
+def test_the_readmes_figures_are_the_results():
+    """Every figure README.md takes from a benchmark is marked, and is what the committed results say."""
+    readme = (report.ROOT / "README.md").read_text()
+    assert report._FIGURE.search(readme), "README.md marks no benchmark figure"
+    assert report.fill_figures(readme, load_all()) == readme
