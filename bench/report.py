@@ -97,7 +97,7 @@ def _goals(results: list[dict]) -> str:
     for r in results:
         for c in r["comparisons"]:
             if c["goal"]:
-                lines.append(f"| {_label(c)}, {c['goal']} | {c['ratio']:.2f} | "
+                lines.append(f"| {_label(c)}, {c['goal']} | {c['ratio']:.3f} | "
                              f"{'yes' if _met(c) else '**no**'} | {r['bench']}, {r['finished']} |")
     return "\n".join(lines) + "\n"
 

@@ -70,10 +70,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 log.info("starting the engine")
                 opening = asyncio.create_task(stack.enter_async_context(open_engine(settings, model=slot.model)))
                 stack.push_async_callback(_cancel, opening)
-            app.state.serving = serving = await asyncio.to_thread(_build_serving_after_imports, settings, slot)
-            app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
-            app.state.engine_slot = serving.engine
-            stack.push_async_callback(serving.grammars.sandbox.close)
             store = open_store(settings.store or str(settings.cache_dir / "store"),
                                endpoint_url=settings.s3_endpoint_url)
             versions, journal = Versions(store), Journal(store)
@@ -81,16 +77,19 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                              per_minute=settings.publishes_per_minute)
             pool = UploadPool(workers=settings.upload_workers)
             stack.callback(pool.close)
+            cache = await asyncio.to_thread(DiskCache, settings.cache_dir / "published-adapters",
+                                            max_bytes=settings.adapter_cache_bytes)
+            app.state.serving = serving = await asyncio.to_thread(
+                _build_serving_after_imports, settings, slot, versions=versions, cache=cache, pool=pool)
+            app.state.grammars, app.state.adapters = serving.grammars, serving.adapters
+            app.state.engine_slot = serving.engine
+            stack.push_async_callback(serving.grammars.sandbox.close)
             app.state.upload_bodies = UploadBodies(
                 per_owner=settings.upload_bodies_per_tenant, max_bytes=settings.upload_bytes_in_flight,
                 spool_dir=settings.cache_dir / "upload-bodies")
             app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
                                                    gate=gate, pool=pool)
             serving.grammars.loader = app.state.dsl_publisher.materialize  # uploads compiled on first use
-            cache = await asyncio.to_thread(DiskCache, settings.cache_dir / "published-adapters",
-                                            max_bytes=settings.adapter_cache_bytes)
-            serving.residency = AdapterResidency(serving.adapters, versions, cache, pool=pool,
-                                                 max_adapter_bytes=settings.max_adapter_bytes)
             app.state.adapter_publisher = AdapterPublisher(serving.adapters, versions, settings, serving.engine,
                                                            gate=gate, pool=pool, residency=serving.residency)
             follower = StoreFollower(versions, journal, [app.state.dsl_publisher, app.state.adapter_publisher],
@@ -154,13 +153,17 @@ def _own_url(settings: Settings) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
 
 
-def _build_serving_after_imports(settings: Settings, slot: EngineSlot) -> GenerateServing:
+def _build_serving_after_imports(settings: Settings, slot: EngineSlot, **store) -> GenerateServing:
     with IMPORT_LOCK:
-        return build_serving(settings, slot)
+        return build_serving(settings, slot, **store)
 
 
-def build_serving(settings: Settings, slot: EngineSlot | None = None) -> GenerateServing:
-    """The request path's pieces (registries, retriever, tokenizer, checks, admission; the engine's slot)."""
+def build_serving(settings: Settings, slot: EngineSlot | None = None, *, versions: Versions | None = None,
+                  cache: DiskCache | None = None, pool: UploadPool | None = None) -> GenerateServing:
+    """The request path's pieces (registries, retriever, tokenizer, checks, admission; the engine's slot), each
+    given what it needs as it is made. With the store's ``versions``, the adapter ``cache`` and the upload
+    ``pool``: the residency that fetches published adapters' files (without: shipped adapters only, as tools
+    that read no store)."""
     tenants = TenantConfigs.load(settings.grammars_dir)
     sandbox = GrammarSandbox(workers=settings.grammar_workers, memory_mb=settings.grammar_worker_memory_mb,
                              compile_timeout_s=settings.grammar_compile_timeout_s,
@@ -184,6 +187,8 @@ def build_serving(settings: Settings, slot: EngineSlot | None = None) -> Generat
         admission=Admission(max_queue=settings.max_queue, per_tenant=settings.tenant_max_concurrency,
                             engine_slots=settings.engine_slots),
         engine=slot or EngineSlot(model),
+        residency=AdapterResidency(registry, versions, cache, pool=pool, max_adapter_bytes=settings.max_adapter_bytes)
+        if versions is not None and cache is not None and pool is not None else None,
     )
     return serving
 

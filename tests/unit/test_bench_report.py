@@ -38,7 +38,7 @@ def test_each_goal_gets_one_row_with_its_latest_ratio_and_verdict(cases):
     assert len(rows) == len(with_goal)
     for row, c in zip(rows, with_goal, strict=True):
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert cells[1] == f"{c['ratio']:.2f}"
+        assert cells[1] == f"{c['ratio']:.3f}"
         op, bound = c["goal"].split()
         met = {">=": c["ratio"] >= float(bound), "<=": c["ratio"] <= float(bound), ">": c["ratio"] > float(bound)}[op]
         assert cells[2] == ("yes" if met else "**no**")

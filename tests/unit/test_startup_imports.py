@@ -16,9 +16,9 @@ def test_the_request_path_is_built_holding_the_import_lock(make_client, monkeypa
     held: list[bool] = []
     build = app_module.build_serving
 
-    def recording(settings, slot=None):
+    def recording(settings, slot=None, **store):
         held.append(IMPORT_LOCK.locked())
-        return build(settings, slot)
+        return build(settings, slot, **store)
 
     monkeypatch.setattr(app_module, "build_serving", recording)
     with make_client() as client:
@@ -55,3 +55,11 @@ def test_the_engine_thread_imports_vllm_holding_the_import_lock(monkeypatch):
 
     assert _start_async_llm(Settings(), "/models/m") == "engine"
     assert held == {"AsyncEngineArgs": True, "AsyncLLM": True, "from_engine_args": False}
+
+
+def test_the_request_path_is_given_its_adapter_residency_when_it_is_built(make_client):
+    """No wiring after construction: the serving object is made with the residency the store's adapters need."""
+    with make_client() as client:
+        serving = client.app.state.serving
+        assert serving.residency is not None and serving.residency.registry is serving.adapters
+        assert client.app.state.adapter_publisher.residency is serving.residency

@@ -92,7 +92,7 @@ class GenerateServing:
 
     def __init__(self, *, settings: Settings, grammars: GrammarRegistry, adapters: AdapterRegistry,
                  retriever: Retriever, tokenizer: Any, safety: SafetyChecker, admission: Admission,
-                 engine: EngineSlot) -> None:
+                 engine: EngineSlot, residency: AdapterResidency | None = None) -> None:
         self.settings = settings
         self.grammars = grammars
         self.adapters = adapters
@@ -101,8 +101,8 @@ class GenerateServing:
         self.safety = safety
         self.admission = admission
         self.engine = engine
-        #: Fetches a published adapter's files on first use (set once the store is open: service.app).
-        self.residency: AdapterResidency | None = None
+        #: Fetches a published adapter's files on first use (None: a service without a store, as in tools).
+        self.residency = residency
 
     async def start(self, caller: Caller, req: GenerateRequest, *, client_request_id: str | None = None) -> Job:
         """Admit the request and prepare it; raises its 4xx."""
