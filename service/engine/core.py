@@ -145,12 +145,13 @@ class Engine:
         failure is this request's own (409) and every other tenant is still served.
         """
         lora = self._host_loras.get(adapter.lora_id)
-        if lora is not None and (lora.lora_path, lora.lora_name) != (adapter.path, _engine_name(adapter)):
-            # The same weights under another name or folder (an adapter made for any DSL, asked for another; an
-            # upload's files moved into the cache): vLLM has them, but names the request and reloads from this.
+        loaded = lora is not None
+        # A new request object also for the same weights under another name or folder (an adapter made for any
+        # DSL, asked for another; an upload's files moved into the cache): vLLM names the request and reloads
+        # from it, without loading the weights again here.
+        if not loaded or (lora.lora_path, lora.lora_name) != (adapter.path, _engine_name(adapter)):
             lora = _lora_request(adapter)
-        elif lora is None:
-            lora = _lora_request(adapter)
+        if not loaded:
             try:
                 await self._llm.add_lora(lora)
             except Exception as exc:  # the reason names server paths: it goes to the log, not the caller
@@ -299,9 +300,6 @@ class _LRUMirror:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[int, object] = OrderedDict()
-
-    def __contains__(self, lora_id: int) -> bool:
-        return lora_id in self._ids
 
     def get(self, lora_id: int):
         """The cached adapter's ``LoRARequest``; None when the engine does not hold it."""
