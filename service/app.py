@@ -87,9 +87,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             app.state.upload_bodies = UploadBodies(
                 per_owner=settings.upload_bodies_per_tenant, max_bytes=settings.upload_bytes_in_flight,
                 spool_dir=settings.cache_dir / "upload-bodies")
-            app.state.dsl_publisher = DSLPublisher(serving.grammars, serving.retriever, versions, settings,
-                                                   gate=gate, pool=pool)
-            serving.grammars.loader = app.state.dsl_publisher.materialize  # uploads compiled on first use
+            app.state.dsl_publisher = DSLPublisher(serving.grammars, versions, settings, gate=gate, pool=pool)
             app.state.adapter_publisher = AdapterPublisher(serving.adapters, versions, settings, serving.engine,
                                                            gate=gate, pool=pool, residency=serving.residency)
             follower = StoreFollower(versions, journal, [app.state.dsl_publisher, app.state.adapter_publisher],
@@ -169,7 +167,7 @@ def build_serving(settings: Settings, slot: EngineSlot | None = None, *, version
                              compile_timeout_s=settings.grammar_compile_timeout_s,
                              parse_timeout_s=settings.parse_timeout_s)
     grammars = GrammarRegistry(settings.grammars_dir, tenants=tenants, narrow_to_policies=settings.safety,
-                               sandbox=sandbox, max_compiled=settings.max_compiled_dsls).load()
+                               sandbox=sandbox, versions=versions, max_compiled=settings.max_compiled_dsls).load()
     model = slot.model if slot else resolve_model(settings.model, settings.cache_dir)
     registry = AdapterRegistry(settings.adapters_dir, base_fingerprint=base_fingerprint(model),
                                base=BaseShapes.of(model), max_rank=settings.max_lora_rank).load()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -49,10 +51,14 @@ class ExampleIndex:
 
 
 class Retriever:
-    """One index per shipped DSL and per (tenant, DSL), built at start-up; one per upload, set as it comes."""
+    """One index per shipped DSL and per (tenant, DSL), built at start-up; one per upload version, built when a
+    request first asks (the ``max_uploads`` most recently used are kept)."""
 
-    def __init__(self, grammars: GrammarRegistry, data_dir: Path | None) -> None:
+    def __init__(self, grammars: GrammarRegistry, data_dir: Path | None, *, max_uploads: int = 256) -> None:
         self._indexes: dict[tuple, ExampleIndex] = {}
+        self._uploads: OrderedDict[tuple, ExampleIndex] = OrderedDict()
+        self._uploads_lock = threading.Lock()
+        self.max_uploads = max_uploads
         for grammar in grammars:
             self._indexes[(None, grammar.name)] = ExampleIndex(
                 [*grammar.examples, *_read(data_dir, grammar.name, None)]
@@ -62,13 +68,20 @@ class Retriever:
                 if own:
                     self._indexes[(tenant, grammar.name)] = ExampleIndex(own)
 
-    def set_upload(self, owner: str | None, name: str, examples: Sequence[Example]) -> None:
-        """The examples of an uploaded DSL (none: forget it); indexing costs CPU, call it beside the loop."""
-        key = ("upload", owner, name)
-        if examples:
-            self._indexes[key] = ExampleIndex(examples)
-        else:
-            self._indexes.pop(key, None)
+    def _upload_index(self, grammar: Grammar) -> ExampleIndex:
+        """The index of an uploaded DSL version's own examples (bounded in number by the upload's limits)."""
+        key = (grammar.owner, grammar.name, grammar.version, grammar.examples)
+        with self._uploads_lock:
+            index = self._uploads.get(key)
+            if index is not None:
+                self._uploads.move_to_end(key)
+                return index
+        index = ExampleIndex(grammar.examples)
+        with self._uploads_lock:
+            self._uploads[key] = index
+            while len(self._uploads) > self.max_uploads:
+                self._uploads.popitem(last=False)
+        return index
 
     def select(self, grammar: Grammar, text: str, *, k: int, tenant: str | None = None) -> list[Example]:
         """``k`` examples for a request, the tenant's first; the most similar comes last (next to the request).
@@ -78,12 +91,12 @@ class Retriever:
         """
         dsl = grammar.name
         if grammar.origin == "upload":
-            keys: tuple = (("upload", grammar.owner, dsl),)
+            indexes = [self._upload_index(grammar)] if grammar.examples else []
         else:
             keys = ((tenant, dsl), (None, dsl)) if tenant else ((None, dsl),)
+            indexes = [self._indexes.get(key) for key in keys]
         chosen: list[Example] = []
-        for key in keys:
-            index = self._indexes.get(key)
+        for index in indexes:
             if index is not None and len(chosen) < k:
                 chosen += [ex for ex in index.search(text, k=k - len(chosen)) if ex not in chosen]
         return chosen[::-1]

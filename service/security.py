@@ -13,6 +13,12 @@ Requests send ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``). No key 
 a tenant's key that names another tenant, a DSL it may not use or an admin operation is a 403.
 The file is read again when it changes (a revoked key stops working within about a second, no restart).
 Keys never reach logs or metrics: a caller carries only the first 8 hex digits of its key's digest.
+
+One access rule covers everything tenants own (DSL uploads, adapters, onboarding runs): a thing *serves* a
+tenant's requests when it is shared (owner None: shipped, or an admin's) or the tenant is among its owners
+(:func:`serves`); a caller *may use* what serves the tenant it acts as, an admin everything
+(:meth:`Caller.may_use`); a caller *may manage* (see, change, delete) only its tenant's own things, an admin
+any (:meth:`Caller.may_manage`).
 ``NL2DSL_AUTH=off`` is the local development mode (every caller :data:`DEVELOPER`); ``make serve`` sets it.
 """
 
@@ -23,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +39,7 @@ from service import safe_yaml
 from service.errors import Forbidden, Unauthorized
 from service.names import NAME_PATTERN
 
-__all__ = ["DEVELOPER", "Caller", "KeyEntry", "KeyStore", "hash_key", "presented_key"]
+__all__ = ["DEVELOPER", "Caller", "KeyEntry", "KeyStore", "hash_key", "presented_key", "serves"]
 
 log = logging.getLogger("nl2dsl.security")
 
@@ -43,6 +49,12 @@ _RELOAD_CHECK_S = 1.0
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def serves(owners: Collection[str | None], tenant: str | None) -> bool:
+    """Whether a thing owned by ``owners`` is for ``tenant``'s requests: it is shared (None among its owners) or
+    the tenant is one of them. The access rule without an admin's rights."""
+    return None in owners or (tenant is not None and tenant in owners)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,15 @@ class Caller:
             raise Forbidden(f"this API key belongs to tenant {self.tenant!r}, not {requested!r}",
                             detail={"tenant": requested})
         return self.tenant
+
+    def may_use(self, owners: Collection[str | None], *, tenant: str | None = None) -> bool:
+        """Whether the caller may use a thing owned by ``owners``, acting as ``tenant`` (default: its own)."""
+        return self.admin or serves(owners, tenant if tenant is not None else self.tenant)
+
+    def may_manage(self, owner: str | None) -> bool:
+        """Whether the caller may see, change or delete what ``owner`` owns privately (an onboarding run, the
+        history of an upload): its own tenant's, or anything for an admin."""
+        return self.admin or (owner is not None and owner == self.tenant)
 
     def may_use_dsl(self, dsl: str) -> bool:
         return self.admin or self.dsls is None or dsl in self.dsls

@@ -18,9 +18,10 @@ never share one (a hash of name and weights, cut to 31 bits, could collide by co
 get a new id. An adapter the engine could not load on this replica is quarantined here: kept with the reason,
 listed to its owner, never handed to the engine again.
 
-One rule says who may use an adapter (:meth:`Adapter.usable_by`): its own tenants, everyone for a shared one,
-admins always. Resolution, listing and warm-up all ask it, before anything else about the adapter is looked
-at: to a tenant, another tenant's adapter is exactly as unknown as one that does not exist.
+The service's one access rule (:mod:`service.security`) says who may use an adapter
+(:meth:`Adapter.usable_by`): its own tenants, everyone for a shared one, admins always. Resolution, listing
+and warm-up all ask it, before anything else about the adapter is looked at: to a tenant, another tenant's
+adapter is exactly as unknown as one that does not exist.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from service.adapters.validation import AdapterInvalid, BaseShapes, Manifest, ch
 from service.engine import AdapterRef
 from service.errors import AdapterUnavailable, BadRequest, UnknownAdapter
 from service.names import EVERY_TENANT, client_name
-from service.security import Caller
+from service.security import Caller, serves
 
 __all__ = ["BASE", "Adapter", "AdapterRegistry", "read_adapter"]
 
@@ -106,17 +107,20 @@ class Adapter:
         dsl = self.dsl or dsl
         return AdapterRef(name=client_name(dsl, self.name), lora_id=self.lora_id, path=str(self.path))
 
-    def usable_by(self, caller: Caller, *, tenant: str | None = None) -> bool:
-        """The one access rule: shared adapters serve everyone, a tenant's its own tenants, admins everything.
+    @property
+    def owners(self) -> tuple[str | None, ...]:
+        """Whom the adapter is for, as the access rule reads it (:mod:`service.security`): None for every tenant."""
+        return tuple(None if t == EVERY_TENANT else t for t in self.tenants)
 
-        ``tenant``: the tenant the caller acts as (an admin naming one), else the caller's own.
-        """
-        return caller.admin or self.serves(tenant if tenant is not None else caller.tenant)
+    def usable_by(self, caller: Caller, *, tenant: str | None = None) -> bool:
+        """The access rule (:meth:`Caller.may_use`): ``tenant`` is the tenant the caller acts as (an admin
+        naming one), else the caller's own."""
+        return caller.may_use(self.owners, tenant=tenant)
 
     def serves(self, tenant: str | None) -> bool:
-        """Whether this adapter is made for ``tenant``'s requests (shared, or one of its tenants): the rule
-        without an admin's rights, by which a request that names no adapter is given one."""
-        return self.shared or (tenant is not None and tenant in self.tenants)
+        """Whether this adapter is for ``tenant``'s requests (:func:`service.security.serves`): the rule without
+        an admin's rights, by which a request that names no adapter is given one."""
+        return serves(self.owners, tenant)
 
 
 class AdapterRegistry:

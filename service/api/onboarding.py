@@ -58,14 +58,14 @@ async def start_onboarding(body: OnboardingStart, request: Request, jobs: Onboar
     await grammars.sandbox.compile(body.grammar, start=body.start, source=f"<{body.name}>", limits=DecodingLimits(),
                                    owner=tenant)
     options = OnboardOptions(**{**body.model_dump(include=set(OnboardOptions.model_fields)), "tenant": tenant})
-    return await asyncio.to_thread(jobs.start, body.name, body.grammar, body.pairs, options,
+    return await asyncio.to_thread(jobs.start, body.name, body.grammar, body.pairs, options, caller=caller,
                                    api_key=presented_key(request.headers))
 
 
 @router.get("/onboarding/{job_id}", responses=error_responses(401, 404, 413, 422))
 async def onboarding_status(job_id: JobId, jobs: OnboardingJobsDep, caller: CallerDep) -> dict[str, Any]:
     """The run's state, stage, training progress, scores so far, verdict and last log lines."""
-    return await asyncio.to_thread(jobs.status, job_id, tenant=caller.tenant, admin=caller.admin)
+    return await asyncio.to_thread(jobs.status, job_id, caller)
 
 
 @router.get("/onboarding/{job_id}/report.{kind}", responses=error_responses(401, 404, 413, 422))
@@ -73,12 +73,12 @@ async def onboarding_report(job_id: JobId, kind: Annotated[str, Path(pattern="^(
                             jobs: OnboardingJobsDep, caller: CallerDep) -> FileResponse:
     """The report of a run that has ended: Markdown, the PNG chart, or every number as JSON."""
     filename, media_type = _REPORTS[kind]
-    path = await asyncio.to_thread(jobs.report, job_id, filename, tenant=caller.tenant, admin=caller.admin)
+    path = await asyncio.to_thread(jobs.report, job_id, filename, caller)
     return FileResponse(path, media_type=media_type)
 
 
 @router.delete("/onboarding/{job_id}", status_code=204, responses=error_responses(401, 404, 413, 422))
 async def cancel_onboarding(job_id: JobId, jobs: OnboardingJobsDep, caller: CallerDep) -> Response:
     """Stop the run (nothing it has not yet published is published)."""
-    await asyncio.to_thread(jobs.cancel, job_id, tenant=caller.tenant, admin=caller.admin)
+    await asyncio.to_thread(jobs.cancel, job_id, caller)
     return Response(status_code=204)

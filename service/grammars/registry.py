@@ -6,24 +6,27 @@ connectors (``grammars/tenants/<tenant>.yaml``) gets its own variant. Uploads (`
 owner (a tenant, or None for an admin's shared upload) and are looked up by owner: another tenant's upload
 is as unknown as one that does not exist.
 
-An upload another replica published is *pending* here until a request needs it: :meth:`resolve` has it
-compiled then (``loader``, :meth:`service.grammars.uploads.DSLPublisher.materialize`; one compile however many
-requests wait), and at most ``max_compiled`` uploads stay compiled, the least recently used going back to
-pending. So a replica's start and memory do not grow with the number of DSLs published.
+An upload another replica published is *pending* here until a request needs it: :meth:`resolve` reads it
+from the store's ``versions`` and compiles it in the sandbox then (one compile however many requests wait), and
+at most ``max_compiled`` uploads stay compiled, the least recently used going back to pending. So a replica's
+start and memory do not grow with the number of DSLs published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from service.errors import UnknownDSL
+from service.errors import NL2DSLError, StoreUnavailable, UnknownDSL
 from service.grammars.bounds import DecodingLimits
 from service.grammars.catalog import Catalog
 from service.grammars.compile import compile_grammar
@@ -32,10 +35,12 @@ from service.grammars.grammar import Grammar, ParseResult
 from service.grammars.sandbox import GrammarSandbox
 from service.grammars.tenants import TenantConfig, TenantConfigs
 from service.policy import Policy
-from service.security import Caller
-from service.store import Version
+from service.security import Caller, serves
+from service.store import Version, Versions
 
 __all__ = ["GrammarRegistry", "load_grammar_file"]
+
+log = logging.getLogger("nl2dsl.grammars")
 
 
 class GrammarRegistry:
@@ -43,15 +48,18 @@ class GrammarRegistry:
 
     With ``narrow_to_policies`` (the service, when safety is on) every grammar's decoding is narrowed to its
     tenant's policy (the shared ones to the default policy), so constrained output cannot break it.
-    ``sandbox`` compiles and parses uploads (the service; tools that only read shipped grammars need none).
+    ``sandbox`` compiles and parses uploads, ``versions`` (the store) holds the published ones (the service;
+    tools that only read shipped grammars need neither).
     """
 
     def __init__(self, directory: Path, *, tenants: TenantConfigs | None = None, narrow_to_policies: bool = False,
-                 sandbox: GrammarSandbox | None = None, max_compiled: int = 2000) -> None:
+                 sandbox: GrammarSandbox | None = None, versions: Versions | None = None,
+                 max_compiled: int = 2000) -> None:
         self.directory = Path(directory)
         self.tenants = tenants if tenants is not None else TenantConfigs.load(self.directory)
         self.narrow_to_policies = narrow_to_policies
         self.sandbox = sandbox
+        self.versions = versions
         self.max_compiled = max_compiled
         self._grammars: dict[str, Grammar] = {}
         self._variants: dict[tuple[str, str], Grammar] = {}
@@ -60,8 +68,6 @@ class GrammarRegistry:
         self._pending: dict[tuple[str | None, str], Version] = {}
         self._loading: dict[tuple[str | None, str], asyncio.Task[None]] = {}
         self._sources: dict[tuple[str | None, str], Version] = {}
-        #: Compiles and installs a pending upload (set by the DSL publisher).
-        self.loader: Callable[[Version], Awaitable[None]] | None = None
 
     def load(self) -> GrammarRegistry:
         """Compile every ``*.lark`` in the directory, then each tenant's variant; the first failure stops it."""
@@ -105,13 +111,13 @@ class GrammarRegistry:
 
     async def compiled(self, owner: str | None, name: str) -> None:
         """Have ``owner``'s upload ``name`` compiled if it is pending (before it is changed or deleted); again if
-        a newer version arrived while it compiled (a loader that fails drops the version from pending)."""
+        a newer version arrived while it compiled (a compile that fails drops the version from pending)."""
         while (owner, name) in self._pending:
             await self._load(owner, name)
 
     async def resolve_usable(self, caller: Caller) -> list[Grammar]:
         """:meth:`usable`, with the pending uploads the caller may use compiled first."""
-        for owner, name in [key for key in self._pending if key[0] in (None, caller.tenant)]:
+        for owner, name in [key for key in self._pending if serves((key[0],), caller.tenant)]:
             if caller.may_use_dsl(name):
                 await self.compiled(owner, name)
         return self.usable(caller)
@@ -120,12 +126,46 @@ class GrammarRegistry:
         key = (owner, name)
         task = self._loading.get(key)
         if task is None:
-            if self.loader is None:
-                raise RuntimeError("pending uploads need a loader")
-            task = asyncio.create_task(self.loader(self._pending[key]))
+            task = asyncio.create_task(self.materialize(self._pending[key], owner=owner))
             self._loading[key] = task
             task.add_done_callback(lambda _: self._loading.pop(key, None))
         await asyncio.shield(task)
+
+    async def materialize(self, version: Version, *, owner: str | None) -> None:
+        """Read ``version`` from the store, compile it and serve it. One that cannot be is dropped, and said
+        (UnknownDSL; StoreUnavailable when the store cannot be read: the version stays pending)."""
+        if self.versions is None:
+            raise RuntimeError("published uploads need the store")
+        try:
+            record = json.loads(await asyncio.to_thread(self.versions.read, version))
+            grammar, _ = await self.compile_upload(record, version=version.number)
+        except StoreUnavailable:
+            raise
+        except (NL2DSLError, ValueError, KeyError, TypeError) as exc:
+            with contextlib.suppress(UnknownDSL):
+                self.remove_upload(version.name, owner=owner)
+            log.error("dsl %s/%s version %d cannot be served: %s", version.owner, version.name, version.number,
+                      getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            raise UnknownDSL(f"dsl {version.name!r} cannot be served on this replica",
+                             detail={"name": version.name}) from None
+        self.add_upload(grammar, owner=owner, version=version)
+
+    async def compile_upload(self, record: dict[str, Any], *,
+                             version: int) -> tuple[Grammar, tuple[ParseResult, ...]]:
+        """An upload's stored record (:mod:`service.grammars.uploads`) compiled in the sandbox: the grammar, and
+        the parse of each of its examples."""
+        if self.sandbox is None:
+            raise RuntimeError("uploads need the grammar sandbox")
+        limits = DecodingLimits(**record.get("limits", {}))
+        examples = [Example(e["text"], e["code"], e.get("context")) for e in record.get("examples", [])]
+        compiled = await self.sandbox.compile(
+            record["grammar"], start=record["start"], source=f"<{record['name']}>", limits=limits,
+            owner=record["owner"], codes=[e.code for e in examples])
+        grammar = Grammar(name=record["name"], description=record.get("description", ""), text=record["grammar"],
+                          engine_text=compiled.engine_text, examples=tuple(examples), start=record["start"],
+                          structure=record["grammar"], origin="upload", limits=limits, bounded=compiled.bounded,
+                          warnings=compiled.warnings, owner=record["owner"], version=version)
+        return grammar, compiled.results
 
     def add_pending(self, version: Version, *, owner: str | None) -> None:
         """An upload to compile when first needed (a newer version replaces what this replica served)."""
@@ -161,14 +201,13 @@ class GrammarRegistry:
         """The DSLs ``caller`` may use: the shipped ones as its tenant sees them, shared uploads, its own."""
         tenant = caller.tenant
         shipped = [self.get(name, tenant=tenant) for name in self.names()]
-        uploads = self.uploads(None) + (self.uploads(tenant) if tenant is not None else [])
+        uploads = [g for owner in reversed(_owners(tenant)) for g in self.uploads(owner)]
         return [g for g in shipped + uploads if caller.may_use_dsl(g.name)]
 
     def usable_names(self, caller: Caller) -> list[tuple[str, str | None]]:
         """``(name, owner)`` of each DSL :meth:`usable` lists, pending uploads included: naming them compiles
         nothing."""
-        owners = (None, caller.tenant) if caller.tenant is not None else (None,)
-        uploads = [(name, owner) for owner in owners
+        uploads = [(name, owner) for owner in reversed(_owners(caller.tenant))
                    for name in sorted({n for o, n in [*self._uploads, *self._pending] if o == owner})]
         return [(n, o) for n, o in [(name, None) for name in self.names()] + uploads if caller.may_use_dsl(n)]
 
@@ -259,5 +298,6 @@ def _with_catalog(structure: str, catalog: Catalog | None) -> str:
 
 
 def _owners(tenant: str | None) -> tuple[str | None, ...]:
-    """Whose uploads a request of ``tenant`` sees, its own first: the tenant's, then the shared ones (None)."""
+    """Whose uploads serve a request of ``tenant`` (:func:`service.security.serves`), its own first: the
+    tenant's, then the shared ones (None)."""
     return (tenant, None) if tenant is not None else (None,)

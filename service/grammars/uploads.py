@@ -3,8 +3,9 @@
 A DSL version is one JSON document in the store (grammar as written, start rule, description, examples,
 decoding limits, owner). Publishing compiles it in a sandbox worker (the server never compiles a tenant's
 grammar itself), writes the next version and installs it on this replica at once; the other replicas install
-it when they see the version (:mod:`service.sync`). Examples go to retrieval for that DSL as soon as the
-version is installed. A rollback publishes an earlier version again; a deletion publishes a tombstone. Every
+it when they see the version (:mod:`service.sync`), compiling it when a request first needs it
+(:meth:`GrammarRegistry.materialize`); retrieval indexes a version's examples when a request first asks for
+them. A rollback publishes an earlier version again; a deletion publishes a tombstone. Every
 change goes through the owner's gate (:mod:`service.publishing`: one at a time, quotas counted in the store,
 a rate per minute), and JSONL examples are read on the upload pool (:mod:`service.upload_pool`), bounded in
 lines and in rejected lines, each line a typed :class:`ExampleLine`.
@@ -12,10 +13,8 @@ lines and in rejected lines, each line a typed :class:`ExampleLine`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -23,19 +22,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.config import Settings
-from service.errors import Forbidden, NL2DSLError, RequestInvalid, StoreUnavailable, UnknownDSL
+from service.errors import Forbidden, RequestInvalid, UnknownDSL
 from service.grammars.bounds import DecodingLimits
 from service.grammars.examples import Example
 from service.grammars.grammar import Grammar, ParseResult
 from service.grammars.registry import GrammarRegistry
 from service.publishing import OwnerGate
-from service.retrieval import Retriever
 from service.store import Kind, Version, Versions, owner_key, tenant_of
 from service.upload_pool import UploadPool
 
 __all__ = ["DSLPublisher", "ExampleLine", "grammar_size_problem", "read_example_lines"]
-
-log = logging.getLogger("nl2dsl.grammars")
 
 _KIND = Kind.DSLS
 #: Rejected lines listed in an answer (the rest are counted).
@@ -104,10 +100,9 @@ class DSLPublisher:
 
     kind = _KIND
 
-    def __init__(self, registry: GrammarRegistry, retriever: Retriever, versions: Versions, settings: Settings, *,
+    def __init__(self, registry: GrammarRegistry, versions: Versions, settings: Settings, *,
                  gate: OwnerGate, pool: UploadPool) -> None:
         self.registry = registry
-        self.retriever = retriever
         self.versions = versions
         self.settings = settings
         self.gate = gate
@@ -179,34 +174,18 @@ class DSLPublisher:
         await self.install(await self.gate.withdraw(_KIND, owner_key(owner), name, suffix="json"))
 
     async def install(self, version: Version) -> None:
-        """Serve ``version`` on this replica (a deletion: stop serving the DSL). A version the store's journal
-        recorded is compiled when a request first needs it (:meth:`GrammarRegistry.resolve`)."""
+        """Serve ``version`` on this replica (a deletion: stop serving the DSL). A version is compiled when a
+        request first needs it (:meth:`GrammarRegistry.resolve`); one from a store written before the journal
+        (no description recorded) at once."""
         owner = tenant_of(version.owner)
         self.installed[(version.owner, version.name)] = version.number
         if version.deleted:
             with contextlib.suppress(UnknownDSL):
                 self.registry.remove_upload(version.name, owner=owner)
-            await asyncio.to_thread(self.retriever.set_upload, owner, version.name, ())
-        elif version.meta:
-            self.registry.add_pending(version, owner=owner)
-        else:  # from a store written before the journal
-            await self.materialize(version)
-
-    async def materialize(self, version: Version) -> None:
-        """Compile ``version`` and serve it (the registry's loader). One that cannot be is dropped, and said."""
-        owner = tenant_of(version.owner)
-        try:
-            record = json.loads(await asyncio.to_thread(self.versions.read, version))
-            await self._install(await self._compile(record, version=version.number), owner, version)
-        except (NL2DSLError, ValueError, KeyError, TypeError) as exc:
-            if isinstance(exc, StoreUnavailable):
-                raise
-            with contextlib.suppress(UnknownDSL):
-                self.registry.remove_upload(version.name, owner=owner)
-            log.error("dsl %s/%s version %d cannot be served: %s", version.owner, version.name, version.number,
-                      getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
-            raise UnknownDSL(f"dsl {version.name!r} cannot be served on this replica",
-                             detail={"name": version.name}) from None
+            return
+        self.registry.add_pending(version, owner=owner)
+        if not version.meta:
+            await self.registry.compiled(owner, version.name)
 
     async def _own(self, owner: str | None, name: str) -> Grammar:
         await self.registry.compiled(owner, name)
@@ -216,18 +195,7 @@ class DSLPublisher:
         return grammar
 
     async def _compile(self, record: dict[str, Any], *, version: int) -> _Checked:
-        limits = DecodingLimits(**record.get("limits", {}))
-        examples = [Example(e["text"], e["code"], e.get("context")) for e in record.get("examples", [])]
-        if self.registry.sandbox is None:
-            raise RuntimeError("uploads need the grammar sandbox")
-        compiled = await self.registry.sandbox.compile(
-            record["grammar"], start=record["start"], source=f"<{record['name']}>", limits=limits,
-            owner=record["owner"], codes=[e.code for e in examples])
-        grammar = Grammar(name=record["name"], description=record.get("description", ""), text=record["grammar"],
-                          engine_text=compiled.engine_text, examples=tuple(examples), start=record["start"],
-                          structure=record["grammar"], origin="upload", limits=limits, bounded=compiled.bounded,
-                          warnings=compiled.warnings, owner=record["owner"], version=version)
-        return _Checked(grammar, compiled.results)
+        return _Checked(*await self.registry.compile_upload(record, version=version))
 
     async def _publish(self, record: dict[str, Any], checked: _Checked) -> Grammar:
         bad = [i for i, result in enumerate(checked.examples_checked) if not result.valid]
@@ -241,13 +209,8 @@ class DSLPublisher:
                                           meta={"description": record.get("description", "")})
         self.installed[(version.owner, version.name)] = version.number
         grammar = replace(checked.grammar, version=version.number)
-        await self._install(_Checked(grammar, checked.examples_checked), owner, version)
-        return grammar
-
-    async def _install(self, checked: _Checked, owner: str | None, version: Version | None = None) -> None:
-        grammar = checked.grammar
-        await asyncio.to_thread(self.retriever.set_upload, owner, grammar.name, grammar.examples)
         self.registry.add_upload(grammar, owner=owner, version=version)
+        return grammar
 
 
 def _record(grammar: Grammar, owner: str | None) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from typing import Any
 from service.config import PROJECT_ROOT
 from service.errors import NotFound, OnboardingBusy, QuotaExceeded
 from service.onboarding.options import OnboardOptions
+from service.security import Caller
 from service.store import owner_key
 
 __all__ = ["OnboardingJobs", "RunLimits"]
@@ -99,9 +100,9 @@ class OnboardingJobs:
         self._paused: set[str] = set()
         self._closed = threading.Event()
 
-    def start(self, name: str, grammar: str, pairs: str, options: OnboardOptions, *,
+    def start(self, name: str, grammar: str, pairs: str, options: OnboardOptions, *, caller: Caller,
               api_key: str | None) -> dict[str, Any]:
-        """Write the team's files and start the run; its status at once (``state`` "running")."""
+        """Write the team's files and start ``caller``'s run; its status at once (``state`` "running")."""
         tenant = options.tenant
         with self._lock:  # the one-run rules: checked and taken together
             if tenant in self._tenants.values():
@@ -128,7 +129,7 @@ class OnboardingJobs:
                                 api_key))
             self._start_queued()
             self._supervise()
-        return self.status(job_id, tenant=tenant, admin=False)
+        return self.status(job_id, caller)
 
     def _start_queued(self) -> None:
         """Start the first queued run if no run is running (under the lock)."""
@@ -166,10 +167,10 @@ class OnboardingJobs:
             env["NL2DSL_API_KEY"] = api_key
         return env
 
-    def status(self, job_id: str, *, tenant: str | None, admin: bool) -> dict[str, Any]:
+    def status(self, job_id: str, caller: Caller) -> dict[str, Any]:
         """The run's status: what the child last wrote, and whether it is still running (server paths hidden)."""
         self._supervise()
-        folder, job = self._job(job_id, tenant=tenant, admin=admin)
+        folder, job = self._job(job_id, caller)
         status_path = folder / "status.json"
         try:
             status = json.loads(status_path.read_text())
@@ -195,17 +196,17 @@ class OnboardingJobs:
         shown = [scrub(line) for line in lines if not _TRACEBACK_LINE.match(line)]
         return {**job, **status, "log": shown[-20:]}
 
-    def report(self, job_id: str, filename: str, *, tenant: str | None, admin: bool) -> Path:
+    def report(self, job_id: str, filename: str, caller: Caller) -> Path:
         """``ONBOARDING.md`` / ``.png`` / ``.json`` of a run that has ended."""
-        folder, job = self._job(job_id, tenant=tenant, admin=admin)
+        folder, job = self._job(job_id, caller)
         path = self._work(job["tenant"], job["name"]) / "report" / filename
         if not path.exists():
             raise NotFound(f"onboarding run {job_id} has no report yet", detail={"id": job_id})
         return path
 
-    def cancel(self, job_id: str, *, tenant: str | None, admin: bool) -> None:
+    def cancel(self, job_id: str, caller: Caller) -> None:
         """Stop a run (its process group: the child and what it started); killed if still there 30 s later."""
-        self._job(job_id, tenant=tenant, admin=admin)
+        self._job(job_id, caller)
         with self._lock:
             if any(queued_id == job_id for queued_id, *_ in self._queue):
                 self._queue = [entry for entry in self._queue if entry[0] != job_id]
@@ -308,14 +309,14 @@ class OnboardingJobs:
     def _work(self, tenant: str | None, name: str) -> Path:
         return self.root / "work" / owner_key(tenant) / name
 
-    def _job(self, job_id: str, *, tenant: str | None, admin: bool) -> tuple[Path, dict[str, Any]]:
+    def _job(self, job_id: str, caller: Caller) -> tuple[Path, dict[str, Any]]:
         """The run's folder and record; another tenant's run is as absent as one that never was."""
         folder = self.root / "runs" / job_id
         record = folder / "job.json"
         if not (len(job_id) == 16 and job_id.isalnum() and record.exists()):
             raise NotFound(f"no onboarding run {job_id!r}", detail={"id": job_id})
         job = json.loads(record.read_text())
-        if not admin and job["tenant"] != tenant:
+        if not caller.may_manage(job["tenant"]):
             raise NotFound(f"no onboarding run {job_id!r}", detail={"id": job_id})
         return folder, job
 

@@ -6,6 +6,7 @@ the upload pool are real."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -234,24 +235,28 @@ def test_a_dsl_version_that_arrives_while_the_last_one_compiles_is_the_one_serve
     from service.grammars.grammar import Grammar
     from service.store import Version
 
-    registry = GrammarRegistry(Settings().grammars_dir)
+    class Store:  # the two versions' records, as the store holds them
+        def read(self, version: Version) -> bytes:
+            return json.dumps({"name": "kv", "owner": "alpha-corp", "grammar": f"v{version.number}",
+                               "start": "start"}).encode()
+
+    registry = GrammarRegistry(Settings().grammars_dir, versions=Store())
     v1, v2 = (Version("dsls", "alpha-corp", "kv", n, 1, f"dsls/alpha-corp/kv/0000000{n}.json",
                       meta={"description": "kv"}) for n in (1, 2))
-    loaded = []
+    compiled = []
 
-    async def loader(version: Version) -> None:
-        if version.number == 1:
+    async def compile_upload(record, *, version):
+        if version == 1:
             registry.add_pending(v2, owner="alpha-corp")  # published while version 1 compiles
         await asyncio.sleep(0)
-        loaded.append(version.number)
-        registry.add_upload(Grammar(name="kv", description="", text=f"v{version.number}", engine_text="",
-                                    examples=(), version=version.number, origin="upload"),
-                            owner="alpha-corp", version=version)
+        compiled.append(version)
+        return Grammar(name="kv", description="", text=record["grammar"], engine_text="", examples=(),
+                       version=version, origin="upload"), ()
 
-    registry.loader = loader
+    registry.compile_upload = compile_upload
     registry.add_pending(v1, owner="alpha-corp")
     served = asyncio.run(registry.resolve("kv", tenant="alpha-corp"))
-    assert loaded == [1, 2] and served.version == 2
+    assert compiled == [1, 2] and served.version == 2 and served.text == "v2"
 
 
 def test_naming_the_models_compiles_no_pending_dsl(replica):

@@ -59,3 +59,22 @@ def test_building_an_index_writes_no_debug_lines_into_the_service_log():
         root.removeHandler(handler)
         root.setLevel(level)
     assert not [r for r in records if r.name.startswith("bm25s")]
+
+
+def test_an_uploads_examples_are_its_own_versions_and_the_indexes_kept_are_bounded(tmp_path):
+    """An upload's examples are indexed when first asked for, per version: a new version's examples replace the
+    old ones at once, another owner's upload of the same name never lends its own, and at most ``max_uploads``
+    indexes are kept however many uploads are asked for."""
+    from dataclasses import replace
+
+    retriever = Retriever(GRAMMARS, tmp_path, max_uploads=2)
+    base = replace(GRAMMARS.get("flow"), origin="upload", owner="alpha-corp", version=1,
+                   examples=(Example("send the invoice to billing", "OLD"),))
+    assert [e.code for e in retriever.select(base, "send invoice", k=2)] == ["OLD"]
+    newer = replace(base, version=2, examples=(Example("send the invoice to billing", "NEW"),))
+    assert [e.code for e in retriever.select(newer, "send invoice", k=2)] == ["NEW"]
+    theirs = replace(base, owner="beta-corp", examples=())
+    assert retriever.select(theirs, "send invoice", k=2) == []
+    for n in range(3, 10):
+        retriever.select(replace(base, version=n), "send invoice", k=1)
+    assert len(retriever._uploads) == 2

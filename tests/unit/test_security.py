@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.adapters import Adapter
 from service.engine.core import _until
@@ -93,6 +95,17 @@ def test_only_an_admin_may_reload_adapters(keyed_client):
         tenant = client.post("/adapters/reload", headers=_auth("contoso-secret"))
         admin = client.post("/adapters/reload", headers=_auth("admin-secret"))
     assert tenant.status_code == 403 and admin.status_code == 200
+
+
+@given(owners=st.lists(st.one_of(st.none(), st.sampled_from(["contoso", "fabrikam", "*x"])), max_size=3),
+       tenant=st.one_of(st.none(), st.sampled_from(["contoso", "fabrikam"])), admin=st.booleans())
+def test_one_access_rule_for_what_tenants_own(owners, tenant, admin):
+    """Use: shared things (None) serve everyone, a tenant's serve it, an admin uses anything. Manage: only the
+    tenant's own, or anything for an admin; a shared thing is never a tenant's to manage."""
+    caller = Caller("k", tenant=tenant, admin=admin)
+    assert caller.may_use(owners) == (admin or None in owners or (tenant is not None and tenant in owners))
+    for owner in owners:
+        assert caller.may_manage(owner) == (admin or (owner is not None and owner == tenant))
 
 
 def test_the_one_access_rule_for_adapters():
