@@ -287,13 +287,14 @@ def _onboard(args: argparse.Namespace) -> int:
         options = OnboardOptions.model_validate_json(args.options.read_bytes())
     else:
         try:
-            options = OnboardOptions(**{name: getattr(args, name) for name in OnboardOptions.model_fields})
-        except ValidationError as exc:
+            flags = {name: getattr(args, name) for name in OnboardOptions.model_fields if hasattr(args, name)}
+            options = OnboardOptions(**flags, compare=_comparison_beside(args.grammar))
+        except (ValidationError, ValueError) as exc:
             raise SystemExit(f"nl2dsl onboard: {exc}") from None
     name = args.name or args.grammar.stem
     config = OnboardConfig(
         grammar=args.grammar, pairs=args.pairs, name=name, work_dir=args.work_dir or Path("onboarding") / name,
-        url=args.url, api_key=args.api_key or Settings().api_key, **options.model_dump(),
+        url=args.url, api_key=args.api_key or Settings().api_key, **dict(options),
         batch_size=args.batch_size, command=_reproducible("onboard"), status_file=args.status,
         heldout_file=args.heldout_file,
     )
@@ -307,12 +308,28 @@ def _onboard(args: argparse.Namespace) -> int:
     return 0 if report.published else 1
 
 
+def _comparison_beside(grammar: Path):  # noqa: ANN202 - a Comparison, imported late
+    """The ``compare`` declaration of the YAML beside a grammar (``cron.lark`` -> ``cron.yaml``), as shipped DSLs
+    have it; None without one."""
+    from service import safe_yaml
+    from service.grammars import Comparison
+
+    beside = grammar.with_suffix(".yaml")
+    if not beside.is_file():
+        return None
+    meta = safe_yaml.load(beside.read_text(encoding="utf-8")) or {}
+    return Comparison.model_validate(meta.get("compare") or {}) if isinstance(meta, dict) else None
+
+
 def _option_flags(parser: argparse.ArgumentParser) -> None:
     """``nl2dsl onboard``'s flags for the run's options, made from the one model of them (their defaults, bounds
-    and help): ``--budget`` (``30m``, ``1h``, ``900``: seconds), ``--heldout``, ``--max-tokens``, ..."""
+    and help): ``--budget`` (``30m``, ``1h``, ``900``: seconds), ``--heldout``, ``--max-tokens``, ... The DSL's
+    ``compare`` declaration is no flag: it is read from the YAML beside the grammar."""
     from service.onboarding.options import OnboardOptions, budget_seconds
 
     for name, field in OnboardOptions.model_fields.items():
+        if name == "compare":
+            continue
         kind = next(t for t in (*typing.get_args(field.annotation), field.annotation) if t in (str, int, float))
         if name == "budget_s":
             parser.add_argument("--budget", dest=name, type=budget_seconds, default=field.default,

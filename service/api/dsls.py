@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import CallerDep, DSLPublisherDep, GrammarsDep, SettingsDep, UploadBodiesDep
 from service.api.schemas import Rollback, VersionInfo, error_responses, version_info
-from service.grammars import DecodingLimits, Example, Grammar
+from service.grammars import Comparison, DecodingLimits, Example, Grammar
 from service.names import DSL_NAME_PATTERN
 from service.security import Caller
 
@@ -53,6 +53,8 @@ class DSLInfo(BaseModel):
     version: int | None = None
     #: How many examples retrieval draws from (the first three are listed in ``examples``).
     example_count: int = 0
+    #: How two programs of the DSL are compared (unordered rules, literals, a meaning plug-in).
+    compare: Comparison = Comparison()
 
 
 class ExampleModel(BaseModel):
@@ -96,6 +98,9 @@ class DSLUpload(BaseModel):
     description: str = Field(default="", max_length=500)
     examples: list[ExampleModel] = Field(default=[], max_length=20, description="Few-shot examples for prompts.")
     limits: LimitsModel = Field(default_factory=LimitsModel)
+    compare: Comparison = Field(default_factory=Comparison,
+                                description="How two programs are compared: rules whose children's order does not "
+                                            "matter, literals without case, a meaning plug-in (sql, cron, regex).")
 
 
 def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
@@ -114,6 +119,7 @@ def _info(grammar: Grammar, caller: Caller, grammars: GrammarsDep) -> DSLInfo:
         warnings=list(grammar.warnings),
         version=grammar.version,
         example_count=len(grammar.examples),
+        compare=grammar.compare,
     )
 
 
@@ -140,7 +146,7 @@ async def upload_dsl(body: DSLUpload, grammars: GrammarsDep, publisher: DSLPubli
     grammar = await publisher.upload(owner=caller.tenant, name=body.name, text=body.grammar, start=body.start,
                                      description=body.description,
                                      examples=[Example(e.text, e.code) for e in body.examples],
-                                     limits=DecodingLimits(**body.limits.model_dump()))
+                                     limits=DecodingLimits(**body.limits.model_dump()), compare=body.compare)
     return _info(grammar, caller, grammars)
 
 

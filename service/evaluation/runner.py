@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from nl2dsl_client import AsyncNL2DSLClient, NL2DSLError
 
+from service.evaluation.meaning import match
 from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
 from service.grammars import Example, Grammar
 from service.progress import progress_bar
@@ -16,7 +17,8 @@ from service.progress import progress_bar
 #: Retries per request when the service answers 429 or 503 (the client waits as the service says).
 _RETRIES = 4
 
-__all__ = ["Outcome", "RunConfig", "Summary", "run", "score", "score_together", "summarize", "wilson_interval"]
+__all__ = ["Outcome", "RunConfig", "Summary", "format_rate", "run", "score", "score_together", "summarize",
+           "wilson_interval"]
 
 
 @dataclass(frozen=True)
@@ -116,23 +118,44 @@ class Summary:
     #: Each pair's exact match, in the order of the pairs: what a paired test compares
     #: (:mod:`service.evaluation.paired`).
     hits: tuple[bool, ...] = ()
+    #: The same canonical form (service.grammars.comparison), and its 95% interval.
+    canonical_match: float | None = None
+    canonical_match_ci: tuple[float, float] | None = None
+    #: The same computed meaning, for DSLs that declare a plug-in (service.evaluation.meaning).
+    semantic_match: float | None = None
+    semantic_match_ci: tuple[float, float] | None = None
+    #: The strongest score the DSL declares ("exact" when scored without its grammar) and each pair's hit by
+    #: it: what the onboarding gate judges on.
+    judged_by: str = "exact"
+    judged_hits: tuple[bool, ...] = ()
+
+    @property
+    def judged(self) -> float:
+        """The rate of the score the DSL is judged by."""
+        return getattr(self, f"{self.judged_by}_match")
 
 
 def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Summary:
     """Rates over ``outcomes``; with the DSL's ``grammar`` also similarities and hallucination rates."""
     n = len(outcomes)
     latencies = sorted(o.latency_s for o in outcomes if o.error is None) or [0.0]
-    scores: dict[str, float] = {}
+    scores: dict[str, object] = {}
+    hits = sum(o.exact for o in outcomes)
     if grammar is not None:
         found = [hallucinations(grammar, o.code, context=o.context) for o in outcomes]
         names, keys = sum(h.names for h in found), sum(h.keys for h in found)
+        matches = [match(grammar, o.code, o.gold, context=o.context) for o in outcomes]
+        judged_by = grammar.compare.strongest()
         scores = {
+            **_rate("canonical_match", [m.canonical for m in matches]),
+            **(_rate("semantic_match", [bool(m.semantic) for m in matches]) if judged_by == "semantic" else {}),
+            "judged_by": judged_by,
+            "judged_hits": tuple(bool(getattr(m, judged_by)) for m in matches),
             "string_similarity": sum(string_similarity(o.code, o.gold) for o in outcomes) / n,
             "tree_similarity": sum(tree_similarity(grammar, o.code, o.gold) for o in outcomes) / n,
             "name_hallucination_rate": sum(h.bad_names for h in found) / names if names else 0.0,
             "key_hallucination_rate": sum(h.bad_keys for h in found) / keys if keys else 0.0,
         }
-    hits = sum(o.exact for o in outcomes)
     return Summary(
         n=n,
         exact_match=hits / n,
@@ -145,8 +168,20 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         p95_s=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         completion_tokens=sum(o.completion_tokens for o in outcomes) / n,
         hits=tuple(o.exact for o in outcomes),
-        **scores,
+        **({"judged_hits": tuple(o.exact for o in outcomes)} | scores),
     )
+
+
+def format_rate(value: float | None, interval: tuple[float, float] | None) -> str:
+    """A score and its 95% interval as a table cell ("0.420 (0.33-0.52)"); "-" for a score the DSL lacks."""
+    if value is None or interval is None:
+        return "-"
+    return f"{value:.3f} ({interval[0]:.2f}-{interval[1]:.2f})"
+
+
+def _rate(name: str, hits: Sequence[bool]) -> dict[str, object]:
+    """A score's rate over the pairs and its 95% interval, as :class:`Summary` fields."""
+    return {name: sum(hits) / len(hits), f"{name}_ci": wilson_interval(sum(hits), len(hits))}
 
 
 def score(url: str, config: RunConfig, rows: Sequence[Example], grammar: Grammar | None, *, concurrency: int,
@@ -176,8 +211,16 @@ def score_together(url: str, configs: Sequence[RunConfig], rows: Sequence[Exampl
         lo, hi = summary.exact_match_ci
         print(f"{config.label:<32}{f' on {where}' if where else ''} "
               f"{'constrained' if config.constrained else 'free'} n={summary.n} exact={summary.exact_match:.3f} "
-              f"[{lo:.2f}, {hi:.2f}] tree={summary.tree_similarity or 0:.3f} valid={summary.valid_rate:.3f} "
+              f"[{lo:.2f}, {hi:.2f}]{_meaning(summary)} tree={summary.tree_similarity or 0:.3f} "
+              f"valid={summary.valid_rate:.3f} "
               f"finished-not-parsed={summary.grammar_violation_rate:.3f} cut={summary.cut_rate:.3f} "
               f"errors={summary.error_rate:.3f} p50={summary.p50_s:.2f}s", flush=True)
         summaries.append(summary)
     return summaries
+
+
+def _meaning(summary: Summary) -> str:
+    """The canonical and semantic matches of a log line, where the summary has them."""
+    return "".join(f" {name}={value:.3f}" for name, value in (("canonical", summary.canonical_match),
+                                                              ("semantic", summary.semantic_match))
+                   if value is not None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from service.demo_data.datasets import load_split
 from service.evaluation.paired import paired
-from service.evaluation.runner import RunConfig, Summary, score
+from service.evaluation.runner import RunConfig, Summary, format_rate, score
 from service.evaluation.sections import carry_sections
 from service.grammars import Grammar, GrammarRegistry, load_examples
 
@@ -145,8 +145,9 @@ _COLUMNS = [
     ("configuration", lambda c, s: c.config.label),
     ("constrained", lambda c, s: "yes" if c.config.constrained else "no"),
     ("n", lambda c, s: str(s.n)),
-    ("exact match", lambda c, s: f"{s.exact_match:.3f}"),
-    ("95% interval", lambda c, s: f"{s.exact_match_ci[0]:.2f}-{s.exact_match_ci[1]:.2f}"),
+    ("exact match (95% interval)", lambda c, s: format_rate(s.exact_match, s.exact_match_ci)),
+    ("canonical match", lambda c, s: format_rate(s.canonical_match, s.canonical_match_ci)),
+    ("semantic match", lambda c, s: format_rate(s.semantic_match, s.semantic_match_ci)),
     ("string sim.", lambda c, s: f"{s.string_similarity:.3f}"),
     ("tree sim.", lambda c, s: f"{s.tree_similarity:.3f}"),
     ("valid", lambda c, s: f"{s.valid_rate:.3f}"),
@@ -190,16 +191,17 @@ def bar_lines(results: list[tuple[Case, Summary]]) -> list[str]:
 
 def paired_lines(results: list[tuple[Case, Summary]]) -> list[str]:
     """Each configuration against the first one, on the same pairs of one test set: the pairs each got right and
-    the other did not, and the exact McNemar test (``service.evaluation.paired``)."""
-    scored = [(case, s) for case, s in results if s.hits]
+    the other did not by the strongest score the DSL declares, and the exact McNemar test
+    (``service.evaluation.paired``)."""
+    scored = [(case, s) for case, s in results if s.judged_hits]
     if len(scored) < 2:
         return []
     (first, reference), lines = scored[0], []
     for case, s in scored[1:]:
-        if len(s.hits) == len(reference.hits):
-            p = paired(s.hits, reference.hits)
-            lines.append(f"- {case.config.label!r} against {first.config.label!r}: {p.wins} pairs won, {p.losses} "
-                         f"lost, exact McNemar p = {p.p_value:.2g}")
+        if len(s.judged_hits) == len(reference.judged_hits):
+            p = paired(s.judged_hits, reference.judged_hits)
+            lines.append(f"- {case.config.label!r} against {first.config.label!r} ({s.judged_by} match): {p.wins} "
+                         f"pairs won, {p.losses} lost, exact McNemar p = {p.p_value:.2g}")
     return ["Paired, on the same pairs:", "", *lines, ""] if lines else []
 
 

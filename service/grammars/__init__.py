@@ -3,6 +3,7 @@
     grammar.py    Grammar, ParseResult: a compiled DSL and what parsing says (valid, tree, where it stops)
     examples.py   NL -> DSL pairs and where they live under data/
     catalog.py    the connector catalog of a catalog DSL (flow), compiled into its grammar
+    comparison.py how two programs are compared: the DSL's compare declaration, the canonical form
     bounds.py     the engine's grammar derived from the author's: what can run away bounded
     compile.py    compile for lark and the engine's llguidance
     tenants.py    tenant configuration (private connectors, safety policy), read once
@@ -14,6 +15,7 @@
 
 from service.grammars.bounds import DecodingLimits, derive
 from service.grammars.catalog import Catalog, Operation, Param
+from service.grammars.comparison import Comparison, canonical
 from service.grammars.compile import check_grammar, compile_grammar
 from service.grammars.examples import Example, examples_path, load_examples
 from service.grammars.grammar import Grammar, ParseError, ParseResult
@@ -23,6 +25,7 @@ from service.grammars.tenants import TenantConfig, TenantConfigs
 
 __all__ = [
     "Catalog",
+    "Comparison",
     "DecodingLimits",
     "Example",
     "Grammar",
@@ -34,6 +37,7 @@ __all__ = [
     "ParseResult",
     "TenantConfig",
     "TenantConfigs",
+    "canonical",
     "check_grammar",
     "compile_grammar",
     "derive",

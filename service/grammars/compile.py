@@ -19,6 +19,7 @@ from service import metrics
 from service.errors import GrammarInvalid
 from service.grammars.bounds import DecodingLimits, derive
 from service.grammars.catalog import Catalog
+from service.grammars.comparison import Comparison
 from service.grammars.examples import Example
 from service.grammars.grammar import Grammar, Origin
 from service.policy import Policy
@@ -75,6 +76,7 @@ def compile_grammar(
     limits: DecodingLimits | None = None,
     decoding_text: str | None = None,
     policy: Policy | None = None,
+    compare: Comparison | None = None,
 ) -> Grammar:
     """Compile a grammar the operator wrote (shipped or a tenant variant) into a :class:`Grammar` with a parser.
 
@@ -97,7 +99,16 @@ def compile_grammar(
         limits=limits or DecodingLimits(),
         bounded=checked.bounded,
         warnings=checked.warnings,
+        compare=_checked_comparison(compare, text, source),
     )
+
+
+def _checked_comparison(compare: Comparison | None, text: str, source: str) -> Comparison:
+    """``compare`` (default: none declared), GrammarInvalid if it names rules ``text`` does not have."""
+    compare = compare or Comparison()
+    if problems := compare.check(text):
+        raise GrammarInvalid(f"{source}: {problems[0]}", detail={"source": source, "messages": problems})
+    return compare
 
 
 @functools.lru_cache(maxsize=64)

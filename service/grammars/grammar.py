@@ -15,6 +15,7 @@ import lark
 
 from service.grammars.bounds import DecodingLimits
 from service.grammars.catalog import Catalog
+from service.grammars.comparison import Comparison
 from service.grammars.examples import Example
 
 __all__ = ["Grammar", "Origin", "ParseError", "ParseResult", "describe_parse_error", "parse_with"]
@@ -72,6 +73,8 @@ class Grammar:
     #: Uploads: the tenant who published it (None: an admin's, shared) and its version in the store.
     owner: str | None = None
     version: int | None = None
+    #: How two of its programs are compared (service.grammars.comparison).
+    compare: Comparison = Comparison()
 
     @property
     def metric_label(self) -> str:

@@ -26,9 +26,10 @@ from typing import Any
 
 import yaml
 
-from service.errors import NL2DSLError, StoreUnavailable, UnknownDSL
+from service.errors import NL2DSLError, RequestInvalid, StoreUnavailable, UnknownDSL
 from service.grammars.bounds import DecodingLimits
 from service.grammars.catalog import Catalog
+from service.grammars.comparison import Comparison
 from service.grammars.compile import compile_grammar
 from service.grammars.examples import Example, load_examples
 from service.grammars.grammar import Grammar, ParseResult
@@ -157,6 +158,9 @@ class GrammarRegistry:
         if self.sandbox is None:
             raise RuntimeError("uploads need the grammar sandbox")
         limits = DecodingLimits(**record.get("limits", {}))
+        compare = Comparison.model_validate(record.get("compare") or {})
+        if problems := compare.check(record["grammar"]):
+            raise RequestInvalid(problems[0], detail=[{"field": "compare.unordered", "message": p} for p in problems])
         examples = [Example(e["text"], e["code"], e.get("context")) for e in record.get("examples", [])]
         compiled = await self.sandbox.compile(
             record["grammar"], start=record["start"], source=f"<{record['name']}>", limits=limits,
@@ -164,7 +168,7 @@ class GrammarRegistry:
         grammar = Grammar(name=record["name"], description=record.get("description", ""), text=record["grammar"],
                           engine_text=compiled.engine_text, examples=tuple(examples), start=record["start"],
                           structure=record["grammar"], origin="upload", limits=limits, bounded=compiled.bounded,
-                          warnings=compiled.warnings, owner=record["owner"], version=version)
+                          warnings=compiled.warnings, owner=record["owner"], version=version, compare=compare)
         return grammar, compiled.results
 
     def add_pending(self, version: Version, *, owner: str | None) -> None:
@@ -271,7 +275,8 @@ def load_grammar_file(path: Path, *, policy: Policy | None = None) -> Grammar:
         examples = tuple(load_examples(path.parent / meta["examples"]))
     return _compile(meta.get("name", path.stem), structure, catalog, policy, source=path.name,
                     start=meta.get("start", "start"), description=meta.get("description", ""), examples=examples,
-                    limits=DecodingLimits(**meta.get("limits", {})))
+                    limits=DecodingLimits(**meta.get("limits", {})),
+                    compare=Comparison.model_validate(meta.get("compare") or {}))
 
 
 def _variant(base: Grammar, config: TenantConfig, *, policy: Policy | None) -> Grammar:
@@ -280,7 +285,8 @@ def _variant(base: Grammar, config: TenantConfig, *, policy: Policy | None) -> G
     extra = Catalog.from_dict({"types": types, **config.catalog}, source=config.source)
     catalog = base.catalog.merged(extra) if base.catalog else extra
     return _compile(base.name, base.structure, catalog, policy, source=config.source, start=base.start,
-                    description=base.description, examples=base.examples, limits=base.limits, tenant=config.tenant)
+                    description=base.description, examples=base.examples, limits=base.limits, tenant=config.tenant,
+                    compare=base.compare)
 
 
 def _compile(name: str, structure: str, catalog: Catalog | None, policy: Policy | None, **options: Any) -> Grammar:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.config import Settings
 from service.errors import Forbidden, RequestInvalid, UnknownDSL
 from service.grammars.bounds import DecodingLimits
+from service.grammars.comparison import Comparison
 from service.grammars.examples import Example
 from service.grammars.grammar import Grammar, ParseResult
 from service.grammars.registry import GrammarRegistry
@@ -111,7 +112,8 @@ class DSLPublisher:
         self.installed: dict[tuple[str, str], int] = {}
 
     async def upload(self, *, owner: str | None, name: str, text: str, start: str = "start", description: str = "",
-                     examples: Sequence[Example] = (), limits: DecodingLimits | None = None) -> Grammar:
+                     examples: Sequence[Example] = (), limits: DecodingLimits | None = None,
+                     compare: Comparison | None = None) -> Grammar:
         """Publish ``text`` as the next version of DSL ``name`` of ``owner`` (a tenant; None: shared).
 
         403 for a shipped DSL's name, 422 for a grammar over the size limit or examples that do not parse, 429
@@ -122,7 +124,8 @@ class DSLPublisher:
         if problem := grammar_size_problem(text, self.settings):
             raise RequestInvalid(problem, detail=[{"field": "grammar", "message": "too long"}])
         record = {"name": name, "owner": owner, "grammar": text, "start": start, "description": description,
-                  "examples": [asdict(e) for e in examples], "limits": asdict(limits or DecodingLimits())}
+                  "examples": [asdict(e) for e in examples], "limits": asdict(limits or DecodingLimits()),
+                  "compare": (compare or Comparison()).model_dump(mode="json")}
         checked = await self._compile(record, version=0)  # refuses before anything is written
         return await self._publish(record, checked)
 
@@ -216,4 +219,4 @@ class DSLPublisher:
 def _record(grammar: Grammar, owner: str | None) -> dict[str, Any]:
     return {"name": grammar.name, "owner": owner, "grammar": grammar.text, "start": grammar.start,
             "description": grammar.description, "examples": [asdict(e) for e in grammar.examples],
-            "limits": asdict(grammar.limits)}
+            "limits": asdict(grammar.limits), "compare": grammar.compare.model_dump(mode="json")}

@@ -13,6 +13,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.grammars.comparison import Comparison
 from service.names import NAME_PATTERN
 
 __all__ = ["OnboardOptions", "budget_seconds"]
@@ -44,6 +45,9 @@ class OnboardOptions(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=5000, description="Fixed steps instead of the budget's.")
     tenant: str | None = Field(default=None, pattern=NAME_PATTERN,
                                description="The tenant the adapter is for and serves only (an admin may name any).")
+    compare: Comparison | None = Field(default=None, description="How two programs of the DSL are compared "
+                                       "(unordered rules, literals, a meaning plug-in); the gate judges on the "
+                                       "strongest score it gives.")
 
 
 def budget_seconds(text: str) -> float:

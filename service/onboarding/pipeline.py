@@ -45,7 +45,7 @@ from service.adapters import pack_adapter
 from service.config import Settings
 from service.evaluation.paired import min_pairs, paired
 from service.evaluation.runner import RunConfig, Summary, score_together
-from service.grammars import Grammar, compile_grammar
+from service.grammars import Comparison, Grammar, compile_grammar
 from service.local_server import local_server
 from service.model import resolve_model
 from service.names import EVERY_TENANT
@@ -72,6 +72,8 @@ class OnboardConfig:
     api_key: str | None = None
     #: Requests are sent for this tenant (an admin's key acting for it); the adapter serves it.
     tenant: str | None = None
+    #: How two programs are compared (service.grammars.comparison); the gate judges on its strongest score.
+    compare: Comparison | None = _DEFAULT.compare
     start: str = _DEFAULT.start
     description: str = _DEFAULT.description
     budget_s: float = _DEFAULT.budget_s
@@ -125,7 +127,7 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
     config.work_dir.mkdir(parents=True, exist_ok=True)
     text = config.grammar.read_text(encoding="utf-8")
     grammar = compile_grammar(config.name, text, start=config.start, description=config.description,
-                              source=config.grammar.name, origin="upload")
+                              source=config.grammar.name, origin="upload", compare=config.compare)
     # A re-run that continues from the published adapter keeps that run's held-out pairs: with more pairs, a
     # new split would hold out pairs the adapter was trained on.
     kept = config.work_dir / "heldout.jsonl"
@@ -337,8 +339,10 @@ def _retrieval_examples(dataset: Dataset) -> list:
 
 def _baseline_key(model: str, grammar_text: str, config: OnboardConfig, dataset: Dataset, max_tokens: int) -> str:
     """A digest of everything the baselines' scores depend on: the model, the grammar, the retrieval examples
-    (the training pairs registered), the held-out pairs, the tenant, k and the output limit."""
+    (the training pairs registered), the held-out pairs, the tenant, k, the output limit and how programs are
+    compared."""
     parts = {"model": model, "grammar": grammar_text, "start": config.start, "tenant": config.tenant,
+             "compare": config.compare.model_dump(mode="json") if config.compare else None,
              "examples": config.examples, "max_tokens": max_tokens,
              "heldout": [asdict(r) for r in dataset.heldout],
              "retrieval": [asdict(r) for r in _retrieval_examples(dataset)]}
@@ -357,11 +361,10 @@ def _kept_baselines(previous: Path, key: str) -> tuple[list[tuple[RunConfig, Sum
         return None
     if not isinstance(data, dict) or data.get("baseline", {}).get("key") != key:
         return None
-    rows = [(RunConfig(**row["config"]), Summary(**{**row["summary"],
-                                                     "exact_match_ci": tuple(row["summary"]["exact_match_ci"]),
-                                                     "hits": tuple(row["summary"].get("hits", ()))}))
+    rows = [(RunConfig(**row["config"]), Summary(**{k: tuple(v) if isinstance(v, list) else v
+                                                     for k, v in row["summary"].items()}))
             for row in data["rows"] if row["config"]["adapter"] == "base"]
-    if any(len(summary.hits) != summary.n for _, summary in rows):
+    if any(len(summary.judged_hits) != summary.n for _, summary in rows):
         return None  # scored before per-pair results were kept: the paired gate needs them
     return (rows, float(data["baseline"]["seconds"])) if rows else None
 
@@ -434,13 +437,14 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
 def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
           training: dict[str, Any] | None = None, gate_steps: int = 0) -> tuple[bool, str]:
     """Publish only a gain shown on the same held-out pairs: the best constrained adapter configuration against
-    the best baseline, by the exact McNemar test at ``alpha``, at least ``margin`` of held-out exact match,
-    training that reached ``gate_steps``, and every finished constrained output parsing. The verdict names the
-    test, the counts and the p-value."""
+    the best baseline, by the exact McNemar test at ``alpha``, at least ``margin`` of the held-out score the DSL
+    is judged by (the strongest it declares: semantic, else canonical match), training that reached
+    ``gate_steps``, and every finished constrained output parsing. The verdict names the score, the test, the
+    counts and the p-value."""
     baselines = [(c, s) for c, s in rows if c.adapter == "base"]
     adapters = [(c, s) for c, s in rows if c.adapter != "base" and c.constrained]
-    best_base_config, best_base = max(baselines, key=lambda cs: cs[1].exact_match)
-    best_config, best = max(adapters, key=lambda cs: cs[1].exact_match)
+    best_base_config, best_base = max(baselines, key=lambda cs: cs[1].judged)
+    best_config, best = max(adapters, key=lambda cs: cs[1].judged)
     violations = sum(s.grammar_violation_rate for _, s in adapters)
     failed = [c.label + ("" if c.constrained else " (free)") for c, s in rows if s.error_rate > 0]
     if failed:
@@ -451,9 +455,9 @@ def _gate(rows: list[tuple[RunConfig, Summary]], *, margin: float, alpha: float,
                        f"{violations:.3f}); the baseline stays")
     if too_few := _too_few_steps(training, gate_steps):
         return False, too_few
-    test = paired(best.hits, best_base.hits)
-    counts = (f"exact McNemar on the same {test.n} held-out pairs: '{best_config.label}' "
-              f"{best.exact_match:.3f} against '{best_base_config.label}' {best_base.exact_match:.3f}, "
+    test = paired(best.judged_hits, best_base.judged_hits)
+    counts = (f"{best.judged_by} match, exact McNemar on the same {test.n} held-out pairs: '{best_config.label}' "
+              f"{best.judged:.3f} against '{best_base_config.label}' {best_base.judged:.3f}, "
               f"{test.wins} pairs won, {test.losses} lost, p = {test.p_value:.3g}")
     if test.gain < margin:
         return False, f"{counts}: a gain of {test.gain:.3f}, under the margin {margin}; the baseline stays"
@@ -489,8 +493,9 @@ def _has_gpu() -> bool:
 
 def _serve_with_better_shape(folder: Path, rows: list[tuple[RunConfig, Summary]]) -> str:
     """Write into the adapter's manifest the number of retrieved examples it is served with by default: the
-    prompt shape its own constrained evaluation scored better (none on a tie: shorter prompts); what it says."""
-    shapes = {c.examples or 0: s.exact_match for c, s in rows if c.adapter != "base" and c.constrained}
+    prompt shape its own constrained evaluation scored better by the DSL's strongest score (none on a tie:
+    shorter prompts); what it says."""
+    shapes = {c.examples or 0: s.judged for c, s in rows if c.adapter != "base" and c.constrained}
     k = max(shapes, key=lambda n: (shapes[n], -n))
     manifest_path = folder / "manifest.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())

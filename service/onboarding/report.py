@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.evaluation.runner import RunConfig, Summary
+from service.evaluation.runner import RunConfig, Summary, format_rate
 
 __all__ = ["Report", "report_json", "write_report"]
 
@@ -42,13 +42,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-_COLUMNS = ("configuration", "constrained", "n", "exact match", "95% interval", "tree sim.", "valid",
-            "finished, not parsed", "p50 s", "p95 s")
+_COLUMNS = ("configuration", "constrained", "n", "exact match", "canonical match", "semantic match", "tree sim.",
+            "valid", "finished, not parsed", "p50 s", "p95 s")
 
 
 def _cells(config: RunConfig, s: Summary) -> list[str]:
-    return [config.label, "yes" if config.constrained else "no", str(s.n), f"{s.exact_match:.3f}",
-            f"{s.exact_match_ci[0]:.2f}-{s.exact_match_ci[1]:.2f}", f"{s.tree_similarity or 0:.3f}",
+    return [config.label, "yes" if config.constrained else "no", str(s.n),
+            format_rate(s.exact_match, s.exact_match_ci), format_rate(s.canonical_match, s.canonical_match_ci),
+            format_rate(s.semantic_match, s.semantic_match_ci), f"{s.tree_similarity or 0:.3f}",
             f"{s.valid_rate:.3f}", f"{s.grammar_violation_rate:.3f}", f"{s.p50_s:.2f}", f"{s.p95_s:.2f}"]
 
 
@@ -65,6 +66,8 @@ def write_report(report: Report, folder: Path) -> list[Path]:
         f"rejected, {d['duplicates']} duplicates and {d['conflicting']} conflicting pairs dropped.", "",
         "## Held-out scores", "",
         *([f"Greedy decoding; every output limited to {report.max_tokens} tokens.", ""] if report.max_tokens else []),
+        *([f"Judged by {report.rows[0][1].judged_by} match (the strongest score the DSL declares); each score "
+           "with its 95% interval.", ""] if report.rows else []),
         "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS),
     ]
     lines += ["| " + " | ".join(_cells(config, s)) + " |" for config, s in report.rows]

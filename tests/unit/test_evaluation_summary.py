@@ -103,5 +103,5 @@ def test_configurations_scored_on_the_same_pairs_are_compared_pair_by_pair(tmp_p
                (Case(RunConfig("logq, 8 examples", "logq", examples=8), "fresh.jsonl", 2), other_size)]
     write_report(results, title="t", command="nl2dsl eval", markdown=tmp_path / "EVAL.md")
     text = (tmp_path / "EVAL.md").read_text()
-    assert "'logq, 3 examples' against 'logq': 3 pairs won, 1 lost, exact McNemar p = 0.62" in text
+    assert "'logq, 3 examples' against 'logq' (exact match): 3 pairs won, 1 lost, exact McNemar p = 0.62" in text
     assert "'logq, 8 examples' against" not in text  # other pairs: no paired test

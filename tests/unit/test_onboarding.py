@@ -164,7 +164,7 @@ def test_the_report_has_the_table_the_curve_and_the_verdict(tmp_path):
                     published=False, verdict="below the baseline", command="nl2dsl onboard --grammar u.lark")
     markdown, chart, data = write_report(report, tmp_path)
     text = markdown.read_text()
-    assert "Not published" in text and "| base | yes | 10 | 0.200 |" in text and "| 4 | 0.300 |" in text
+    assert "Not published" in text and "| base | yes | 10 | 0.200 (0.06-0.51) |" in text and "| 4 | 0.300 |" in text
     assert chart.stat().st_size > 1000 and json.loads(data.read_text())["curve"] == [[2, 0.1], [4, 0.3]]
 
 

@@ -72,3 +72,15 @@ def test_huge_grammars_and_slow_compiles_are_refused_within_the_bound(make_clien
     assert slow.status_code == 400 and slow.json()["error"]["detail"]["limit"] == "compile_time"
     with make_client() as client:  # the killed compile worker is replaced
         assert client.post("/dsls", json=UPLOAD).status_code == 201
+
+
+def test_an_upload_declares_how_its_programs_compare_and_a_wrong_declaration_stores_nothing(client):
+    compare = {"unordered": ["start"], "fold_case": True}
+    created = client.post("/dsls", json={**UPLOAD, "compare": compare}, headers=A)
+    assert created.status_code == 201 and created.json()["compare"] == {**compare, "semantic": None}
+    assert client.get("/dsls/kv", headers=A).json()["compare"]["unordered"] == ["start"]
+    for wrong in ({"unordered": ["nope"]}, {"unordered": ["x"] * 65}, {"semantic": "python"},
+                  {"unordered": "start"}, {"extra": 1}):
+        refused = client.post("/dsls", json={**UPLOAD, "name": "kv2", "compare": wrong}, headers=A)
+        assert refused.status_code == 422 and refused.json()["error"]["type"] == "invalid_request", wrong
+    assert "kv2" not in [d["name"] for d in client.get("/dsls", headers=A).json()]
