@@ -17,7 +17,7 @@ TORCH_VERSION   := 2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval loadtest bench deploy-check image-check clean
+.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval nl2bash loadtest bench deploy-check image-check clean
 
 # Debian packages the tests drive for real: Prometheus (+ promtool) and Chromium (browser tests).
 SYSTEM_PACKAGES := prometheus chromium
@@ -68,6 +68,14 @@ data: install
 eval: prepare
 	$(BIN)/nl2dsl eval --suite $${SUITE:-matrix}
 
+# NL2Bash (12,607 requests people wrote, with their one-line bash commands; MIT; not part of this project) onboarded
+# as a team would: NL2BASH=<a copy of its data/bash folder> make nl2bash. Pairs and report: onboarding/bash/.
+nl2bash: prepare
+	@test -n "$(NL2BASH)" || { echo "set NL2BASH to NL2Bash's data/bash folder (all.nl, all.cm)"; exit 2; }
+	$(BIN)/nl2dsl data --nl2bash "$(NL2BASH)" --out onboarding/nl2bash/pairs.jsonl
+	$(BIN)/nl2dsl onboard --grammar data/onboarding/bash/bash.lark --pairs onboarding/nl2bash/pairs.jsonl \
+		--name bash --budget $${BUDGET:-30m}
+
 # PROFILE: smoke | steady | ramp | spike | soak (loadtest/profiles.yaml); URL: a running service, else the
 # embedded one is started. Report: reports/loadtest-<profile>-<time>/ (HTML, CSVs, summary.md with the verdict).
 loadtest: prepare
@@ -87,6 +95,7 @@ bench: prepare $(VENV)/.llama-cpp
 	$(BIN)/python -m bench.cpu_peer
 	$(BIN)/python -m bench.cpu_shape
 	$(BIN)/python -m bench.precision
+	$(BIN)/python -m bench.candidates
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.report
 	$(BIN)/python -m bench.capacity

@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     hashing = keys_commands.add_parser("hash", help="print the sha256 of a key, as the keys file stores it")
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from standard input)")
 
-    data = commands.add_parser("data", help="generate the datasets in data/ (deterministic)")
-    data.add_argument("--out", type=Path, default=None, help="default: the project's data/")
+    data = commands.add_parser("data", help="generate the datasets in data/ (deterministic), or read NL2Bash")
+    data.add_argument("--out", type=Path, default=None,
+                      help="default: the project's data/ (with --nl2bash: onboarding/nl2bash/pairs.jsonl)")
+    data.add_argument("--nl2bash", type=Path, default=None, metavar="DIR",
+                      help="NL2Bash's data/bash folder (all.nl, all.cm): write its pairs as JSONL for onboarding")
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the served base model")
     train.add_argument("--dsl", required=True)
@@ -166,6 +169,16 @@ def _data(args: argparse.Namespace) -> int:
     from service.demo_data.datasets import build
     from service.grammars import GrammarRegistry
 
+    if args.nl2bash is not None:
+        from service.demo_data.nl2bash import write_pairs
+
+        out = args.out or Path("onboarding") / "nl2bash" / "pairs.jsonl"
+        try:
+            written, left_out = write_pairs(args.nl2bash, out)
+        except ValueError as exc:
+            raise SystemExit(f"nl2dsl data: {exc}") from None
+        print(f"{written:>6} pairs  {out} ({left_out} lines left out: empty or over-long)")
+        return 0
     settings = Settings()
     out = args.out or settings.data_dir
     for name, rows in build(out, GrammarRegistry(settings.grammars_dir).load()).items():

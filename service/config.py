@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     max_tokens_limit: int = 1024
     default_examples: int = 3
     max_examples: int = 8
+    #: ``candidates``: at most this many per request; those after the first are sampled at this temperature
+    #: when the request asks for none (service/api/generate/candidates.py).
+    max_candidates: int = 8
+    candidate_temperature: float = 0.7
     #: Base-model prompts list the catalog operations a request seems to mention (adapters: their manifest says).
     catalog_hints: bool = True
 

@@ -59,6 +59,13 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 )
 PROMPT_TOKENS = Counter("nl2dsl_prompt_tokens", "Prompt tokens processed.", ["dsl", "adapter"])
 COMPLETION_TOKENS = Counter("nl2dsl_completion_tokens", "Tokens generated.", ["dsl", "adapter"])
+ANSWER_CONFIDENCE = Histogram(
+    "nl2dsl_answer_confidence",
+    "The confidence of each answer (calibrated where the adapter has a calibration): a growing share of low ones "
+    "is drift (the NL2DSLLowConfidence alert).",
+    ["dsl", "adapter"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
 INVALID_OUTPUTS = Counter(
     "nl2dsl_invalid_outputs", "Generated code that does not parse, by cause (length, grammar).", ["dsl", "cause"]
 )

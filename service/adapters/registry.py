@@ -97,6 +97,12 @@ class Adapter:
         return int(value) if value is not None else None
 
     @property
+    def candidates(self) -> int:
+        """Candidates a request gets by default (``prompt.candidates``, chosen by onboarding; default 1)."""
+        value = (self.manifest.get("prompt") or {}).get("candidates")
+        return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8 else 1
+
+    @property
     def prompt_catalog_hints(self) -> bool:
         """Whether the adapter was trained with catalog hints in its system prompt (default: no)."""
         return bool((self.manifest.get("prompt") or {}).get("catalog_hints", False))

@@ -66,6 +66,17 @@ class BaseModelRef(_Strict):
 class PromptShape(_Strict):
     examples: int | None = Field(default=None, ge=0, le=64)
     catalog_hints: bool = False
+    #: Candidates a request gets by default (onboarding chooses; service/api/generate/candidates.py).
+    candidates: int = Field(default=1, ge=1, le=8)
+
+
+class ConfidenceCalibration(_Strict):
+    """``confidence``: the Platt scaling onboarding fitted on the adapter's held-out answers."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    a: float = Field(ge=-100, le=100, allow_inf_nan=False)
+    b: float = Field(ge=-100, le=100, allow_inf_nan=False)
 
 
 class Manifest(_Strict):
@@ -80,6 +91,7 @@ class Manifest(_Strict):
     base_model: BaseModelRef
     rank: int | None = Field(default=None, ge=1, le=1024)
     prompt: PromptShape = Field(default_factory=PromptShape)
+    confidence: ConfidenceCalibration | None = None
 
     @field_validator("tenants")
     @classmethod

@@ -62,6 +62,8 @@ class Delta:
     queue_s: float | None = None
     #: Prompt tokens read from the prefix cache of the request's own tenant (last delta only).
     cached_tokens: int = 0
+    #: The sum of this delta's sampled tokens' log-probabilities under the model (before the grammar's mask).
+    logprob: float = 0.0
 
 
 class Engine:
@@ -117,12 +119,13 @@ class Engine:
                 tokens += len(completion.token_ids)
                 if not _finite(completion.logprobs):
                     raise _non_finite(adapter)
+                logprob = _sampled_logprob(completion.logprobs)
                 if out.finished:
                     finished = True
                     yield Delta(completion.text, tokens, completion.finish_reason or "stop", _queue_s(out),
-                                out.num_cached_tokens or 0)
+                                out.num_cached_tokens or 0, logprob)
                 elif completion.text or completion.token_ids:
-                    yield Delta(completion.text, tokens)
+                    yield Delta(completion.text, tokens, logprob=logprob)
         except EngineDeadError as exc:
             raise EngineUnavailable("the engine died during generation") from exc
         except VLLMValidationError as exc:  # e.g. a grammar the engine's llguidance cannot decode with
@@ -329,6 +332,11 @@ def cache_salt(tenant: str | None) -> str:
 def _finite(logprobs) -> bool:
     """Whether every sampled token's raw log-probability is finite (NaN or inf logits make it NaN)."""
     return all(math.isfinite(entry.logprob) for position in logprobs or () for entry in (position or {}).values())
+
+
+def _sampled_logprob(logprobs) -> float:
+    """The sum of the sampled tokens' log-probabilities (``logprobs=0``: each position holds the sampled one)."""
+    return sum(entry.logprob for position in logprobs or () for entry in (position or {}).values())
 
 
 def _non_finite(adapter: AdapterRef | None) -> Exception:

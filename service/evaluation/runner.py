@@ -32,6 +32,8 @@ class RunConfig:
     examples: int | None = None
     constrained: bool = True
     max_tokens: int = 256
+    #: Candidates per request (POST /generate's ``candidates``); 1: one greedy generation.
+    candidates: int = 1
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Outcome:
     completion_tokens: int = 0
     error: str | None = None
     context: str | None = None
+    #: The service's confidence in the answer.
+    confidence: float = 0.0
 
     @property
     def exact(self) -> bool:
@@ -68,9 +72,10 @@ async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurren
                 r = await client.generate(dsl=config.dsl, text=row.text, context=row.context, tenant=config.tenant,
                                           adapter=config.adapter, examples=config.examples,
                                           constrained=config.constrained, max_tokens=config.max_tokens,
-                                          temperature=0.0)
+                                          temperature=0.0,
+                                          candidates=config.candidates if config.candidates > 1 else None)
                 return Outcome(row.code, r.code, r.valid, r.finish_reason, r.timings.total,
-                               r.usage.completion_tokens, context=row.context)
+                               r.usage.completion_tokens, context=row.context, confidence=r.confidence)
             except NL2DSLError as exc:
                 return Outcome(row.code, "", False, "error", 0.0, error=str(exc), context=row.context)
             finally:
@@ -128,6 +133,8 @@ class Summary:
     #: it: what the onboarding gate judges on.
     judged_by: str = "exact"
     judged_hits: tuple[bool, ...] = ()
+    #: The service's confidence in each answer, in the order of the pairs (service.evaluation.confidence).
+    confidences: tuple[float, ...] = ()
 
     @property
     def judged(self) -> float:
@@ -168,6 +175,7 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         p95_s=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         completion_tokens=sum(o.completion_tokens for o in outcomes) / n,
         hits=tuple(o.exact for o in outcomes),
+        confidences=tuple(o.confidence for o in outcomes),
         **({"judged_hits": tuple(o.exact for o in outcomes)} | scores),
     )
 

@@ -8,7 +8,7 @@ A DSL declares it in its YAML (shipped DSLs, onboarding) or its upload (``POST /
       semantic: sql                     # a plug-in that computes meaning (service.evaluation.meaning)
 
 The *canonical form* of a program is its parse tree with the children of every ``unordered`` rule sorted and
-its literals normalized (quotes dropped, whitespace collapsed, numbers written one way, case folded if asked),
+its literals normalized (either quotes, whitespace collapsed, numbers written one way, case folded if asked),
 so ``a | b`` and ``b | a`` compare equal when the DSL says the order does not matter, and a changed literal
 never does. Every DSL has one, uploaded ones included; a DSL that declares nothing compares trees with
 normalized literals.
@@ -82,14 +82,14 @@ def canonical(tree: lark.Tree, comparison: Comparison) -> tuple:
 
 
 def _literal(token: lark.Token, comparison: Comparison) -> tuple[str, str]:
-    """A token as its type and normalized value."""
-    value = " ".join(str(token).split())
+    """A token as its type and normalized value; a quoted literal is a "string" whichever quotes it wears."""
+    value, kind = " ".join(str(token).split()), token.type
     quoted = _QUOTED.match(value)
     if quoted:
-        value = " ".join(quoted.group(2).split())
+        value, kind = " ".join(quoted.group(2).split()), "string"
     elif _NUMBER.match(value):
         number = float(value)
         value = str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
     if comparison.fold_case:
         value = value.casefold()
-    return (token.type, value)
+    return (kind, value)

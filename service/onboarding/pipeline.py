@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from nl2dsl_client import NL2DSLClient
 
 from service.adapters import pack_adapter
 from service.config import Settings
+from service.evaluation.confidence import Calibration, reliability
 from service.evaluation.paired import min_pairs, paired
 from service.evaluation.runner import RunConfig, Summary, score_together
 from service.grammars import Comparison, Grammar, compile_grammar
@@ -222,6 +223,8 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
                     break
                 report.rows += _stage(config, status, "evaluate" if constrained else "evaluate without grammar",
                                       lambda configs=trained: _evaluate(url, config, configs, dataset, grammar))
+                if constrained:
+                    _score_candidates(url, config, report, dataset, grammar, started=started, status=status)
         finally:
             client.delete_adapter(candidate)
         report.published, report.verdict = _gate(report.rows, margin=config.margin, alpha=config.alpha,
@@ -231,6 +234,8 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
         if report.published:
             report.usage = _usage(url, config)
             report.verdict += "; " + _serve_with_better_shape(folder, report.rows)
+            report.verdict += "; " + _serve_with_candidates(folder, report.rows)
+            report.calibration = _calibrate(folder, report.rows)
             report.wall_s = time.monotonic() - started
             write_report(report, folder)  # the report travels with the adapter, into the store
             _stage(config, status, "publish", lambda: client.publish_adapter(pack_adapter(folder), name=config.name))
@@ -491,11 +496,75 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+#: Candidates an adapter is scored with (and served with by default when they score better, service/api/
+#: generate/candidates.py): an odd number, so that two meanings cannot tie.
+CANDIDATES = 3
+
+
+def _score_candidates(url: str, config: OnboardConfig, report: Report, dataset: Dataset, grammar: Grammar, *,
+                      started: float, status: Status) -> None:
+    """Score the best constrained adapter configuration again with ``CANDIDATES`` candidates, if the budget has
+    the time (about 1.5 times the constrained scoring of two configurations): whether the adapter serves with
+    them by default is decided on these pairs (:func:`_serve_with_candidates`)."""
+    single = [(c, s) for c, s in report.rows if c.adapter != "base" and c.constrained and c.candidates == 1]
+    best_config, _ = max(single, key=lambda cs: cs[1].judged)
+    needed_s = 1.5 * config.stages[-1][1]
+    left_s = config.budget_s - (time.monotonic() - started) - PUBLISH_S
+    if left_s < needed_s:
+        report.notes.append(f"not scored with {CANDIDATES} candidates: the budget had {max(left_s, 0):.0f} s left "
+                            f"and they take about {needed_s:.0f} s")
+        return
+    several = replace(best_config, label=f"{best_config.label}, {CANDIDATES} candidates", candidates=CANDIDATES)
+    report.rows += _stage(config, status, "evaluate candidates",
+                          lambda: _evaluate(url, config, [several], dataset, grammar))
+
+
+def _serve_with_candidates(folder: Path, rows: list[tuple[RunConfig, Summary]]) -> str:
+    """Write into the manifest the candidates the adapter serves with by default: ``CANDIDATES`` if they scored
+    better than one generation of the same configuration on the held-out pairs (by the DSL's strongest score),
+    else 1 (a tie: one is cheaper); what it says."""
+    several = [(c, s) for c, s in rows if c.candidates > 1]
+    if not several:
+        return "served with one generation a request (candidates not scored)"
+    config, with_candidates = several[0]
+    alone = next(s for c, s in rows if replace(c, label=config.label, candidates=config.candidates) == config)
+    n = config.candidates if with_candidates.judged > alone.judged else 1
+    manifest_path = folder / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest.setdefault("prompt", {})["candidates"] = n
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return (f"served with {n} candidate{'s' if n > 1 else ''} a request by default ({config.candidates} candidates "
+            f"{with_candidates.judged:.3f}, one {alone.judged:.3f})")
+
+
+def _calibrate(folder: Path, rows: list[tuple[RunConfig, Summary]]) -> dict[str, Any]:
+    """Fit the adapter's confidence calibration on its best constrained configuration's held-out answers and
+    write it into the manifest (``confidence: {a, b}``); what it measured: the calibration error and the
+    thresholds' table before and after, each half scored with the calibration fitted on the other half."""
+    _, best = max(((c, s) for c, s in rows if c.adapter != "base" and c.constrained), key=lambda cs: cs[1].judged)
+    raw, right = list(best.confidences), list(best.judged_hits)
+    calibration = Calibration.fit(raw, right)
+    halves = [(range(0, len(raw), 2), range(1, len(raw), 2)), (range(1, len(raw), 2), range(0, len(raw), 2))]
+    held_out: dict[int, float] = {}
+    for fit_on, score_on in halves:
+        fitted = Calibration.fit([raw[i] for i in fit_on], [right[i] for i in fit_on])
+        held_out.update({i: fitted(raw[i]) for i in score_on})
+    manifest_path = folder / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["confidence"] = {"a": round(calibration.a, 6), "b": round(calibration.b, 6), "fitted_on": len(raw),
+                              "score": best.judged_by}
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return {"raw": asdict(reliability(raw, right)),
+            "calibrated": asdict(reliability([held_out[i] for i in range(len(raw))], right)),
+            "a": calibration.a, "b": calibration.b, "score": best.judged_by}
+
+
 def _serve_with_better_shape(folder: Path, rows: list[tuple[RunConfig, Summary]]) -> str:
     """Write into the adapter's manifest the number of retrieved examples it is served with by default: the
     prompt shape its own constrained evaluation scored better by the DSL's strongest score (none on a tie:
     shorter prompts); what it says."""
-    shapes = {c.examples or 0: s.judged for c, s in rows if c.adapter != "base" and c.constrained}
+    shapes = {c.examples or 0: s.judged for c, s in rows
+              if c.adapter != "base" and c.constrained and c.candidates == 1}
     k = max(shapes, key=lambda n: (shapes[n], -n))
     manifest_path = folder / "manifest.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())

@@ -40,6 +40,9 @@ class Report:
     budget_s: float = 0.0
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: The adapter's confidence calibration and how well it holds (service.evaluation.confidence): raw and
+    #: calibrated reliability on the held-out answers (each half with a calibration fitted on the other).
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 _COLUMNS = ("configuration", "constrained", "n", "exact match", "canonical match", "semantic match", "tree sim.",
@@ -79,6 +82,8 @@ def write_report(report: Report, folder: Path) -> list[Path]:
                   f"{t.get('best_step')}.", "",
                   "| step | held-out teacher-forced exact match |", "|---|---|"]
         lines += [f"| {step} | {score:.3f} |" for step, score in report.curve]
+    if report.calibration:
+        lines += ["", *confidence_lines(report.calibration)]
     if report.stages:
         lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report.stages]
@@ -92,6 +97,20 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     _plot(report, chart)
     data.write_text(json.dumps(report_json(report), indent=1))
     return [markdown, chart, data]
+
+
+def confidence_lines(calibration: dict[str, Any]) -> list[str]:
+    """The confidence section: calibration error, and what answers above a threshold are worth."""
+    lines = ["## Confidence", "",
+             f"Calibrated on the held-out answers of the best configuration ({calibration['score']} match; each half "
+             "scored with the calibration fitted on the other half).", "",
+             "| confidence | calibration error | answers at or above 0.5 (share, right) | 0.8 | 0.9 |",
+             "|---|---|---|---|---|"]
+    for name in ("raw", "calibrated"):
+        r = calibration[name]
+        cells = [f"{share:.2f}, {'-' if right is None else f'{right:.2f}'}" for _, share, right in r["above"]]
+        lines.append(f"| {name} | {r['ece']:.3f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def report_json(report: Report) -> dict[str, Any]:

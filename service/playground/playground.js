@@ -83,6 +83,8 @@ function requestBody(stream) {
   if ($("adapter").value) body.adapter = $("adapter").value;
   if ($("context").value.trim()) body.context = $("context").value.trim();
   if ($("examples").value !== "") body.examples = Number($("examples").value);
+  const candidates = Number($("candidates").value || 1);
+  if (candidates > 1) { body.candidates = candidates; body.return_candidates = true; }
   return body;
 }
 
@@ -96,7 +98,7 @@ async function generate() {
   $("tree").textContent = "";
   say("status", "generating…");
   try {
-    const stream = $("stream").checked;
+    const stream = $("stream").checked && Number($("candidates").value || 1) <= 1;
     const result = stream ? await generateStreaming() : await api("POST", "/generate", requestBody(false));
     showResult(result);
     say("status", "done", "ok");
@@ -136,6 +138,15 @@ async function showResult(result) {
   $("code").innerHTML = highlight(result.code);
   $("verdict").textContent = result.valid ? "valid" : `invalid (${result.finish_reason})`;
   $("verdict").className = "badge " + (result.valid ? "valid" : "invalid");
+  $("confidence").textContent = `confidence ${result.confidence.toFixed(2)}${result.calibrated ? "" : " (raw)"}`;
+  const list = $("candidates-list");
+  list.textContent = "";
+  for (const c of result.candidates || []) {
+    const item = document.createElement("li");
+    item.textContent = `${c.votes} vote${c.votes === 1 ? "" : "s"}${c.valid ? "" : " (invalid)"}: ${c.code}`;
+    list.appendChild(item);
+  }
+  $("candidates-box").hidden = !(result.candidates && result.candidates.length);
   const t = result.timings;
   const ms = (s) => (s == null ? "–" : Math.round(s * 1000) + " ms");
   $("timings").textContent = `adapter ${result.adapter} · queue ${ms(t.queue)} · first token ${ms(t.ttft)} · total ${ms(t.total)} · ` +

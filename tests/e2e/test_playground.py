@@ -56,6 +56,18 @@ def test_generates_flow_code_and_marks_it_valid(page):
     expect(page.locator("#tree")).to_contain_text("start", timeout=10_000)
 
 
+def test_candidates_answer_with_their_votes_and_a_confidence(page):
+    page.locator("#dsl").select_option("flow")
+    page.get_by_label("Request", exact=True).fill("when a ticket is created, email the support team")
+    page.get_by_label("Candidates").fill("3")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#verdict")).to_have_text("valid", timeout=180_000)
+    expect(page.locator("#confidence")).to_have_text(re.compile(r"^confidence (0|1)\.\d\d( \(raw\))?$"))
+    expect(page.locator("#candidates-list li")).to_have_count(3)
+    expect(page.locator("#candidates-list li").first).to_contain_text("vote")
+    page.get_by_label("Candidates").fill("1")
+
+
 def test_custom_grammar_generates_output_that_parses(page):
     page.get_by_role("button", name="Register grammar").click()
     expect(page.locator("#g-status")).to_contain_text('registered "kv"', timeout=30_000)

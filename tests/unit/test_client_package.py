@@ -65,8 +65,9 @@ def _client(script: Script, **options) -> NL2DSLClient:
 def test_the_public_surface_is_pinned():
     assert set(nl2dsl_client.__all__) == {
         "APIConnectionError", "APIError", "APITimeoutError", "Adapter", "AsyncNL2DSLClient", "AsyncStream",
-        "AuthenticationError", "BadRequestError", "ConflictError", "DSL", "GenerateResult", "GenerationTimeoutError",
-        "NL2DSLClient", "NL2DSLError", "NotFoundError", "ParseError", "PermissionDeniedError", "RateLimitError",
+        "AuthenticationError", "BadRequestError", "Candidate", "ConflictError", "DSL", "GenerateResult",
+        "GenerationTimeoutError", "NL2DSLClient", "NL2DSLError", "NotFoundError", "ParseError",
+        "PermissionDeniedError", "RateLimitError",
         "RetryPolicy", "ServiceUnavailableError", "Stream", "Timings", "UnprocessableEntityError", "Usage",
         "ValidationResult"}
     assert all(hasattr(nl2dsl_client, name) for name in nl2dsl_client.__all__)

@@ -126,3 +126,19 @@ def test_any_compare_declaration_is_a_bounded_model_or_refused(value, grammar_te
         return
     assert len(compare.unordered) <= 64 and compare.semantic in (None, "sql", "cron", "regex")
     assert all(isinstance(problem, str) for problem in compare.check(grammar_text))
+
+
+def test_either_quotes_make_one_string_and_nl2bash_reads_as_pairs(tmp_path):
+    from service.demo_data.nl2bash import write_pairs
+
+    bash = compile_grammar("bash", (PROJECT_ROOT / "data/onboarding/bash/bash.lark").read_text(), origin="upload")
+    assert match(bash, "find . -name '*.txt'", 'find . -name "*.txt"').canonical
+    assert not match(bash, "find . -name '*.txt'", "find . -name *.txt").canonical  # a glob the shell expands
+    assert not match(bash, "ls -l | wc -l", "wc -l | ls -l").canonical
+    (tmp_path / "all.nl").write_text("list files\n\ncount lines\n")
+    (tmp_path / "all.cm").write_text("ls\nls -a\nwc -l\n")
+    assert write_pairs(tmp_path, tmp_path / "pairs.jsonl") == (2, 1)
+    assert (tmp_path / "pairs.jsonl").read_text().splitlines()[1] == '{"text": "count lines", "code": "wc -l"}'
+    (tmp_path / "all.cm").write_text("ls\n")
+    with pytest.raises(ValueError, match="not pairs"):
+        write_pairs(tmp_path, tmp_path / "pairs.jsonl")

@@ -78,7 +78,8 @@ def test_a_stream_is_openais_chunks_then_done(make_client, kind):
     assert usage["usage"]["total_tokens"] == usage["usage"]["prompt_tokens"] + 2
 
 
-@pytest.mark.parametrize("field", [{"n": 2}, {"stop": ["\n"]}, {"logprobs": 1}, {"top_p": 0.5}, {"echo": True},
+@pytest.mark.parametrize("field", [{"n": 9}, {"n": 2, "stream": True}, {"n": "2"},
+                                   {"stop": ["\n"]}, {"logprobs": 1}, {"top_p": 0.5}, {"echo": True},
                                    {"prompt": ["one", "two"]}, {"prompt": ""}, {"model": "flow:a:b"}])
 def test_what_nl2dsl_does_not_do_is_refused_in_openais_error_shape(make_client, field):
     with make_client() as client:
@@ -87,6 +88,26 @@ def test_what_nl2dsl_does_not_do_is_refused_in_openais_error_shape(make_client, 
     assert r.status_code == 422 and error["type"] == "invalid_request" and error["code"] == 422
     assert error["param"] in {next(iter(field)), "body"} and error["message"], error
     assert not client.engine.calls
+
+
+def test_n_choices_are_the_candidates_the_answer_first_with_their_votes(make_client):
+    from service.engine import Delta
+
+    codes = ['when forms.submitted(form: "A")\nthen chat.post_message(channel: "#b", text: "c")',
+             'when forms.submitted(form: "B")\nthen chat.post_message(channel: "#b", text: "c")']
+    with make_client() as client:
+        async def generate(prompt_token_ids, *, request_id, tenant=None, adapter=None, params=None, deadline=None):
+            index = int(request_id.rsplit("-", 1)[1])
+            yield Delta(codes[min(index, 1)], 3, "stop", 0.001, 0, -0.3)
+
+        client.engine.generate = generate
+        r = client.post("/v1/chat/completions", json={"model": "flow", "n": 3,
+                                                      "messages": [{"role": "user", "content": ASK}]})
+    answer = r.json()
+    assert r.status_code == 200, r.text
+    assert [c["message"]["content"] for c in answer["choices"]] == [codes[1], codes[0], codes[1]]
+    assert [c["index"] for c in answer["choices"]] == [0, 1, 2] and answer["nl2dsl"]["votes"] == [2, 1, 2]
+    assert answer["usage"]["completion_tokens"] == 9 and 0 < answer["nl2dsl"]["confidence"] < 1
 
 
 def test_a_chat_without_a_user_message_is_refused(make_client):

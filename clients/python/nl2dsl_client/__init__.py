@@ -22,7 +22,16 @@ from nl2dsl_client._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
-from nl2dsl_client._models import DSL, Adapter, GenerateResult, ParseError, Timings, Usage, ValidationResult
+from nl2dsl_client._models import (
+    DSL,
+    Adapter,
+    Candidate,
+    GenerateResult,
+    ParseError,
+    Timings,
+    Usage,
+    ValidationResult,
+)
 from nl2dsl_client._retry import RetryPolicy
 from nl2dsl_client._streaming import AsyncStream, Stream
 
@@ -38,6 +47,7 @@ __all__ = [
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
+    "Candidate",
     "ConflictError",
     "GenerateResult",
     "GenerationTimeoutError",

@@ -82,7 +82,7 @@ class NL2DSLClient:
 
     def generate(self, *, dsl: str, text: str, **options: Any) -> GenerateResult:
         """DSL code for ``text``; ``options`` are those of ``POST /generate`` (``adapter``, ``examples``,
-        ``max_tokens``, ``constrained``, ``context``, ``tenant``...)."""
+        ``max_tokens``, ``constrained``, ``context``, ``tenant``, ``candidates``, ``return_candidates``...)."""
         return self._call(_calls.generate(dsl, text, options))
 
     def stream(self, *, dsl: str, text: str, **options: Any) -> Stream:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Adapter", "DSL", "GenerateResult", "ParseError", "Timings", "Usage", "ValidationResult"]
+__all__ = ["Adapter", "DSL", "Candidate", "GenerateResult", "ParseError", "Timings", "Usage", "ValidationResult"]
 
 
 class _Model(BaseModel):
@@ -38,8 +38,20 @@ class Timings(_Model):
     total: float
 
 
+class Candidate(_Model):
+    """One of a ``candidates`` request's samples, with how many candidates share its meaning."""
+
+    code: str
+    valid: bool
+    votes: int
+    mean_logprob: float
+    finish_reason: str
+
+
 class GenerateResult(_Model):
-    """The answer of ``POST /generate``: ``code`` and whether it parses (``valid``; ``error`` says where not)."""
+    """The answer of ``POST /generate``: ``code`` and whether it parses (``valid``; ``error`` says where not),
+    how likely it is right (``confidence``, calibrated for the adapter when ``calibrated``) and, when asked
+    (``return_candidates``), every candidate."""
 
     request_id: str
     code: str
@@ -50,6 +62,9 @@ class GenerateResult(_Model):
     error: ParseError | None = None
     usage: Usage
     timings: Timings
+    confidence: float = 0.0
+    calibrated: bool = False
+    candidates: list[Candidate] | None = None
 
 
 class ValidationResult(_Model):

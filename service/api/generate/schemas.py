@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.schemas import ParseErrorModel
 from service.names import NAME_PATTERN
 
-__all__ = ["GenerateRequest", "GenerateResponse", "Timings", "Usage"]
+__all__ = ["Candidate", "GenerateRequest", "GenerateResponse", "Timings", "Usage"]
 
 _NAME = NAME_PATTERN
 
@@ -44,6 +44,22 @@ class GenerateRequest(BaseModel):
     timeout_s: float | None = Field(
         default=None, gt=0, description="Seconds before generation is aborted with 504 (default and maximum: "
         "the service's request timeout).")
+    candidates: int | None = Field(
+        default=None, ge=1, strict=True, description="Sample this many constrained candidates in one engine batch "
+        "and answer with the one whose meaning most of them share (the first is greedy unless temperature is set). "
+        "Costs n generations; not with stream. Default: what the adapter's onboarding chose (1 without; a streamed "
+        "request 1). At most the service's max_candidates (8).")
+    return_candidates: bool = Field(default=False, strict=True, description="Also list every candidate with its votes.")
+
+
+class Candidate(BaseModel):
+    """One candidate of a ``candidates`` request."""
+
+    code: str
+    valid: bool
+    votes: int = Field(description="Candidates that share its meaning (its canonical form), itself included.")
+    mean_logprob: float = Field(description="The model's mean log-probability per token of the code.")
+    finish_reason: str
 
 
 class Usage(BaseModel):
@@ -73,3 +89,9 @@ class GenerateResponse(BaseModel):
     error: ParseErrorModel | None = Field(default=None, description="Where the code stops parsing, if it does.")
     usage: Usage
     timings: Timings
+    confidence: float = Field(ge=0.0, le=1.0, description="How likely the code is right: the model's mean "
+                              "per-token probability and the candidates' agreement, calibrated on the adapter's "
+                              "held-out pairs where onboarding fitted it (calibrated says); 0 for code that "
+                              "does not parse.")
+    calibrated: bool = Field(default=False, description="Whether confidence is calibrated for this adapter.")
+    candidates: list[Candidate] | None = Field(default=None, description="Every candidate, with return_candidates.")

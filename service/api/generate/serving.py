@@ -9,8 +9,10 @@
             grammars   the request's own grammar, if it sends one                  (sandbox)
     run:    limits     the tenant's fair share of the engine (waits while over it and others wait)
             engine     stream deltas until the deadline; the engine request id is made here, unique
+                       (``candidates``: n generations at once, each in the tenant's share)
             grammars   parse the code, bounded in time                            (thread or sandbox)
             safety     the tenant's policy on the code
+            candidates the one whose meaning most share; its confidence              (worker thread)
             metrics    histograms, counters and one log line
 
 The caller comes resolved from its API key (:mod:`service.api.auth`). ``start`` raises the request's errors
@@ -29,16 +31,18 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service import metrics
 from service.adapters import BASE, Adapter, AdapterRegistry, AdapterResidency
-from service.api.generate.schemas import GenerateRequest, GenerateResponse, Timings, Usage
+from service.api.generate.candidates import Sample, Vote, vote
+from service.api.generate.schemas import Candidate, GenerateRequest, GenerateResponse, Timings, Usage
 from service.api.schemas import ParseErrorModel
 from service.config import Settings
-from service.engine import EngineSlot, GenerationParams
+from service.engine import Delta, EngineSlot, GenerationParams
 from service.errors import AdapterUnavailable, NL2DSLError, ParseLimit, RateLimited, RequestInvalid
+from service.evaluation.confidence import Calibration, raw_confidence
 from service.grammars import Grammar, GrammarRegistry, ParseError, ParseResult
 from service.grammars.uploads import grammar_size_problem
 from service.limits import Admission, Ticket
@@ -72,6 +76,8 @@ class Job:
     ticket: Ticket
     #: Seconds this request waited for its adapter's files to come from the store (None: they were here).
     fetch_s: float | None = None
+    #: Generations to choose the answer from (the request's, or its adapter's default).
+    candidates: int = 1
 
     @property
     def adapter_name(self) -> str:
@@ -148,59 +154,66 @@ class GenerateServing:
         if adapter is not None and self.residency is not None:  # its files, held until the request ends
             fetch_s = await self.residency.ensure(adapter)
             ticket.on_release.append(functools.partial(self.residency.release, adapter))
+        candidates = req.candidates or (adapter.candidates if adapter is not None and not req.stream else 1)
         return Job(req, uuid.uuid4().hex, client_id, tenant, grammar, adapter, ids, params,
-                   req.timeout_s or settings.request_timeout_s, ticket, fetch_s)
+                   req.timeout_s or settings.request_timeout_s, ticket, fetch_s, candidates)
 
     async def run(self, job: Job) -> AsyncIterator[str | GenerateResponse]:
-        """Yield text deltas as they come, then the final :class:`GenerateResponse`.
+        """Yield text deltas as they come, then the final :class:`GenerateResponse` (with ``candidates``: only
+        the response, once every candidate has finished).
 
-        Closing the iterator early aborts the engine request. The admission ticket is the caller's to release.
+        Closing the iterator early aborts the engine requests. The admission ticket is the caller's to release.
         """
         dsl, adapter, adapter_label = job.grammar.name, job.adapter_name, job.adapter_label
         started = time.perf_counter()
-        ttft: float | None = None
-        parts: list[str] = []
-        last = None
+        progress = _Progress(started)
+        generated: list[_Generated] = []
         status = "error"
         metrics.IN_FLIGHT.inc()
         metrics.QUEUED.inc()
         deadline = time.monotonic() + job.timeout_s
         try:
-            async with self.admission.fair_share.slot(job.tenant, deadline=deadline):  # its share of the engine
-                async for delta in self.engine.ready().generate(
-                    job.prompt_token_ids,
-                    request_id=job.request_id,
-                    tenant=job.tenant,
-                    adapter=job.adapter.ref(dsl) if job.adapter else None,
-                    params=job.params,
-                    deadline=deadline,
-                ):
-                    if ttft is None and delta.completion_tokens:
-                        ttft = time.perf_counter() - started
-                        metrics.QUEUED.dec()
-                    if delta.text:
-                        parts.append(delta.text)
-                        yield delta.text
-                    last = delta
-            code = "".join(parts)
-            parsed = await self._parse(job, code)
+            n = job.candidates
+            if n == 1:
+                async for piece in self._sample(job, job.params, job.request_id, deadline, progress):
+                    if isinstance(piece, str):
+                        yield piece
+                    else:
+                        generated.append(piece)
+            else:
+                generated = list(await asyncio.gather(*(
+                    self._collect(job, self._candidate_params(job, i), f"{job.request_id}-{i}", deadline, progress)
+                    for i in range(n))))
+            parsed = await asyncio.gather(*(self._parse(job, g.code) for g in generated))
+            samples = [Sample(g.code, p, g.logprob, g.completion_tokens, g.finish_reason)
+                       for g, p in zip(generated, parsed, strict=True)]
             status = "blocked"
-            self.safety.check_output(code, parsed.tree, tenant=job.tenant)
+            allowed = self._allowed(samples, tenant=job.tenant)
+            chosen = await asyncio.to_thread(vote, allowed, job.grammar) if len(allowed) > 1 else Vote(0, (1,))
+            winner = allowed[chosen.winner]
+            calibration = Calibration.of(job.adapter.manifest.get("confidence")) if job.adapter else None
+            raw = raw_confidence(winner.mean_logprob, valid=winner.parsed.valid,
+                                 votes=chosen.votes[chosen.winner], candidates=n)
             response = GenerateResponse(
                 request_id=job.request_id,
-                code=code,
-                valid=parsed.valid,
+                code=winner.code,
+                valid=winner.parsed.valid,
                 dsl=dsl,
                 adapter=adapter,
-                finish_reason=last.finish_reason if last else "abort",
-                error=ParseErrorModel(**vars(parsed.error)) if parsed.error else None,
+                finish_reason=winner.finish_reason,
+                error=ParseErrorModel(**vars(winner.parsed.error)) if winner.parsed.error else None,
                 usage=Usage(prompt_tokens=len(job.prompt_token_ids),
-                            completion_tokens=last.completion_tokens if last else 0,
-                            cached_tokens=last.cached_tokens if last else 0),
-                timings=Timings(fetch=job.fetch_s, queue=last.queue_s if last else None, ttft=ttft,
+                            completion_tokens=sum(g.completion_tokens for g in generated),
+                            cached_tokens=generated[0].cached_tokens),
+                timings=Timings(fetch=job.fetch_s, queue=generated[0].queue_s, ttft=progress.ttft,
                                 total=time.perf_counter() - started),
+                confidence=calibration(raw) if calibration and winner.parsed.valid else raw,
+                calibrated=calibration is not None,
+                candidates=[Candidate(code=s.code, valid=s.parsed.valid, votes=chosen.votes[i],
+                                      mean_logprob=s.mean_logprob, finish_reason=s.finish_reason)
+                            for i, s in enumerate(allowed)] if job.request.return_candidates else None,
             )
-            status = "ok" if parsed.valid else "invalid"
+            status = "ok" if winner.parsed.valid else "invalid"
             _observe(response, dsl_label=job.grammar.metric_label, adapter_label=adapter_label)
             yield response
         except AdapterUnavailable as exc:  # the engine refused the adapter, or it made non-finite numbers: never
@@ -217,7 +230,7 @@ class GenerateServing:
             raise
         finally:
             metrics.IN_FLIGHT.dec()
-            if ttft is None:
+            if progress.ttft is None:
                 metrics.QUEUED.dec()
             total = time.perf_counter() - started
             metrics.REQUEST_DURATION.labels(job.grammar.metric_label, adapter_label, status).observe(total)
@@ -229,10 +242,70 @@ class GenerateServing:
                 "adapter": adapter,
                 "status": status,
                 "prompt_tokens": len(job.prompt_token_ids),
-                "completion_tokens": last.completion_tokens if last else 0,
-                "ttft_s": round(ttft, 4) if ttft is not None else None,
+                "completion_tokens": sum(g.completion_tokens for g in generated),
+                "candidates": job.candidates,
+                "ttft_s": round(progress.ttft, 4) if progress.ttft is not None else None,
                 "total_s": round(total, 4),
             }))
+
+    async def _sample(self, job: Job, params: GenerationParams, request_id: str, deadline: float,
+                      progress: _Progress) -> AsyncIterator[str | _Generated]:
+        """One generation within the tenant's fair share of the engine: its text deltas, then what it made."""
+        parts: list[str] = []
+        last: Delta | None = None
+        logprob = 0.0
+        async with self.admission.fair_share.slot(job.tenant, deadline=deadline):  # its share of the engine
+            async for delta in self.engine.ready().generate(
+                job.prompt_token_ids,
+                request_id=request_id,
+                tenant=job.tenant,
+                adapter=job.adapter.ref(job.grammar.name) if job.adapter else None,
+                params=params,
+                deadline=deadline,
+            ):
+                if delta.completion_tokens:
+                    progress.first_token()
+                logprob += delta.logprob
+                if delta.text:
+                    parts.append(delta.text)
+                    yield delta.text
+                last = delta
+        yield _Generated("".join(parts), last.finish_reason or "stop" if last else "abort",
+                         last.completion_tokens if last else 0, last.cached_tokens if last else 0,
+                         last.queue_s if last else None, logprob)
+
+    async def _collect(self, job: Job, params: GenerationParams, request_id: str, deadline: float,
+                       progress: _Progress) -> _Generated:
+        """:meth:`_sample` run to its end (a candidate: its deltas are not streamed)."""
+        result = None
+        async with contextlib.aclosing(self._sample(job, params, request_id, deadline, progress)) as pieces:
+            async for piece in pieces:
+                result = piece
+        assert isinstance(result, _Generated)
+        return result
+
+    def _candidate_params(self, job: Job, index: int) -> GenerationParams:
+        """Candidate ``index``'s sampling: the request's temperature, or greedy first and then
+        ``candidate_temperature``; seeds one apart when the request sets one."""
+        temperature = job.params.temperature or (0.0 if index == 0 else self.settings.candidate_temperature)
+        seed = job.params.seed + index if job.params.seed is not None else None
+        return replace(job.params, temperature=temperature, seed=seed)
+
+    def _allowed(self, samples: list[Sample], *, tenant: str | None) -> list[Sample]:
+        """The samples the tenant's policy allows (one request's: its refusal raised; of several, the refused
+        left out, and the first refusal raised when none is left)."""
+        allowed, refusal = [], None
+        for sample in samples:
+            try:
+                self.safety.check_output(sample.code, sample.parsed.tree, tenant=tenant)
+            except NL2DSLError as exc:
+                refusal = refusal or exc
+                continue
+            allowed.append(sample)
+        if not allowed:
+            assert refusal is not None
+            raise refusal
+        return allowed
 
     async def _parse(self, job: Job, code: str) -> ParseResult:
         """The parse of the generated code; one that cannot finish within its bounds is invalid, saying why."""
@@ -252,6 +325,31 @@ async def last_event(events: AsyncIterator[str | GenerateResponse]) -> GenerateR
     return result
 
 
+@dataclass(frozen=True)
+class _Generated:
+    """What one generation made: its code and the engine's account of it."""
+
+    code: str
+    finish_reason: str
+    completion_tokens: int
+    cached_tokens: int
+    queue_s: float | None
+    logprob: float
+
+
+class _Progress:
+    """When a request's first token came (of any of its candidates); counted once in the queue gauge."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.ttft: float | None = None
+
+    def first_token(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.started
+            metrics.QUEUED.dec()
+
+
 def _check_ranges(req: GenerateRequest, settings: Settings) -> None:
     problems = []
     if not req.text.strip():
@@ -268,6 +366,10 @@ def _check_ranges(req: GenerateRequest, settings: Settings) -> None:
         problems.append(("grammar", problem))
     if req.examples is not None and req.examples > settings.max_examples:
         problems.append(("examples", f"examples must be at most {settings.max_examples}"))
+    if req.candidates is not None and req.candidates > settings.max_candidates:
+        problems.append(("candidates", f"candidates must be at most {settings.max_candidates}"))
+    if req.candidates is not None and req.candidates > 1 and req.stream:
+        problems.append(("candidates", "candidates are chosen once all are generated: not with stream"))
     if problems:
         raise RequestInvalid(
             "; ".join(message for _, message in problems),
@@ -287,6 +389,7 @@ def _observe(response: GenerateResponse, *, dsl_label: str, adapter_label: str) 
         metrics.TIME_PER_OUTPUT_TOKEN.labels(dsl, adapter).observe(per_token)
     if response.timings.queue is not None:
         metrics.QUEUE_WAIT.labels(dsl, adapter).observe(response.timings.queue)
+    metrics.ANSWER_CONFIDENCE.labels(dsl, adapter).observe(response.confidence)
     if not response.valid:
         cause = "length" if response.finish_reason == "length" else "grammar"
         metrics.INVALID_OUTPUTS.labels(dsl, cause).inc()

@@ -21,9 +21,9 @@ from service.api.openai.schemas import (
     ModelCard,
     ModelList,
 )
-from service.api.openai.serving import Kind, render, sse, to_generate_request
+from service.api.openai.serving import Kind, named_as_openai, render, sse, to_generate_request
 from service.api.schemas import error_responses
-from service.errors import NotFound
+from service.errors import NotFound, RequestInvalid
 from service.names import client_name
 
 __all__ = ["router"]
@@ -76,7 +76,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
 async def _answer(body: CompletionRequest | ChatCompletionRequest, kind: Kind, request: Request, caller: CallerDep,
                   serving: ServingDep):
-    job = await admit(request, caller, serving, to_generate_request(body))
+    try:
+        job = await admit(request, caller, serving, to_generate_request(body))
+    except RequestInvalid as exc:
+        raise named_as_openai(exc) from None
     return await deliver(request, serving, job, stream=body.stream, render=partial(render, body=body, kind=kind),
                          sse=partial(sse, body=body, kind=kind, request_id=job.request_id))
 

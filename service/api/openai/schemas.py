@@ -1,9 +1,10 @@
 """The OpenAI protocol as nl2dsl speaks it: request bodies, answers, stream chunks and the model list.
 
 ``model`` names a DSL (``flow``) or a DSL and an adapter (``flow:contoso``, ``sql:base`` for no adapter). Fields
-OpenAI clients send that change nothing here (``user``, ``n: 1``, zero penalties, ``top_p: 1``) are accepted;
-fields that would change the answer and that nl2dsl does not do (``stop``, ``logprobs``, ``n > 1``...) are
-refused with 422 rather than ignored. nl2dsl's own options ride along as extra fields (``extra_body`` in the
+OpenAI clients send that change nothing here (``user``, zero penalties, ``top_p: 1``) are accepted; fields that
+would change the answer and that nl2dsl does not do (``stop``, ``logprobs``...) are refused with 422 rather than
+ignored. ``n`` is ``/generate``'s ``candidates``: n constrained samples, ``choices[0]`` the one whose meaning most
+share, then the others (not with ``stream``). nl2dsl's own options ride along as extra fields (``extra_body`` in the
 OpenAI SDK): ``tenant``, ``examples``, ``constrained``, ``context``, ``timeout_s``; a one-off grammar comes as
 vLLM's ``guided_grammar`` or ``structured_outputs: {"grammar": ...}``.
 """
@@ -14,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.api.generate.schemas import GenerateResponse, Timings
+from service.api.generate.schemas import Candidate, GenerateResponse, Timings
 from service.api.schemas import ParseErrorModel
 from service.names import NAME_PATTERN, split_client_name
 
@@ -50,8 +51,9 @@ class OpenAIRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # Accepted only where they change nothing: one choice, no penalties, the whole distribution.
-    n: Literal[1] = 1
+    n: int = Field(default=1, ge=1, strict=True, description="Candidates (as /generate's candidates): choices[0] "
+                   "is the one whose meaning most share. Not with stream.")
+    # Accepted only where they change nothing: no penalties, the whole distribution.
     top_p: Literal[1] | None = None
     presence_penalty: Literal[0] | None = None
     frequency_penalty: Literal[0] | None = None
@@ -150,10 +152,15 @@ class Usage(BaseModel):
 
 
 class Nl2dslExtra(BaseModel):
-    """What OpenAI's shape has no field for: whether the code parses, where not, and nl2dsl's ids and timings."""
+    """What OpenAI's shape has no field for: whether the code parses, where not, how confident the answer is,
+    each choice's votes, and nl2dsl's ids and timings."""
 
     valid: bool
     error: ParseErrorModel | None = None
+    confidence: float
+    calibrated: bool = False
+    #: With ``n``: each choice's votes (candidates sharing its meaning), in the order of ``choices``.
+    votes: list[int] | None = None
     dsl: str
     adapter: str
     request_id: str
@@ -161,8 +168,19 @@ class Nl2dslExtra(BaseModel):
 
     @classmethod
     def of(cls, result: GenerateResponse) -> Nl2dslExtra:
-        return cls(valid=result.valid, error=result.error, dsl=result.dsl, adapter=result.adapter,
+        votes = [c.votes for c in choices_of(result)[1]] if result.candidates else None
+        return cls(valid=result.valid, error=result.error, confidence=result.confidence,
+                   calibrated=result.calibrated, votes=votes, dsl=result.dsl, adapter=result.adapter,
                    request_id=result.request_id, timings=result.timings)
+
+
+def choices_of(result: GenerateResponse) -> tuple[list[str], list[Candidate]]:
+    """The codes of an answer's choices, the answer first, and their candidates (none without ``n``)."""
+    if not result.candidates:
+        return [result.code], []
+    first = next(i for i, c in enumerate(result.candidates) if c.code == result.code)
+    ordered = [result.candidates[first], *(c for i, c in enumerate(result.candidates) if i != first)]
+    return [c.code for c in ordered], ordered
 
 
 class CompletionChoice(BaseModel):

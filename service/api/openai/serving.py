@@ -28,17 +28,18 @@ from service.api.openai.schemas import (
     CompletionRequest,
     Nl2dslExtra,
     OpenAIRequest,
+    choices_of,
     usage_of,
 )
 from service.errors import NL2DSLError, RequestInvalid, error_body
 
-__all__ = ["Kind", "render", "sse", "to_generate_request"]
+__all__ = ["Kind", "named_as_openai", "render", "sse", "to_generate_request"]
 
 Kind = Literal["completion", "chat"]
 
 _OBJECT = {"completion": "text_completion", "chat": "chat.completion"}
 #: /generate's field names, as the OpenAI body calls them.
-_FIELDS = {"text": "prompt", "dsl": "model", "adapter": "model"}
+_FIELDS = {"text": "prompt", "dsl": "model", "adapter": "model", "candidates": "n"}
 
 
 def to_generate_request(body: CompletionRequest | ChatCompletionRequest) -> GenerateRequest:
@@ -49,7 +50,8 @@ def to_generate_request(body: CompletionRequest | ChatCompletionRequest) -> Gene
             dsl=dsl, adapter=adapter, text=body.text, context=body.context, tenant=body.tenant,
             max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature or 0.0,
             seed=body.seed, examples=body.examples, constrained=body.constrained, stream=body.stream,
-            timeout_s=body.timeout_s, grammar=body.grammar,
+            timeout_s=body.timeout_s, grammar=body.grammar, candidates=body.n if body.n > 1 else None,
+            return_candidates=body.n > 1,
         )
     except ValidationError as exc:
         fields = [{"field": _FIELDS.get(str(err["loc"][0]), str(err["loc"][0])), "message": err["msg"]}
@@ -57,16 +59,32 @@ def to_generate_request(body: CompletionRequest | ChatCompletionRequest) -> Gene
         raise RequestInvalid("; ".join(f"{f['field']}: {f['message']}" for f in fields), detail=fields) from None
 
 
+def named_as_openai(exc: RequestInvalid) -> RequestInvalid:
+    """``exc`` (from /generate's checks) with its fields named as the OpenAI body names them."""
+    if not isinstance(exc.detail, list):
+        return exc
+    fields = [{**item, "field": _FIELDS.get(item.get("field"), item.get("field"))} if isinstance(item, dict) else item
+              for item in exc.detail]
+    message = exc.message
+    for ours, theirs in _FIELDS.items():
+        message = message.replace(f"{ours} must", f"{theirs} must").replace(f"{ours} are", f"{theirs} values are")
+    return RequestInvalid(message, detail=fields)
+
+
 def render(result: GenerateResponse, *, body: OpenAIRequest, kind: Kind) -> dict[str, Any]:
     """The whole answer: :class:`Completion` or :class:`ChatCompletion`, as JSON."""
     head = _head(result.request_id, body, kind, chunk=False)
     usage, extra = usage_of(result), Nl2dslExtra.of(result)
+    codes, candidates = choices_of(result)
+    reasons = [c.finish_reason for c in candidates] or [result.finish_reason]
     if kind == "completion":
-        choice = CompletionChoice(text=result.code, finish_reason=result.finish_reason)
-        answer: Completion | ChatCompletion = Completion(**head, choices=[choice], usage=usage, nl2dsl=extra)
+        choices = [CompletionChoice(index=i, text=code, finish_reason=reason)
+                   for i, (code, reason) in enumerate(zip(codes, reasons, strict=True))]
+        answer: Completion | ChatCompletion = Completion(**head, choices=choices, usage=usage, nl2dsl=extra)
     else:
-        message = ChatChoice(message=AssistantMessage(content=result.code), finish_reason=result.finish_reason)
-        answer = ChatCompletion(**head, choices=[message], usage=usage, nl2dsl=extra)
+        messages = [ChatChoice(index=i, message=AssistantMessage(content=code), finish_reason=reason)
+                    for i, (code, reason) in enumerate(zip(codes, reasons, strict=True))]
+        answer = ChatCompletion(**head, choices=messages, usage=usage, nl2dsl=extra)
     return answer.model_dump(mode="json")
 
 
