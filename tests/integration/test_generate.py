@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -64,6 +65,21 @@ def test_output_cut_at_max_tokens_is_length_and_invalid(client):
     body = client.post("/generate", json=payload).json()
     assert body["finish_reason"] == "length" and body["valid"] is False and body["error"] is not None
     assert body["usage"]["completion_tokens"] == 4
+
+
+def test_candidates_on_the_engine_vote_and_say_how_sure_the_model_is(client):
+    """Three constrained candidates at once, each parsing; the answer is one of them, with the most votes, and
+    its confidence is the model's own per-token probability times the agreement (no adapter calibration)."""
+    payload = {"dsl": "sql", "adapter": "sql-general", "text": "how many customers per country",
+               "context": "customers(id, name, country)", "candidates": 3, "return_candidates": True, "seed": 1}
+    body = client.post("/generate", json=payload).json()
+    candidates = body["candidates"]
+    assert len(candidates) == 3 and all(c["valid"] and c["mean_logprob"] <= 0 for c in candidates), candidates
+    winner = next(c for c in candidates if c["code"] == body["code"])
+    assert winner["votes"] == max(c["votes"] for c in candidates) and body["calibrated"] is False
+    expected = math.exp(winner["mean_logprob"]) * winner["votes"] / 3
+    assert 0 < body["confidence"] <= 1 and math.isclose(body["confidence"], expected, rel_tol=1e-6)
+    assert body["usage"]["completion_tokens"] >= 3
 
 
 def test_stream_delivers_the_same_code_as_its_result(client):

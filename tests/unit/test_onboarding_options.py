@@ -86,3 +86,19 @@ def test_a_budget_a_person_writes_is_seconds_or_refused(text):
 @pytest.mark.parametrize(("text", "seconds"), [("900", 900), ("900s", 900), ("30m", 1800), ("1.5h", 5400)])
 def test_budgets_as_people_write_them(text, seconds):
     assert budget_seconds(text) == seconds
+
+
+def test_the_compare_declaration_comes_from_the_yaml_beside_the_grammar_or_the_apis_body(tmp_path):
+    from service.cli import _comparison_beside
+
+    grammar = tmp_path / "cron.lark"
+    grammar.write_text('start: "x"\n')
+    assert _comparison_beside(grammar) is None  # none declared: canonical match on the plain tree
+    (tmp_path / "cron.yaml").write_text("compare:\n  unordered: [field]\n  semantic: cron\n")
+    declared = _comparison_beside(grammar)
+    assert declared.unordered == ("field",) and declared.semantic == "cron"
+    options = OnboardOptions(compare=declared)
+    assert OnboardOptions.model_validate_json(options.model_dump_json()) == options  # as options.json carries it
+    (tmp_path / "cron.yaml").write_text("compare:\n  semantic: python\n")
+    with pytest.raises(ValueError):
+        _comparison_beside(grammar)
