@@ -16,6 +16,9 @@ from service.progress import progress_bar
 
 #: Retries per request when the service answers 429 or 503 (the client waits as the service says).
 _RETRIES = 4
+#: The error type of a request the tenant's safety policy refuses: an answer (the same for every configuration:
+#: no code), not a failed measurement.
+_REFUSED = "safety_blocked"
 
 __all__ = ["Outcome", "RunConfig", "Summary", "format_rate", "run", "score", "score_together", "summarize",
            "wilson_interval"]
@@ -77,6 +80,8 @@ async def run(url: str, config: RunConfig, rows: Sequence[Example], *, concurren
                 return Outcome(row.code, r.code, r.valid, r.finish_reason, r.timings.total,
                                r.usage.completion_tokens, context=row.context, confidence=r.confidence)
             except NL2DSLError as exc:
+                if getattr(exc, "type", None) == _REFUSED:  # the tenant's policy answered: no code, not a failure
+                    return Outcome(row.code, "", False, "refused", 0.0, context=row.context)
                 return Outcome(row.code, "", False, "error", 0.0, error=str(exc), context=row.context)
             finally:
                 bar.update()
@@ -109,6 +114,7 @@ class Summary:
     grammar_violation_rate: float
     #: Share of outputs cut at max_tokens (the only way constrained output fails to parse).
     cut_rate: float
+    #: Share of requests that failed to be measured (429s past retries, a dead engine...).
     error_rate: float
     p50_s: float
     p95_s: float
@@ -135,6 +141,8 @@ class Summary:
     judged_hits: tuple[bool, ...] = ()
     #: The service's confidence in each answer, in the order of the pairs (service.evaluation.confidence).
     confidences: tuple[float, ...] = ()
+    #: Share of requests the tenant's safety policy refused (answered without code; counted wrong).
+    refusal_rate: float = 0.0
 
     @property
     def judged(self) -> float:
@@ -176,6 +184,7 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         completion_tokens=sum(o.completion_tokens for o in outcomes) / n,
         hits=tuple(o.exact for o in outcomes),
         confidences=tuple(o.confidence for o in outcomes),
+        refusal_rate=sum(o.finish_reason == "refused" for o in outcomes) / n,
         **({"judged_hits": tuple(o.exact for o in outcomes)} | scores),
     )
 

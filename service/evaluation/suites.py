@@ -97,8 +97,9 @@ Columns: exact match of the whole program; string similarity (difflib ratio); tr
 edit distance / tree size over the lark parse trees, 0 when unparseable: partial credit for a missing or
 swapped action); valid = parses; non-parsed split by cause: "grammar" = finished by itself and does not parse,
 "cut" = stopped by max_tokens; hallucination = operation names / parameter keys (flow) or tables / columns (sql)
-that the catalog or schema lacks, per name or key used; errors = requests answered with an error (here: 400
-`safety_blocked`, the tenant's policy refusing an unconstrained output); latency p50/p95 per request at the given
+that the catalog or schema lacks, per name or key used; refused = requests the tenant's safety policy answered
+with 400 `safety_blocked` (no code: counted wrong); errors = requests that could not be measured; latency
+p50/p95 per request at the given
 concurrency on this 2-core CPU with the embedded 135M model.""",
     "adapters": """The shipped LoRA adapters, trained with `nl2dsl train` on the embedded base (SmolLM2-135M-Instruct,
 CPU), scored through `POST /generate` on held-out test sets: flow's test set only has trigger/action pairs that
@@ -155,6 +156,7 @@ _COLUMNS = [
     ("non-parsed: cut", lambda c, s: f"{s.cut_rate:.3f}"),
     ("API-name halluc.", lambda c, s: f"{s.name_hallucination_rate:.3f}"),
     ("param-key halluc.", lambda c, s: f"{s.key_hallucination_rate:.3f}"),
+    ("refused", lambda c, s: f"{s.refusal_rate:.3f}"),
     ("errors", lambda c, s: f"{s.error_rate:.3f}"),
     ("p50 s", lambda c, s: f"{s.p50_s:.2f}"),
     ("p95 s", lambda c, s: f"{s.p95_s:.2f}"),

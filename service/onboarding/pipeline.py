@@ -187,6 +187,10 @@ def _onboard(config: OnboardConfig, status: Status) -> Report:
             rows = _stage(config, status, "baseline", lambda: _evaluate(url, config, baseline, dataset, grammar))
             eval_s = config.stages[-1][1]
         report.rows += rows
+        if refused := round(max(s.refusal_rate * s.n for _, s in rows)):
+            report.notes.append(f"{refused} held-out requests were refused by the safety policy (400 safety_blocked) "
+                                "and count as wrong in every configuration; a tenant whose requests are meant to do "
+                                "that needs a policy that allows it (grammars/tenants/)")
         report.baseline = {"key": key, "seconds": eval_s}
         status.update(report=report)
         candidate = f"{config.name}-candidate"
@@ -320,8 +324,10 @@ def _withdrawal(client: NL2DSLClient, name: str, *, existed: bool, status: Statu
 
 
 def _register(client: NL2DSLClient, config: OnboardConfig, text: str, dataset: Dataset) -> None:
-    """Publish the DSL and its training pairs as retrieval examples (never the held-out ones)."""
-    client.upload_dsl(name=config.name, grammar=text, start=config.start, description=config.description)
+    """Publish the DSL (with how its programs compare: candidates vote by it) and its training pairs as retrieval
+    examples (never the held-out ones)."""
+    compare = {"compare": config.compare.model_dump(mode="json")} if config.compare else {}
+    client.upload_dsl(name=config.name, grammar=text, start=config.start, description=config.description, **compare)
     jsonl = "".join(json.dumps({k: v for k, v in asdict(r).items() if v is not None}) + "\n"
                     for r in _retrieval_examples(dataset))
     added = client.add_examples(config.name, jsonl)

@@ -319,3 +319,15 @@ def test_eval_reads_examples_as_1_to_8_counts_of_0_to_8_or_refuses_the_option(va
         return
     assert 1 <= len(counts) <= 8 and all(0 <= c <= 8 for c in counts)
     assert counts == [int(part) for part in value.split(",")]
+
+
+def test_a_request_the_policy_refuses_is_an_answer_not_a_failed_measurement():
+    """The tenant's safety policy refusing a held-out request (400 safety_blocked) is the service's answer, the
+    same for every configuration: counted wrong and as refused, never as an error that stops the gate."""
+    refused = Outcome("a", "", False, "refused", 0.0)
+    wrong, right = Outcome("a", "b", True, "stop", 1.0), Outcome("a", "a", True, "stop", 1.0)
+    base = [(RunConfig("base", "u", adapter="base"), summarize([refused] + [wrong] * 39))]
+    win = [(RunConfig("adapter", "u", adapter="c"), summarize([refused] + [right] * 39))]
+    assert base[0][1].refusal_rate == 1 / 40 and base[0][1].error_rate == 0
+    published, why = _gate(base + win, margin=0.1, alpha=0.05)
+    assert published and "39 pairs won, 0 lost" in why
