@@ -203,7 +203,7 @@ loadLists();
 
 // Onboarding: POST /onboarding, then follow GET /onboarding/{id} until the run ends; the report, then try it.
 const STAGES = ["dataset", "register", "baseline", "train", "publish candidate", "evaluate",
-  "evaluate without grammar", "publish"];
+  "evaluate candidates", "evaluate without grammar", "publish"];
 let run = null;
 
 for (const [input, area] of [["o-grammar-file", "o-grammar"], ["o-pairs-file", "o-pairs"]]) {

@@ -138,7 +138,7 @@ def test_onboarding_view_runs_a_dsl_to_a_published_adapter_and_tries_it(page, se
     assert page.locator("#o-progress").evaluate("bar => bar.value === bar.max")
     _until(page, "#o-stop:disabled")
     expect(page.locator("#o-status")).to_contain_text("published")
-    expect(page.locator("#o-scores tbody tr")).to_have_count(6)
+    expect(page.locator("#o-scores tbody tr")).to_have_count(7)  # with the best adapter's 3 candidates
     expect(page.locator("#o-verdict")).to_contain_text("published:")
     expect(page.locator("#o-report")).to_contain_text("# Onboarding `shop`")
     expect(page.locator("#o-chart")).to_have_attribute("src", re.compile("^blob:"))

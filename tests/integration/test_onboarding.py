@@ -51,14 +51,19 @@ def test_onboarding_checks_the_pairs_trains_gates_publishes_and_reports(server, 
     status = json.loads((tmp_path / "status.json").read_text())  # what an onboarding job's status shows
     assert status["state"] == "published" and status["error"] is None
     assert [name for name, _ in status["stages"]] == ["dataset", "register", "baseline", "train",
-                                                      "publish candidate", "evaluate", "evaluate without grammar",
-                                                      "publish"]
-    assert len(status["report"]["rows"]) == 6 and status["progress"]["total"] == 2
+                                                      "publish candidate", "evaluate", "evaluate candidates",
+                                                      "evaluate without grammar", "publish"]
+    assert len(status["report"]["rows"]) == 7 and status["progress"]["total"] == 2
     rejects = json.loads((work / "rejects.json").read_text())
     assert [r["line"] for r in rejects] == [6]
     report = json.loads((work / "report" / "ONBOARDING.json").read_text())
     labels = [row["config"]["label"] for row in report["rows"]]
-    assert labels[:2] == ["base", "base + 3 examples"] and len(labels) == 6
+    assert labels[:2] == ["base", "base + 3 examples"] and len(labels) == 7
+    assert sum(row["config"]["candidates"] == 3 for row in report["rows"]) == 1
+    # The adapter serves with candidates by default only if they scored better; its confidence is calibrated.
+    manifest = yaml.safe_load((work / "published" / "manifest.yaml").read_text())
+    assert manifest["prompt"]["candidates"] in (1, 3) and {"a", "b"} <= set(manifest["confidence"])
+    assert report["calibration"]["raw"]["n"] == 5 and "## Confidence" in (work / "report" / "ONBOARDING.md").read_text()
     assert all(row["summary"]["n"] == 5 for row in report["rows"])
     assert report["published"] and report["training"]["steps"] == 2 and report["curve"]
     for row in report["rows"]:
