@@ -8,6 +8,7 @@ holds (the study's result). Progress, loss and a held-out teacher-forced exact m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -265,7 +266,8 @@ def _precision(dtype: str, device):
 
     "auto": bfloat16 weights on a GPU; on the CPU float32 weights (the optimizer and the written adapter too, as
     the CPU engine serves them), with the matrix products in bfloat16 under autocast where the CPU has it natively
-    (AVX512-BF16 or AMX). Elsewhere bfloat16 is emulated and slower: float32 throughout then.
+    (AVX512-BF16 or AMX) and it measures faster there (:func:`_bfloat16_measures_faster`). Elsewhere float32
+    throughout.
     """
     import torch
 
@@ -273,7 +275,34 @@ def _precision(dtype: str, device):
         return getattr(torch, dtype), None
     if device.type != "cpu":
         return torch.bfloat16, None
-    return torch.float32, torch.bfloat16 if native_bfloat16() else None
+    return torch.float32, torch.bfloat16 if native_bfloat16() and _bfloat16_measures_faster() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _bfloat16_measures_faster() -> bool:
+    """Whether a training-sized product (forward and backward, 800 x 576 x 1536) runs faster under bfloat16
+    autocast than in float32 on this CPU, timed once per process (a few tenths of a second). The CPU's flags say
+    it has bfloat16, not that it is fast: on a 2-core Xeon with AVX512-BF16 and no AMX, bench.training measured
+    bfloat16 arithmetic at 0.56-0.61x of float32's tokens a second (docs/TRAINING.md), where another host had
+    measured 1.3x."""
+    import torch
+
+    x, layer = torch.randn(800, 576), torch.nn.Linear(576, 1536)
+
+    def seconds(bfloat16: bool) -> float:
+        started = time.perf_counter()
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                layer(x).sum().backward()
+        return time.perf_counter() - started
+
+    seconds(True), seconds(False)  # kernels made and caches warm
+    return faster(min(seconds(True) for _ in range(3)), min(seconds(False) for _ in range(3)))
+
+
+def faster(bfloat16_s: float, float32_s: float) -> bool:
+    """bfloat16 pays only when clearly faster (10%): a tie keeps float32's precision."""
+    return bfloat16_s < 0.9 * float32_s
 
 
 def _name(dtype) -> str:

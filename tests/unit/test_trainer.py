@@ -66,16 +66,24 @@ def test_the_learning_rate_warms_up_then_decays_to_five_percent():
     assert factors[100] == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(("native", "dtype", "expected"), [(True, "auto", "bfloat16"), (False, "auto", None),
-                                                           (True, "float32", None)])
-def test_bfloat16_arithmetic_only_where_the_cpu_has_it_natively(monkeypatch, native, dtype, expected):
+@pytest.mark.parametrize(("native", "measured", "dtype", "expected"), [
+    (True, True, "auto", "bfloat16"), (True, False, "auto", None), (False, True, "auto", None),
+    (True, True, "float32", None)])
+def test_bfloat16_arithmetic_only_where_the_cpu_has_it_natively_and_it_measures_faster(monkeypatch, native, measured,
+                                                                                        dtype, expected):
     import torch
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(trainer, "_bfloat16_measures_faster", lambda: measured)
     weights, compute = trainer._precision(dtype, torch.device("cpu"))
     assert weights == torch.float32
     assert compute == (getattr(torch, expected) if expected else None)
+
+
+def test_bfloat16_is_chosen_only_when_clearly_faster():
+    assert trainer.faster(0.8, 1.0) and not trainer.faster(0.95, 1.0) and not trainer.faster(1.6, 1.0)
+    assert isinstance(trainer._bfloat16_measures_faster(), bool)
 
 
 def test_mixed_precision_training_writes_a_float32_adapter_the_cpu_engine_serves(tiny_model, tmp_path, monkeypatch):
@@ -83,6 +91,7 @@ def test_mixed_precision_training_writes_a_float32_adapter_the_cpu_engine_serves
     from safetensors.torch import load_file
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(trainer, "_bfloat16_measures_faster", lambda: True)
     result = _train(_config(tmp_path), tiny_model)
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert weights and {w.dtype for w in weights.values()} == {torch.float32}
