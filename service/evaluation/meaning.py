@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.grammars import Grammar
+from service.grammars import Grammar, ParseResult
 from service.grammars.comparison import canonical
 
 __all__ = ["MAX_REGEX_CHARS", "Match", "match", "same_cron", "same_regex", "same_sql"]
@@ -49,11 +49,13 @@ class Match:
     semantic: bool | None = None
 
 
-def match(grammar: Grammar, code: str, gold: str, *, context: str | None = None) -> Match:
-    """``code`` against ``gold`` by every score ``grammar`` declares (parsed with the grammar's own parser)."""
+def match(grammar: Grammar, code: str, gold: str, *, context: str | None = None,
+          parsed: tuple[ParseResult, ParseResult] | None = None) -> Match:
+    """``code`` against ``gold`` by every score ``grammar`` declares (parsed with the grammar's own parser, unless
+    ``parsed`` brings both parses)."""
     exact = code.strip() == gold.strip()
     semantic_name = grammar.compare.semantic
-    got, want = grammar.parse(code), grammar.parse(gold)
+    got, want = parsed or (grammar.parse(code), grammar.parse(gold))
     parsed = got.valid and want.valid
     same_form = exact or (parsed and canonical(got.tree, grammar.compare) == canonical(want.tree, grammar.compare))
     semantic = None

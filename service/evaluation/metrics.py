@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import lark
 
-from service.grammars import Grammar
+from service.grammars import Grammar, ParseResult
 
-__all__ = ["exact_match", "string_similarity", "tree_similarity", "Hallucinations", "hallucinations"]
+__all__ = ["Hallucinations", "exact_match", "hallucinations", "parsed_tree_similarity", "string_similarity",
+           "tree_similarity"]
 
 
 def exact_match(code: str, gold: str) -> bool:
@@ -34,7 +35,11 @@ def string_similarity(code: str, gold: str) -> float:
 
 
 def tree_similarity(grammar: Grammar, code: str, gold: str) -> float:
-    got, want = grammar.parse(code), grammar.parse(gold)
+    return parsed_tree_similarity(grammar.parse(code), grammar.parse(gold))
+
+
+def parsed_tree_similarity(got: ParseResult, want: ParseResult) -> float:
+    """:func:`tree_similarity` of code and gold already parsed (an evaluation parses each pair once)."""
     if not (got.valid and want.valid):
         return 0.0
     a, b = _Node.of(got.tree), _Node.of(want.tree)

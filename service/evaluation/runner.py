@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from nl2dsl_client import AsyncNL2DSLClient, NL2DSLError
 
 from service.evaluation.meaning import match
-from service.evaluation.metrics import exact_match, hallucinations, string_similarity, tree_similarity
+from service.evaluation.metrics import exact_match, hallucinations, parsed_tree_similarity, string_similarity
 from service.grammars import Example, Grammar
 from service.progress import progress_bar
 
@@ -159,7 +159,9 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
     if grammar is not None:
         found = [hallucinations(grammar, o.code, context=o.context) for o in outcomes]
         names, keys = sum(h.names for h in found), sum(h.keys for h in found)
-        matches = [match(grammar, o.code, o.gold, context=o.context) for o in outcomes]
+        parses = [(grammar.parse(o.code), grammar.parse(o.gold)) for o in outcomes]  # once, for every score
+        matches = [match(grammar, o.code, o.gold, context=o.context, parsed=p) for o, p in zip(outcomes, parses,
+                                                                                               strict=True)]
         judged_by = grammar.compare.strongest()
         scores = {
             **_rate("canonical_match", [m.canonical for m in matches]),
@@ -167,7 +169,7 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
             "judged_by": judged_by,
             "judged_hits": tuple(bool(getattr(m, judged_by)) for m in matches),
             "string_similarity": sum(string_similarity(o.code, o.gold) for o in outcomes) / n,
-            "tree_similarity": sum(tree_similarity(grammar, o.code, o.gold) for o in outcomes) / n,
+            "tree_similarity": sum(parsed_tree_similarity(*p) for p in parses) / n,
             "name_hallucination_rate": sum(h.bad_names for h in found) / names if names else 0.0,
             "key_hallucination_rate": sum(h.bad_keys for h in found) / keys if keys else 0.0,
         }
