@@ -17,6 +17,7 @@ import contextlib
 import json
 import random
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -161,6 +162,14 @@ def _cpu_bound(seconds: float) -> Iterator[None]:
     def stop(signum, frame) -> None:  # noqa: ANN001 - signal's signature
         raise _TooLong
 
+    def unraisable(report: Any) -> None:
+        # The signal can land in a finalizer (a __del__, a weakref callback), where Python cannot raise it and
+        # reports it instead; the timer fires again 50 ms later, so such a report is dropped, not printed.
+        if not isinstance(report.exc_value, _TooLong):
+            hook(report)
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     previous = signal.signal(signal.SIGPROF, stop)
     signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)  # and again every 50 ms until the block ends
     try:
@@ -168,3 +177,4 @@ def _cpu_bound(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, previous)
+        sys.unraisablehook = hook
