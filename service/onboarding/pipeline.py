@@ -437,7 +437,8 @@ def _train(config: OnboardConfig, grammar: Grammar, dataset: Dataset, budget_s: 
     report.training = {"steps": result.steps, "planned_steps": steps, "wall_time_s": result.wall_time_s,
                        "tokens_per_s": result.tokens_per_s,
                        "stopped": result.stopped, "best_step": result.best_step,
-                       "resumed_from": result.resumed_from, "init_from": str(train_config.init_from or "")}
+                       "resumed_from": result.resumed_from, "init_from": str(train_config.init_from or ""),
+                       "example_share": result.example_share, "example_losses": result.example_losses}
     manifest_path = output / "manifest.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())
     manifest["training"]["data"] = [config.pairs.name]  # the team's file, not a path of this machine

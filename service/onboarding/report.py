@@ -79,7 +79,7 @@ def write_report(report: Report, folder: Path) -> list[Path]:
         lines += ["", "## Training", "",
                   f"{t.get('steps')} steps in {t.get('wall_time_s', 0):.0f} s ({t.get('tokens_per_s', 0):.0f} "
                   f"tokens/s); stopped: {t.get('stopped') or 'planned steps done'}; weights of step "
-                  f"{t.get('best_step')}.", "",
+                  f"{t.get('best_step')}.", "", *_example_lines(t),
                   "| step | held-out teacher-forced exact match |", "|---|---|"]
         lines += [f"| {step} | {score:.3f} |" for step, score in report.curve]
     if report.calibration:
@@ -151,3 +151,14 @@ def _plot(report: Report, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _example_lines(training: dict[str, Any]) -> list[str]:
+    """What the training prompts carried, and the measurement that decided it."""
+    losses = training.get("example_losses")
+    if not losses:
+        return []
+    without, with_examples = losses
+    return [f"Retrieved examples took {1 - with_examples / without:.0%} off the base model's loss on held-out answers "
+            f"({without:.3f} -> {with_examples:.3f}): {training.get('example_share', 0):g} of the training prompts "
+            "carried them (at least half off: 0.5; less: none).", ""]

@@ -26,9 +26,9 @@ from service.cpu_features import native_bfloat16
 from service.grammars import Example, Grammar
 from service.model import EMBEDDED_NAME, base_fingerprint
 from service.names import EVERY_TENANT
-from service.training.batching import Encoder, exact_rows
+from service.training.batching import Encoder, exact_rows, target_logits
 from service.training.batching import loss as batch_loss
-from service.training.shots import RetrievedShots
+from service.training.shots import RetrievedShots, share_for
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -58,7 +58,11 @@ class TrainConfig:
     #: Retrieved few-shot examples (1..this many) in ``example_share`` of the training prompts, never the pair
     #: itself (service/training/shots.py); 0: none.
     retrieved_examples: int = 0
-    example_share: float = 0.5
+    #: None: measured before training (:func:`service.training.shots.share_for`): where the examples take off
+    #: less than half the base model's loss on held-out answers, no prompt carries them.
+    example_share: float | None = None
+    #: Batches drawn this many at a time and made of rows of about the same length (less padding).
+    length_groups: int = 8
     eval_every: int = 15
     eval_size: int = 48
     seed: int = 0
@@ -94,6 +98,10 @@ class TrainResult:
     resumed_from: int | None = None
     #: What the weights were kept in and what the arithmetic ran in ("float32", "float32, bfloat16 arithmetic").
     precision: str = ""
+    #: The share of training prompts that carried retrieved examples, and the base model's held-out loss without
+    #: and with them when it was measured to decide that share.
+    example_share: float = 0.0
+    example_losses: tuple[float, float] | None = None
 
 
 def train(
@@ -140,8 +148,17 @@ def train(
     model.to(device)
     model.train()
 
-    shots = RetrievedShots(example_pool or train_rows, k=config.retrieved_examples, share=config.example_share,
-                           seed=config.seed) if config.retrieved_examples else None
+    shots, example_losses, note = None, None, ""
+    if config.retrieved_examples:
+        shots = RetrievedShots(example_pool or train_rows, k=config.retrieved_examples, share=config.example_share or 0,
+                               seed=config.seed)
+        if config.example_share is None:
+            with mixed():
+                example_losses = _base_losses_with_examples(model, tokenizer, grammar, config, shots,
+                                                            heldout_rows[: config.eval_size])
+            shots.share = share_for(*example_losses)
+            note = (f"[{config.name}] the base model's held-out loss {example_losses[0]:.3f} without retrieved "
+                    f"examples, {example_losses[1]:.3f} with them: {shots.share:g} of the training prompts carry them")
     encode = Encoder(tokenizer, grammar, examples=config.examples, shots=shots)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -168,13 +185,19 @@ def train(
     stepping_s, first_step_s, tokens, stopped, eval_every = 0.0, 0.0, 0, None, config.eval_every
     bar = progress_bar(total=total[0], initial=first_step - 1, desc=f"train {config.name}", enabled=progress,
                        unit="step")
+    if note:
+        bar.write(note)
     step = first_step - 1
+    pending: list = []
     while step < total[0]:
         step += 1
         step_started = time.monotonic()
-        batch = rng.sample(train_rows, min(len(train_rows), config.batch_size - n_replay)) + rng.sample(
-            list(replay_rows), n_replay)
-        encoded = encode.batch(batch, shots=True).to(device)
+        if not pending:
+            groups = max(1, config.length_groups)
+            rows = rng.sample(train_rows, min(len(train_rows), (config.batch_size - n_replay) * groups)) + rng.sample(
+                list(replay_rows), min(len(replay_rows), n_replay * groups))
+            pending = encode.batches(rows, config.batch_size, rng)
+        encoded = pending.pop().to(device)
         with mixed():
             loss = batch_loss(model, encoded)
         loss.backward()
@@ -222,7 +245,7 @@ def train(
             bar.write(f"[{config.name}] step {step}: loss {sum(losses[-5:]) / len(losses[-5:]):.4f}, "
                       f"held-out teacher-forced exact match {em:.3f}")
             model.train()
-            if best is None or em > best[0]:
+            if best is None or em >= best[0]:  # a tie goes to the later check, trained on more pairs
                 best = (em, step, _lora_weights(model))
             if state_path is not None:
                 state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +279,8 @@ def train(
                          tokens_per_s=tokens / stepping_s if stepping_s else 0.0, stopped=stopped,
                          best_step=kept_step,
                          resumed_from=resumed_from,
-                         precision=_name(dtype) + (f", {_name(compute)} arithmetic" if compute else ""))
+                         precision=_name(dtype) + (f", {_name(compute)} arithmetic" if compute else ""),
+                         example_share=shots.share if shots else 0.0, example_losses=example_losses)
     _write_manifest(config, result, model_path=model_path, data_files=list(data_files))
     return result
 
@@ -341,6 +365,30 @@ def _fit_to_budget(config: TrainConfig, total: list[int], bar, *, step: int, sta
     return eval_every
 
 
+def _base_losses_with_examples(model, tokenizer, grammar: Grammar, config: TrainConfig, shots: RetrievedShots,
+                               rows: list[Example]) -> tuple[float, float]:
+    """The base model's mean loss on the held-out answers, its prompts without and with the nearest
+    ``retrieved_examples`` (adapter weights off: a run continued from an adapter measures the base too)."""
+    import torch
+
+    def mean_loss(encode: Encoder) -> float:
+        total, count = 0.0, 0
+        for start in range(0, len(rows), 8):
+            logits, gold, _ = target_logits(model, encode.batch(rows[start : start + 8], shots=True).to(device))
+            total += torch.nn.functional.cross_entropy(logits.float(), gold, reduction="sum").item()
+            count += len(gold)
+        return total / max(1, count)
+
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        losses = (mean_loss(Encoder(tokenizer, grammar, examples=config.examples)),
+                  mean_loss(Encoder(tokenizer, grammar, examples=config.examples,
+                                    shots=lambda ex: shots.nearest(ex, config.retrieved_examples))))
+    model.train()
+    return losses
+
+
 def _teacher_forced_exact_match(model, encode: Encoder, rows: list[Example]) -> float:
     """Share of rows whose every target token is the model's argmax given the gold prefix (cheap, no decoding)."""
     import torch
@@ -377,8 +425,11 @@ def _write_manifest(config: TrainConfig, result: TrainResult, *, model_path: str
         "training": {
             "data": [_relative(p) for p in data_files],
             "data_sha256": digest.hexdigest()[:16],
-            "hyperparameters": {k: (_relative(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                                if k not in ("name", "dsl", "output", "tenants", "checkpoint_dir")},
+            "hyperparameters": {**{k: (_relative(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                                   if k not in ("name", "dsl", "output", "tenants", "checkpoint_dir")},
+                                "example_share": result.example_share},
+            "example_losses": (dict(zip(("without", "with"), (round(x, 4) for x in result.example_losses), strict=True))
+                               if result.example_losses else None),
             "steps": result.steps,
             "first_loss": round(result.first_loss, 4),
             "last_loss": round(result.last_loss, 4),

@@ -126,3 +126,18 @@ def test_training_stops_at_once_when_the_budget_cannot_reach_the_steps_the_gate_
     result = _train(_config(tmp_path, steps=10**6, budget_s=30.0, min_steps=10**6), tiny_model)
     assert result.stopped == "budget" and result.steps == 3  # timed, then stopped: nothing spent on it
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_the_share_of_prompts_with_examples_is_measured_and_written_in_the_manifest(tiny_model, tmp_path):
+    """Without an example share given, the trainer measures the base model's held-out loss without and with the
+    nearest examples, decides the share from it, and writes both in the manifest."""
+    from service.training.shots import share_for
+
+    result = _train(_config(tmp_path, retrieved_examples=2), tiny_model)
+    without, with_examples = result.example_losses
+    assert without > 0 and with_examples > 0 and result.example_share == share_for(without, with_examples)
+    training = yaml.safe_load((tmp_path / "adapter" / "manifest.yaml").read_text())["training"]
+    assert training["example_losses"] == {"without": round(without, 4), "with": round(with_examples, 4)}
+    assert training["hyperparameters"]["example_share"] == result.example_share
+    given = _train(_config(tmp_path, retrieved_examples=2, example_share=0.5), tiny_model)
+    assert given.example_losses is None and given.example_share == 0.5
