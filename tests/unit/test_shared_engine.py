@@ -336,6 +336,26 @@ def test_the_dataset_check_bounds_each_parse_as_validate_does(tmp_path):
     assert len(dataset.train) + len(dataset.heldout) == 20
 
 
+def test_a_large_file_is_checked_by_one_process_per_core_with_the_same_verdicts_and_bound(tmp_path, monkeypatch):
+    """Past PARALLEL_FROM pairs the codes are parsed in worker processes: the same rejects, in line order, with
+    lark's positions, and a parse past the CPU bound is stopped there too."""
+    from service.grammars import compile_grammar
+    from service.onboarding import dataset as check
+
+    grammar = compile_grammar("amb", 'start: e\ne: "a" | e e\n', origin="upload")
+    rows = [{"text": f"{n} a", "code": "a" * n if n % 7 else "a b"} for n in range(1, 21)]
+    rows.insert(10, {"text": "slow", "code": "a" * 400})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    serial = check.build_dataset(grammar, pairs, min_pairs=5, parse_timeout_s=0.5)
+    monkeypatch.setattr(check, "PARALLEL_FROM", 1)
+    parallel = check.build_dataset(grammar, pairs, min_pairs=5, parse_timeout_s=0.5)
+    assert parallel == serial
+    assert [r.line for r in parallel.rejects] == [7, 11, 15]
+    assert "could not be parsed within 0.5 s" in parallel.rejects[1].message
+    assert parallel.rejects[0].code_line == 1 and parallel.rejects[0].code_column is not None
+
+
 def test_a_bound_that_lands_in_a_finalizer_still_stops_the_block_and_reports_nothing(monkeypatch):
     """The CPU bound is a signal: when it lands in a finalizer Python cannot raise it there and reports it as
     'unraisable' (pytest then fails whatever test runs, as CI once did). Such a report is dropped, the timer
