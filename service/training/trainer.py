@@ -72,7 +72,7 @@ class TrainConfig:
     dtype: str = "auto"
     #: Wall-clock seconds training may take: once the first steps are timed, ``steps`` shrinks to fit.
     budget_s: float | None = None
-    #: Under a budget that cannot reach this many steps (timed after three, even at twice the speed), training
+    #: Under a budget that cannot reach this many steps (timed after a group, even at twice the speed), training
     #: stops there: the gate would not judge the adapter, and the rest of the budget is not spent on it.
     min_steps: int = 0
     #: Stop after this many held-out checks without a better score; the best checkpoint is what is written.
@@ -189,6 +189,7 @@ def train(
         bar.write(note)
     step = first_step - 1
     pending: list = []
+    timed = max(3, config.length_groups)  # steps timed before the budget is fitted
     while step < total[0]:
         step += 1
         step_started = time.monotonic()
@@ -214,10 +215,11 @@ def train(
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
         if on_progress is not None:
             on_progress(step, total[0], None)
-        if config.budget_s is not None and step - first_step == 2:
-            # Three steps done: fit the rest into the budget (made again at every held-out check).
+        if config.budget_s is not None and step - first_step == timed - 1:
+            # The first batches timed, one of each length band: fit the rest into the budget (made again at every
+            # held-out check). On NL2Bash three steps said 1.1 s a step and the run went on at 2.
             eval_every = _fit_to_budget(config, total, bar, step=step, started=started, eval_every=eval_every,
-                                        step_s=(stepping_s - first_step_s) / 2)
+                                        step_s=(stepping_s - first_step_s) / (timed - 1))
             # The first steps are often the slowest: stop only if the budget could not hold the steps the gate
             # asks for even with the rest at twice the speed.
             if step + 2 * (total[0] - step) < config.min_steps:
@@ -225,12 +227,12 @@ def train(
                           "the gate asks for even at twice the speed: training stops here")
                 stopped = "budget"
                 break
-        if step % eval_every == 0 or step == total[0]:
+        if step - (scores[-1][0] if scores else 0) >= eval_every or step == total[0]:  # checks evenly spaced
             check_started = time.monotonic()
             with mixed():
                 em = _teacher_forced_exact_match(model, encode, heldout_rows[: config.eval_size])
             if config.budget_s is not None and step > first_step + 2:
-                # Steps seldom cost what the first three did (the machine's other work comes and goes): fit the
+                # Steps seldom cost what the first ones did (the machine's other work comes and goes): fit the
                 # rest of the budget again from the steps so far, never past the planned steps.
                 eval_every = _fit_to_budget(config, total, bar, step=step, started=started, eval_every=eval_every,
                                             step_s=(stepping_s - first_step_s) / max(1, step - first_step))
