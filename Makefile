@@ -17,7 +17,7 @@ TORCH_VERSION   := 2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval nl2bash loadtest bench deploy-check image-check clean
+.PHONY: install system-deps prepare serve test unit integration e2e lint grammar-check data eval nl2bash nl2bash-curve loadtest bench deploy-check image-check clean
 
 # Debian packages the tests drive for real: Prometheus (+ promtool) and Chromium (browser tests).
 SYSTEM_PACKAGES := prometheus chromium
@@ -75,6 +75,13 @@ nl2bash: prepare
 	$(BIN)/nl2dsl data --nl2bash "$(NL2BASH)" --out onboarding/nl2bash/pairs.jsonl
 	$(BIN)/nl2dsl onboard --grammar data/onboarding/bash/bash.lark --pairs onboarding/nl2bash/pairs.jsonl \
 		--name bash --budget $${BUDGET:-30m}
+
+# Held-out quality against CPU-minutes (docs/onboarding/nl2bash-curve.md): one onboarding run per budget, this
+# pipeline and, with BEFORE=<commit>, an older one. 10 + 30 + 60 minutes a pipeline; run nothing else meanwhile.
+nl2bash-curve: prepare
+	@test -n "$(NL2BASH)" || { echo "set NL2BASH to NL2Bash's data/bash folder (all.nl, all.cm)"; exit 2; }
+	$(BIN)/python -m bench.nl2bash_curve --nl2bash "$(NL2BASH)" --budgets $${BUDGETS:-10,30,60} \
+		$${BEFORE:+--before $$BEFORE}
 
 # PROFILE: smoke | steady | ramp | spike | soak (loadtest/profiles.yaml); URL: a running service, else the
 # embedded one is started. Report: reports/loadtest-<profile>-<time>/ (HTML, CSVs, summary.md with the verdict).

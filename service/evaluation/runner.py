@@ -143,6 +143,9 @@ class Summary:
     confidences: tuple[float, ...] = ()
     #: Share of requests the tenant's safety policy refused (answered without code; counted wrong).
     refusal_rate: float = 0.0
+    #: What the service answered for each pair, in their order: for the measures a dataset's own paper uses
+    #: (NL2Bash's template match, :mod:`service.demo_data.nl2bash`), computed afterwards.
+    outputs: tuple[str, ...] = ()
 
     @property
     def judged(self) -> float:
@@ -187,6 +190,7 @@ def summarize(outcomes: Sequence[Outcome], grammar: Grammar | None = None) -> Su
         hits=tuple(o.exact for o in outcomes),
         confidences=tuple(o.confidence for o in outcomes),
         refusal_rate=sum(o.finish_reason == "refused" for o in outcomes) / n,
+        outputs=tuple(o.code for o in outcomes),
         **({"judged_hits": tuple(o.exact for o in outcomes)} | scores),
     )
 

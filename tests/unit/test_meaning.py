@@ -142,3 +142,28 @@ def test_either_quotes_make_one_string_and_nl2bash_reads_as_pairs(tmp_path):
     (tmp_path / "all.cm").write_text("ls\n")
     with pytest.raises(ValueError, match="not pairs"):
         write_pairs(tmp_path, tmp_path / "pairs.jsonl")
+
+
+def test_nl2bash_templates_keep_utilities_flags_and_structure_and_replace_every_argument():
+    """NL2Bash's second measure: two commands with the same template differ only in their arguments."""
+    from service.demo_data.nl2bash import template
+
+    bash = compile_grammar("bash", (PROJECT_ROOT / "data/onboarding/bash/bash.lark").read_text(), origin="upload")
+
+    def same(a: str, b: str) -> bool:
+        return template(bash.parse(a).tree) == template(bash.parse(b).tree)
+
+    assert same("find . -name '*.txt' | xargs rm -f", 'find /tmp -name "*.log" | xargs rm -f')
+    assert same("cat a.txt 2>/dev/null", "cat notes 2>/tmp/err")
+    assert same("echo $(ls -l foo)", "echo $(ls -l /var/log)")
+    assert not same("ls -l /var", "ls -la /var")  # another flag
+    assert not same("ls -l /var", "du -l /var")  # another utility
+    assert not same("find . -name x | wc -l", "find . -name x")  # another pipeline
+    assert not same("echo $(ls -l foo)", "echo $(du -l foo)")  # another command inside a substitution
+    assert template(bash.parse("X=3 grep -r foo .").tree).count("ARG") == 3
+
+
+def test_a_summary_keeps_each_answer_in_the_order_of_the_pairs():
+    outcomes = [Outcome(gold="ls -l", code=code, valid=True, finish_reason="stop", latency_s=0.1)
+                for code in ("ls -l", "ls -a", "")]
+    assert summarize(outcomes).outputs == ("ls -l", "ls -a", "")
