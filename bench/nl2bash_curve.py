@@ -79,10 +79,13 @@ def point(work: Path) -> dict[str, Any]:
         report = json.loads(found[0].read_text())
     except (IndexError, OSError, ValueError):
         return {"outcome": "no report (refused before it scored anything)"}
-    adapters = [row for row in report.get("rows", [])
-                if row["config"]["adapter"] != "base" and row["config"]["constrained"]]
+    rows = [row for row in report.get("rows", []) if row["config"]["constrained"]]
+    adapters = [row for row in rows if row["config"]["adapter"] != "base"]
+    bases = [row["summary"]["exact_match"] for row in rows if row["config"]["adapter"] == "base"]
     training = report.get("training") or {}
     facts = {"outcome": "published" if report.get("published") else "not published",
+             "verdict": (report.get("verdict") or "").split(";")[0][:160],
+             "baseline_exact": max(bases) if bases else None,
              "wall_s": report.get("wall_s"), "stages": dict(report.get("stages") or []),
              "steps": training.get("steps"), "tokens_per_s": training.get("tokens_per_s"),
              "step_s": (training["wall_time_s"] / training["steps"]) if training.get("steps") else None,
@@ -166,12 +169,16 @@ def _table(points: dict[str, dict[str, Any]]) -> str:
              "configuration onboarding chose to serve, on the run's 100 held-out pairs; 95% intervals.", "",
              "| pipeline | minutes | outcome | served | exact | canonical | template | steps | s/step | "
              "examples in training | whole run s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for p in sorted(points.values(), key=lambda p: (p["pipeline"] != "before", p["minutes"])):
+    ordered = sorted(points.values(), key=lambda p: (p["pipeline"] != "before", p["minutes"]))
+    for p in ordered:
         step_s = f"{p['step_s']:.1f}" if p.get("step_s") else "-"
         share = "-" if p.get("example_share") is None else f"{p['example_share']:g}"
         lines.append(f"| {p['pipeline']} ({p['commit']}) | {p['minutes']} | {p['outcome']} | {p.get('served', '-')} "
                      f"| {rate(p, 'exact')} | {rate(p, 'canonical')} | {rate(p, 'template')} | "
                      f"{p.get('steps') or '-'} | {step_s} | {share} | {p.get('wall_s') or 0:.0f} |")
+    lines += ["", "Runs that published nothing, and why (the baseline, the base model, stays):", ""]
+    lines += [f"- {p['pipeline']}, {p['minutes']} minutes: {p.get('verdict') or p['outcome']}" for p in ordered
+              if p["outcome"] != "published"]
     return "\n".join(lines) + "\n\n![held-out quality against CPU-minutes](nl2bash-curve.png)\n"
 
 
@@ -188,6 +195,9 @@ def _plot(points: dict[str, dict[str, Any]]) -> None:
                         if p["pipeline"] == pipeline and p.get(key) is not None)
             if xs:
                 ax.plot(*zip(*xs, strict=True), style, color=colour, label=f"{pipeline}: {key}")
+    base = [p["baseline_exact"] for p in points.values() if p.get("baseline_exact") is not None]
+    if base:
+        ax.axhline(max(base), color="tab:red", linestyle=":", label="base model, best baseline: exact")
     ax.set_xlabel("budget (minutes of a 2-core CPU, the whole run)")
     ax.set_ylabel("held-out match (100 pairs)")
     ax.set_title("NL2Bash onboarding: quality per CPU-minute")

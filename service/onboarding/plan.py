@@ -28,6 +28,11 @@ _TOKEN_S = 0.0065
 #: length and no examples in its prompts; sql 3.1 s, cron and logq 4.3 s, flow 6.2 s with examples in half): a
 #: budget that cannot reach the steps the gate asks for even at this rate is refused.
 FAST_STEP_S = 2.0
+#: What training spends besides its steps: loading the model and measuring what examples carry (about 30 s),
+#: and held-out checks, at most a sixth of the stepping time (service/training/trainer.py). A 10-minute NL2Bash
+#: run planned 216 s for 100 steps at 2 s and trained 71 in its 219 s.
+TRAINING_SETUP_S = 30.0
+CHECK_SHARE = 1 / 6
 
 
 def slack_s(budget_s: float) -> float:
@@ -73,7 +78,12 @@ class Plan:
 
     @property
     def needed_training_s(self) -> float:
-        return max(MIN_TRAINING_S, self.gate_steps * self.step_s)
+        return max(MIN_TRAINING_S, self._gate_training_s)
+
+    @property
+    def _gate_training_s(self) -> float:
+        """The gate's steps, their held-out checks and training's set-up."""
+        return TRAINING_SETUP_S + (1 + CHECK_SHARE) * self.gate_steps * self.step_s if self.gate_steps else 0.0
 
     @property
     def training_s(self) -> float:
@@ -92,10 +102,10 @@ class Plan:
                 f"{math.ceil(self.minimum_budget_s / 60)}m")
 
     def _needs(self) -> str:
-        if self.gate_steps * self.step_s <= MIN_TRAINING_S:
+        if self._gate_training_s <= MIN_TRAINING_S:
             return f"training needs at least {MIN_TRAINING_S:.0f} s"
         return (f"the gate judges an adapter after {self.gate_steps} training steps, at least "
-                f"{self.gate_steps * self.step_s:.0f} s at {self.step_s:.0f} s a step")
+                f"{self._gate_training_s:.0f} s at {self.step_s:g} s a step with the checks and set-up")
 
     def too_short(self) -> str | None:
         """Why training cannot fit what is left of the budget (it would overrun it, or train too little to be

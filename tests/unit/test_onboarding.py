@@ -251,6 +251,11 @@ def test_a_budget_too_small_for_training_is_a_verdict_with_the_budget_that_would
     after = Plan.after_baseline(1800, spent_s=300, baseline_s=100, shorter=0.2)
     assert after.too_short() is None and after.training_s == 1800 - 300 - 55 - 30
     assert Plan.after_baseline(200 + MIN_TRAINING_S, spent_s=100, baseline_s=100, shorter=1.0).too_short()
+    # NL2Bash with 10 minutes: planned without training's checks and set-up, 216 s held the gate's 100 steps at
+    # 2 s, and training reached 71. The plan counts them now and names the budget that holds the steps.
+    nl2bash = Plan.before_start(600, spent_s=82, local=True, heldout=100, max_tokens=89, code_tokens=20,
+                                gate_steps=100)
+    assert "give --budget 11m or more" in nl2bash.too_short() and "with the checks and set-up" in nl2bash.too_short()
 
 
 @settings(max_examples=200, deadline=None)
