@@ -399,3 +399,34 @@ def test_an_adapters_lora_request_is_made_once_and_follows_its_files_when_they_m
     assert asyncio.run(engine.load(AdapterRef("flow:crm", 7, "/cache/ab12"))) is moved
     other = asyncio.run(engine.load(AdapterRef("sql:crm", 7, "/cache/ab12")))
     assert other.lora_name.startswith("sql:crm#") and llm.add_lora.await_count == 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(lines=st.lists(st.one_of(
+    st.text(max_size=60),  # not JSON, or JSON that is not a pair
+    st.builds(lambda t, c: json.dumps({"text": t, "code": c}), st.text(max_size=30),
+              st.one_of(st.text(alphabet="ab \n", max_size=40), st.just("a" * 300))),
+), min_size=1, max_size=30))
+def test_hostile_pairs_get_the_same_verdicts_from_the_workers_as_from_one_process(lines, tmp_path_factory):
+    """Whatever a team's pairs file holds (junk lines, empty or slow codes), the forked check gives what one
+    process gives: the same dataset, or the same RequestInvalid (a 400), never another error; it writes nothing."""
+    from service.errors import RequestInvalid
+    from service.grammars import compile_grammar
+    from service.onboarding import dataset as check
+
+    folder = tmp_path_factory.mktemp("pairs")
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("\n".join(lines))
+    grammar = compile_grammar("amb", 'start: e\ne: "a" | e e\n', origin="upload")
+
+    def verdict():
+        try:
+            return check.build_dataset(grammar, pairs, min_pairs=2, parse_timeout_s=0.2)
+        except RequestInvalid as exc:
+            return ("400", exc.message)
+
+    serial = verdict()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(check, "PARALLEL_FROM", 1)
+        assert verdict() == serial
+    assert sorted(p.name for p in folder.iterdir()) == ["pairs.jsonl"]
