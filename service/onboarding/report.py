@@ -158,7 +158,9 @@ def _example_lines(training: dict[str, Any]) -> list[str]:
     losses = training.get("example_losses")
     if not losses:
         return []
+    from service.training.shots import INFORMATIVE, SHARE, taken_off
+
     without, with_examples = losses
-    return [f"Retrieved examples took {1 - with_examples / without:.0%} off the base model's loss on held-out answers "
-            f"({without:.3f} -> {with_examples:.3f}): {training.get('example_share', 0):g} of the training prompts "
-            "carried them (at least half off: 0.5; less: none).", ""]
+    return [f"Retrieved examples took {taken_off(without, with_examples):.0%} off the base model's loss on held-out "
+            f"answers ({without:.3f} -> {with_examples:.3f}): {training.get('example_share', 0):g} of the training "
+            f"prompts carried them (at least {INFORMATIVE:.0%} off: {SHARE:g}; less: none).", ""]

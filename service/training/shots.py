@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from service.grammars import Example
 from service.retrieval import ExampleIndex
 
-__all__ = ["INFORMATIVE", "SHARE", "RetrievedShots", "share_for"]
+__all__ = ["INFORMATIVE", "SHARE", "RetrievedShots", "share_for", "taken_off"]
 
 _SAME_CODE_SLACK = 8  # examples retrieved beyond k, for those left out for having the pair's code
 #: The share of training prompts that carry examples where they are informative.
@@ -52,7 +52,11 @@ class RetrievedShots:
         return [ex for ex in found if ex.code != pair.code][:n]
 
 
+def taken_off(loss_without: float, loss_with: float) -> float:
+    """The share of the base model's held-out loss the examples take off (0 when there is none to take)."""
+    return 1 - loss_with / loss_without if loss_without > 0 else 0.0
+
+
 def share_for(loss_without: float, loss_with: float) -> float:
     """The share of training prompts given examples, from the base model's held-out loss without and with them."""
-    informative = loss_without > 0 and 1 - loss_with / loss_without >= INFORMATIVE
-    return SHARE if informative else 0.0
+    return SHARE if loss_without > 0 and taken_off(loss_without, loss_with) >= INFORMATIVE else 0.0
